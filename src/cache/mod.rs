@@ -1,0 +1,11 @@
+//! Everything modelgate keeps: the content-addressed blob and manifest store
+//! ([`store`]), the tag → digest memory ([`tags`]) and single-flight upstream
+//! downloads that several clients stream from at once ([`flight`]).
+
+pub mod flight;
+pub mod store;
+pub mod tags;
+
+pub use flight::{FetchState, Flights};
+pub use store::{BlobStore, VerifyReport};
+pub use tags::{TagEntry, TagStore};

@@ -1,0 +1,359 @@
+//! Server configuration (`config/modelgate.toml`): parsed once, validated once,
+//! then immutable. Unknown fields are errors so a typo never silently turns a
+//! setting off. Relative paths are resolved against the working directory.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    admin_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    htpasswd: Option<PathBuf>,
+    #[serde(default)]
+    pull_auth: bool,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_log_format")]
+    log_format: String,
+    /// How long a client may take to send request headers.
+    header_timeout: Option<String>,
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default = "default_cache_dir")]
+    dir: PathBuf,
+    #[serde(default = "default_max_bytes")]
+    max_bytes: String,
+    #[serde(default = "default_tag_ttl")]
+    tag_ttl: String,
+}
+
+fn default_cache_dir() -> PathBuf {
+    "data/cache".into()
+}
+fn default_max_bytes() -> String {
+    "20GiB".into()
+}
+fn default_tag_ttl() -> String {
+    "60s".into()
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            dir: default_cache_dir(),
+            max_bytes: default_max_bytes(),
+            tag_ttl: default_tag_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_audit_path")]
+    path: String,
+}
+
+fn default_audit_path() -> String {
+    "-".into()
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            path: default_audit_path(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    url: String,
+    #[serde(default)]
+    default: bool,
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    ca_cert: Option<PathBuf>,
+    connect_timeout: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub htpasswd: Option<PathBuf>,
+    pub pull_auth: bool,
+    pub max_connections: usize,
+    pub log_json: bool,
+    pub header_timeout: Duration,
+    pub cache_dir: PathBuf,
+    pub max_bytes: u64,
+    pub tag_ttl: Duration,
+    pub policy_file: Option<PathBuf>,
+    pub audit_path: String,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// One upstream registry.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: url::Url,
+    pub default: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// A blob download that receives nothing for this long is abandoned.
+    pub idle_timeout: Duration,
+}
+
+fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s)
+        .map_err(|e| ConfigError::Invalid(format!("{field} = {s:?} is not a duration ({e}); write e.g. \"60s\" or \"5m\"")))
+}
+
+fn addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| ConfigError::Invalid(format!("{field} = {s:?} is not an address like \"127.0.0.1:5000\"")))
+}
+
+/// Parse a size like `20GiB`, `512MB` or a plain byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size ({e}); write e.g. \"20GiB\""))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        let s = &raw.server;
+        let tls = match (&s.tls_cert, &s.tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "server.tls_cert and server.tls_key must be set together".into(),
+                ))
+            }
+        };
+        let log_json = match s.log_format.as_str() {
+            "json" => true,
+            "text" => false,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "server.log_format = {other:?}: use \"text\" or \"json\""
+                )))
+            }
+        };
+        if s.max_connections == 0 {
+            return Err(ConfigError::Invalid("server.max_connections must be > 0".into()));
+        }
+        let mut upstreams = Vec::new();
+        for u in &raw.upstreams {
+            let url = url::Url::parse(&u.url).map_err(|e| {
+                ConfigError::Invalid(format!("upstream {:?}: url {:?}: {e}", u.name, u.url))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream {:?}: url {:?} must be http:// or https:// with a host",
+                    u.name, u.url
+                )));
+            }
+            if u.name.is_empty() || u.name.contains('/') || u.name.chars().any(char::is_whitespace) {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream name {:?} must be a host name like \"docker.io\" (no '/')",
+                    u.name
+                )));
+            }
+            if upstreams.iter().any(|x: &UpstreamConfig| x.name == u.name) {
+                return Err(ConfigError::Invalid(format!("upstream {:?} is listed twice", u.name)));
+            }
+            let password = match (&u.password, &u.password_env) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "upstream {:?}: password_env {var:?} is not set in the environment",
+                        u.name
+                    ))
+                })?),
+                (None, None) => None,
+            };
+            if password.is_some() && u.username.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream {:?}: a password needs a username",
+                    u.name
+                )));
+            }
+            upstreams.push(UpstreamConfig {
+                name: u.name.clone(),
+                url,
+                default: u.default,
+                username: u.username.clone(),
+                password,
+                ca_cert: u.ca_cert.clone(),
+                connect_timeout: duration(
+                    "connect_timeout",
+                    u.connect_timeout.as_deref().unwrap_or("10s"),
+                )?,
+                idle_timeout: duration("idle_timeout", u.idle_timeout.as_deref().unwrap_or("60s"))?,
+            });
+        }
+        if upstreams.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no [[upstreams]]: name at least one registry to proxy".into(),
+            ));
+        }
+        if upstreams.iter().filter(|u| u.default).count() > 1 {
+            return Err(ConfigError::Invalid(
+                "more than one upstream has default = true".into(),
+            ));
+        }
+        Ok(Config {
+            listen: addr("server.listen", &s.listen)?,
+            admin_listen: s
+                .admin_listen
+                .as_deref()
+                .map(|a| addr("server.admin_listen", a))
+                .transpose()?,
+            tls,
+            htpasswd: s.htpasswd.clone(),
+            pull_auth: s.pull_auth,
+            max_connections: s.max_connections,
+            log_json,
+            header_timeout: duration(
+                "server.header_timeout",
+                s.header_timeout.as_deref().unwrap_or("30s"),
+            )?,
+            cache_dir: raw.cache.dir.clone(),
+            max_bytes: parse_size(&raw.cache.max_bytes)
+                .map_err(|e| ConfigError::Invalid(format!("cache.max_bytes: {e}")))?,
+            tag_ttl: duration("cache.tag_ttl", &raw.cache.tag_ttl)?,
+            policy_file: raw.policy.file.clone(),
+            audit_path: raw.audit.path.clone(),
+            upstreams,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:5000"
+admin_listen = "127.0.0.1:9095"
+[cache]
+dir = "data/cache"
+max_bytes = "20GiB"
+tag_ttl = "60s"
+[[upstreams]]
+name = "docker.io"
+url = "https://registry-1.docker.io"
+default = true
+"#;
+
+    #[test]
+    fn parses_design_example() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.max_bytes, 20 * 1024 * 1024 * 1024);
+        assert_eq!(c.tag_ttl, Duration::from_secs(60));
+        assert_eq!(c.upstreams[0].name, "docker.io");
+        assert!(c.upstreams[0].default);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        let e = Config::parse(&GOOD.replace("tag_ttl", "tag_tll")).unwrap_err();
+        assert!(e.to_string().contains("tag_tll"), "{e}");
+        let e = Config::parse(&GOOD.replace("\"60s\"", "\"soon\"")).unwrap_err();
+        assert!(e.to_string().contains("tag_ttl"), "{e}");
+        let e = Config::parse(&GOOD.replace("20GiB", "lots")).unwrap_err();
+        assert!(e.to_string().contains("max_bytes"), "{e}");
+        let e = Config::parse(&GOOD.replace("https://registry-1", "ftp://registry-1")).unwrap_err();
+        assert!(e.to_string().contains("http"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("1KiB").unwrap(), 1024);
+        assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
+        assert!(parse_size("-1").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! modelgate: a streaming pull-through proxy for OCI registries.
+//!
+//! Data flows request → [`server`] (routing, handlers) → [`upstream`] /
+//! [`cache`] → response; [`oci`] holds the protocol vocabulary and
+//! [`metrics`] what operators scrape.
+
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod oci;
+pub mod upstream;

@@ -1,0 +1,194 @@
+//! Every metric modelgate exports (DESIGN §4), owned by one [`Metrics`] value
+//! that is passed around, never global, so tests can read what a request did.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub endpoint: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamCodeLabels {
+    pub upstream: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub action: &'static str,
+    pub decision: &'static str,
+    pub rule: String,
+}
+
+fn request_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.5, 14))
+}
+
+/// All of modelgate's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    pub cache_requests: Family<CacheLabels, Counter>,
+    pub bytes_served: Family<SourceLabels, Counter>,
+    pub upstream_requests: Family<UpstreamCodeLabels, Counter>,
+    pub fetches_coalesced: Counter,
+    pub digest_mismatches: Family<UpstreamLabels, Counter>,
+    pub cache_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub stale_served: Family<UpstreamLabels, Counter>,
+    pub policy_decisions: Family<DecisionLabels, Counter>,
+    pub signature_verifications: Family<ResultLabels, Counter>,
+    pub policy_reloads: Family<ResultLabels, Counter>,
+    pub cache_evictions: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("modelgate");
+        let m = Metrics {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(request_histogram),
+            cache_requests: Family::default(),
+            bytes_served: Family::default(),
+            upstream_requests: Family::default(),
+            fetches_coalesced: Counter::default(),
+            digest_mismatches: Family::default(),
+            cache_bytes: Gauge::default(),
+            stale_served: Family::default(),
+            policy_decisions: Family::default(),
+            signature_verifications: Family::default(),
+            policy_reloads: Family::default(),
+            cache_evictions: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("http_requests", "Client requests by method, endpoint and status", m.http_requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer a client request (headers; bodies stream afterwards)",
+            m.http_duration.clone(),
+        );
+        registry.register("cache_requests", "Cache lookups by kind and result", m.cache_requests.clone());
+        registry.register("bytes_served", "Body bytes sent to clients, by where they came from", m.bytes_served.clone());
+        registry.register("upstream_requests", "Requests sent to upstream registries, by status", m.upstream_requests.clone());
+        registry.register(
+            "upstream_fetches_coalesced",
+            "Blob requests that joined a download already in flight",
+            m.fetches_coalesced.clone(),
+        );
+        registry.register(
+            "digest_mismatches",
+            "Upstream bodies whose SHA-256 did not match their digest",
+            m.digest_mismatches.clone(),
+        );
+        registry.register("cache_bytes", "Bytes held in the content-addressed cache", m.cache_bytes.clone());
+        registry.register(
+            "stale_served",
+            "Answers served from the last known state because the upstream was unreachable",
+            m.stale_served.clone(),
+        );
+        registry.register("policy_decisions", "Policy decisions", m.policy_decisions.clone());
+        registry.register(
+            "signature_verifications",
+            "Signature verifications by result",
+            m.signature_verifications.clone(),
+        );
+        registry.register("policy_reloads", "Policy reloads by result", m.policy_reloads.clone());
+        registry.register("cache_evictions", "Cache entries evicted to stay under max_bytes", m.cache_evictions.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn upstream_request(&self, upstream: &str, code: &str) {
+        self.upstream_requests
+            .get_or_create(&UpstreamCodeLabels {
+                upstream: upstream.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn cache(&self, kind: &'static str, hit: bool) {
+        self.cache_requests
+            .get_or_create(&CacheLabels {
+                kind,
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+
+    pub fn served(&self, source: &'static str, bytes: u64) {
+        self.bytes_served
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_design_names() {
+        let m = Metrics::new();
+        m.upstream_request("docker.io", "200");
+        m.cache("blob", true);
+        m.fetches_coalesced.inc();
+        let text = m.encode();
+        for name in [
+            "modelgate_upstream_requests_total{upstream=\"docker.io\",code=\"200\"} 1",
+            "modelgate_cache_requests_total{kind=\"blob\",result=\"hit\"} 1",
+            "modelgate_upstream_fetches_coalesced_total 1",
+            "modelgate_cache_bytes",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}
