@@ -11,3 +11,5 @@ pub mod config;
 pub mod metrics;
 pub mod oci;
 pub mod upstream;
+pub mod error;
+pub mod server;

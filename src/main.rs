@@ -1,1 +1,147 @@
-fn main(){}
+//! The `modelgate` command line: parse arguments, load the config, set up
+//! logging, and hand over to the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use modelgate::cache::BlobStore;
+use modelgate::config::Config;
+use modelgate::server::{self, App};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "modelgate", version, about = "A streaming, verifying pull-through proxy for OCI registries")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(long, default_value = "config/modelgate.toml")]
+        config: PathBuf,
+    },
+    /// Inspect and maintain the cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+        #[arg(long, default_value = "config/modelgate.toml", global = true)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum CacheAction {
+    /// Re-hash every cached object; remove the ones whose bytes are wrong.
+    Verify,
+    /// Show how much the cache holds.
+    Stats,
+    /// Evict least recently used entries down to cache.max_bytes.
+    Gc,
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MODELGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}
+
+async fn serve(config: PathBuf) -> anyhow::Result<()> {
+    let cfg = Config::load(&config)?;
+    init_logging(cfg.log_json);
+    let tls = match &cfg.tls {
+        Some((c, k)) => Some(server::tls_acceptor(c, k)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let admin = match cfg.admin_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (admin)"))?,
+        ),
+        None => None,
+    };
+    let app = App::new(cfg)?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
+        tls = tls.is_some(),
+        upstreams = ?app.router.upstreams().iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
+        cache = %app.config.cache_dir.display(),
+        "modelgate serving"
+    );
+    server::run(app, listener, admin, tls, shutdown_signal()).await;
+    Ok(())
+}
+
+fn cache(action: CacheAction, config: PathBuf) -> anyhow::Result<()> {
+    let cfg = Config::load(&config)?;
+    let store = BlobStore::open(&cfg.cache_dir, cfg.max_bytes)
+        .with_context(|| format!("cannot open cache {}", cfg.cache_dir.display()))?;
+    let human = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
+    match action {
+        CacheAction::Stats => {
+            println!("cache     {}", cfg.cache_dir.display());
+            println!("objects   {}", store.len());
+            println!("bytes     {} ({})", store.total_bytes(), human(store.total_bytes()));
+            println!("max_bytes {} ({})", cfg.max_bytes, human(cfg.max_bytes));
+        }
+        CacheAction::Gc => {
+            let (n, bytes) = store.evict_to(cfg.max_bytes);
+            println!("evicted {n} objects, {} ; {} remain in {} objects", human(bytes), human(store.total_bytes()), store.len());
+        }
+        CacheAction::Verify => {
+            let r = store.verify()?;
+            println!("checked {} objects, {}", r.checked, human(r.bytes));
+            for d in &r.corrupt {
+                println!("CORRUPT {d} (removed)");
+            }
+            if !r.corrupt.is_empty() {
+                anyhow::bail!("{} corrupt objects found and removed", r.corrupt.len());
+            }
+            println!("all objects match their digests");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(serve(config))),
+        Command::Cache { action, config } => cache(action, config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("modelgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

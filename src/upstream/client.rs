@@ -52,6 +52,8 @@ pub enum UpstreamError {
 pub struct Upstream {
     pub name: String,
     base: Url,
+    /// The base URL's path without a trailing '/', prepended to `/v2/...`.
+    base_path: String,
     username: Option<String>,
     password: Option<String>,
     idle_timeout: Duration,
@@ -121,12 +123,12 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .build(conn);
-        let mut base = cfg.url.clone();
-        let trimmed = base.path().trim_end_matches('/').to_string();
-        base.set_path(&trimmed);
+        let base = cfg.url.clone();
+        let base_path = base.path().trim_end_matches('/').to_string();
         Ok(Upstream {
             name: cfg.name.clone(),
             base,
+            base_path,
             username: cfg.username.clone(),
             password: cfg.password.clone(),
             idle_timeout: cfg.idle_timeout,
@@ -146,9 +148,9 @@ impl Upstream {
     pub fn url(&self, repo: &str, suffix: &str, query: Option<&str>) -> Url {
         let mut u = self.base.clone();
         let path = if repo.is_empty() {
-            format!("{}/v2/{suffix}", self.base.path())
+            format!("{}/v2/{suffix}", self.base_path)
         } else {
-            format!("{}/v2/{repo}/{suffix}", self.base.path())
+            format!("{}/v2/{repo}/{suffix}", self.base_path)
         };
         u.set_path(&path);
         u.set_query(query.filter(|q| !q.is_empty()));

@@ -1,0 +1,53 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process
+//! answers) and `/readyz` (the client listener is accepting).
+
+use super::body::{full, RespBody};
+use super::App;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<RespBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
+    Ok(match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            app.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => {
+            if app.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ready\n".into(), "text/plain")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain")
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n".into(), "text/plain"),
+    })
+}
+
+/// Serve the admin API until the process ends.
+pub async fn serve(app: Arc<App>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(app.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,47 @@
+//! Response bodies and the headers every answer carries.
+
+use crate::oci::OciError;
+use crate::upstream::client::BoxError;
+use bytes::Bytes;
+use futures_util::{Stream, TryStreamExt};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+
+pub type RespBody = BoxBody<Bytes, BoxError>;
+
+pub fn full(b: impl Into<Bytes>) -> RespBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn empty() -> RespBody {
+    Empty::<Bytes>::new().map_err(|e| match e {}).boxed()
+}
+
+pub fn stream<S>(s: S) -> RespBody
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+{
+    BodyExt::boxed(StreamBody::new(s.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError)))
+}
+
+pub const API_VERSION: &str = "Docker-Distribution-API-Version";
+
+/// An OCI error response.
+pub fn error_response(e: &OciError, head: bool) -> Response<RespBody> {
+    let body = e.body();
+    let len = body.len();
+    let mut r = Response::new(if head { empty() } else { full(body) });
+    *r.status_mut() = e.status;
+    let h = r.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    if e.status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"modelgate\""),
+        );
+    }
+    r
+}

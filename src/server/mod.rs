@@ -1,0 +1,228 @@
+//! The HTTP side: the client listener (plain or TLS) with its connection
+//! limit and graceful shutdown, the admin listener, and dispatch of parsed
+//! endpoints to the handlers in [`pull`].
+
+pub mod admin;
+pub mod body;
+pub mod pull;
+pub mod router;
+
+use crate::cache::{BlobStore, Flights, TagStore};
+use crate::config::Config;
+use crate::metrics::{EndpointLabels, Metrics, RequestLabels};
+use crate::oci::{ErrorCode, OciError};
+use crate::upstream::{Router, Upstream};
+use body::{error_response, RespBody, API_VERSION};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub config: Config,
+    pub router: Router,
+    pub store: Arc<BlobStore>,
+    pub tags: TagStore,
+    pub flights: Arc<Flights>,
+    pub metrics: Arc<Metrics>,
+    pub ready: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cache directory {0}: {1}")]
+    Cache(String, std::io::Error),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl App {
+    pub fn new(config: Config) -> Result<Arc<App>, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let dir = config.cache_dir.clone();
+        let store = BlobStore::open(&dir, config.max_bytes)
+            .map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
+        metrics.cache_bytes.set(store.total_bytes() as i64);
+        let tags = TagStore::open(dir.join("tags"))
+            .map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
+        let mut ups = Vec::new();
+        for u in &config.upstreams {
+            ups.push((Arc::new(Upstream::new(u, metrics.clone())?), u.default));
+        }
+        Ok(Arc::new(App {
+            router: Router::new(ups),
+            store: Arc::new(store),
+            tags,
+            flights: Flights::new(),
+            metrics,
+            ready: AtomicBool::new(false),
+            config,
+        }))
+    }
+}
+
+/// Load the TLS server config for the client listener.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| StartError::Tls(format!("{}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| StartError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls(format!("{}: no certificate in the file", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| StartError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Serve the client API on `listener` (and the admin API on `admin`) until
+/// `shutdown` resolves; then stop accepting and let requests in flight
+/// finish (at most 30 s).
+pub async fn run(
+    app: Arc<App>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(app.config.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.header_timeout)
+        .max_buf_size(1024 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    if let Some(admin) = admin {
+        tokio::spawn(admin::serve(app.clone(), admin));
+    }
+    app.ready.store(true, Ordering::Relaxed);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app2 = app.clone();
+        let svc = service_fn(move |req| handle(app2.clone(), peer, req));
+        let builder = builder.clone();
+        match &tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                let timeout = app.config.header_timeout;
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned();
+                    let _ = watcher.watch(conn).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    app.ready.store(false, Ordering::Relaxed);
+    drop(listener);
+    tracing::info!("shutting down: waiting for requests in flight");
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight after 30s; closing them");
+    }
+}
+
+async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (endpoint_label, result) = match router::parse(&path) {
+        Ok(ep) => (ep.label(), pull::dispatch(&app, ep, req).await),
+        Err(e) => ("invalid", Err(e)),
+    };
+    let head = method == Method::HEAD;
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::warn!(%peer, %method, path, code = e.code.as_str(), "{}", e.message);
+            } else {
+                tracing::info!(%peer, %method, path, code = e.code.as_str(), "{}", e.message);
+            }
+            error_response(&e, head)
+        }
+    };
+    resp.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    let code = resp.status().as_u16();
+    app.metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            method: method.as_str().to_string(),
+            endpoint: endpoint_label,
+            code,
+        })
+        .inc();
+    app.metrics
+        .http_duration
+        .get_or_create(&EndpointLabels { endpoint: endpoint_label })
+        .observe(start.elapsed().as_secs_f64());
+    tracing::debug!(%peer, %method, path, code, ms = start.elapsed().as_millis() as u64, "request");
+    Ok(resp)
+}
+
+/// 405 for methods an endpoint does not serve.
+pub fn method_not_allowed(method: &Method, what: &str) -> OciError {
+    OciError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Unsupported,
+        format!("{method} is not supported on {what}"),
+    )
+}
