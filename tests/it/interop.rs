@@ -1,0 +1,1 @@
+//! Interop with the real distribution registry and real clients.

@@ -1,0 +1,13 @@
+//! Integration tests: the real modelgate server, started in-process on
+//! 127.0.0.1:0, driven over HTTP.
+
+mod support;
+
+// Pull API against an honest in-process upstream.
+mod pull;
+// Upstreams that lie, drop, drip, stall, redirect and ask for tokens.
+mod faults;
+// The real distribution registry and real clients (skopeo, containerd, podman).
+mod interop;
+// The compiled binary: quick-start config, CLI cache tools, SIGTERM.
+mod cli;
