@@ -1,1 +1,126 @@
-//! The compiled binary.
+//! The compiled `modelgate` binary: the shipped quick-start config, `serve`
+//! with SIGTERM, the cache tools, and config errors.
+
+use crate::support::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_modelgate")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = modelgate::config::Config::load(&root.join("config/modelgate.toml")).unwrap();
+    assert_eq!(cfg.listen.to_string(), "127.0.0.1:5000");
+    assert!(cfg.upstreams.iter().any(|u| u.default));
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("bad.toml");
+    std::fs::write(&p, "[server]\nlisten = \"127.0.0.1:0\"\nlisten_typo = 1\n").unwrap();
+    let out = Command::new(bin()).args(["serve", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen_typo"), "{err}");
+    let out = Command::new(bin()).args(["serve", "--config", "/nonexistent/x.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_pull_sigterm_then_cache_tools() {
+    let up = Mock::start().await;
+    let blobs: Vec<_> = (0..3).map(|i| up.state.add_blob(data(100_000, i))).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let admin = free_port();
+    let cfg = tmp.path().join("modelgate.toml");
+    let write_cfg = |max: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nlog_format = \"json\"\n[cache]\ndir = \"{}\"\nmax_bytes = \"{max}\"\n{}",
+                tmp.path().join("cache").display(),
+                upstream_toml("local", &up.url(), true, "")
+            ),
+        )
+        .unwrap()
+    };
+    write_cfg("10MiB");
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(tmp.path().join("log")).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), client().get(format!("http://127.0.0.1:{admin}/readyz").parse().unwrap())).await {
+            if r.status() == 200 {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "modelgate did not become ready");
+    for d in &blobs {
+        let r = get(&format!("http://127.0.0.1:{port}/v2/r/blobs/{d}")).await;
+        assert_eq!(r.status, 200);
+    }
+    let metrics = get(&format!("http://127.0.0.1:{admin}/metrics")).await;
+    let text = String::from_utf8_lossy(metrics.bytes()).to_string();
+    assert_eq!(metric_value(&text, "modelgate_cache_requests_total{kind=\"blob\",result=\"miss\"}"), 3.0);
+    // SIGTERM, by PID.
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(status) = exited else {
+        let _ = child.kill();
+        panic!("modelgate did not exit within 5s of SIGTERM");
+    };
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(tmp.path().join("log")).unwrap();
+    assert!(log.lines().any(|l| l.starts_with('{') && l.contains("SIGTERM")), "json log: {log}");
+
+    let run = |args: &[&str]| {
+        let out = Command::new(bin()).args(["cache"]).args(args).arg("--config").arg(&cfg).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, out) = run(&["stats"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("objects   3") && out.contains("bytes     300000"), "{out}");
+    let (code, out) = run(&["verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("checked 3 objects"), "{out}");
+    // Damage one blob: verify finds it, removes it, exits non-zero.
+    std::fs::write(tmp.path().join("cache/blobs/sha256").join(blobs[1].hex()), b"rot").unwrap();
+    let (code, out) = run(&["verify"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains(&format!("CORRUPT {}", blobs[1])), "{out}");
+    assert!(!tmp.path().join("cache/blobs/sha256").join(blobs[1].hex()).exists());
+    // gc down to a smaller bound.
+    write_cfg("150000");
+    let (code, out) = run(&["gc"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("evicted 1 objects"), "{out}");
+    let (_, out) = run(&["stats"]);
+    assert!(out.contains("objects   1"), "{out}");
+}
