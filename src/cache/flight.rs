@@ -15,7 +15,7 @@
 use super::store::BlobStore;
 use crate::metrics::{Metrics, UpstreamLabels};
 use crate::oci::{Digest, ErrorCode, OciError, Sha256Hasher};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use futures_util::Stream;
@@ -239,6 +239,9 @@ impl Download {
         )));
     }
 
+    /// Hash each frame as it arrives (inline: ~10 µs per 16 KiB) while a
+    /// blocking job writes the previous chunk, so hashing and disk writes
+    /// overlap on the two cores instead of adding up.
     async fn pump<B>(
         &self,
         tx: &watch::Sender<FetchState>,
@@ -250,35 +253,39 @@ impl Download {
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        type Job = tokio::task::JoinHandle<io::Result<(File, Sha256Hasher)>>;
-        let mut idle = Some((file, Sha256Hasher::new()));
-        let mut job: Option<(Job, usize)> = None;
+        type Job = tokio::task::JoinHandle<io::Result<File>>;
+        let mut idle = Some(file);
+        let mut job: Option<(Job, u64)> = None;
+        let mut hasher = Sha256Hasher::new();
         let mut written: u64 = 0;
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        let mut received: u64 = 0;
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut pending_len = 0usize;
         loop {
             let frame = match tokio::time::timeout(self.idle_timeout, body.frame()).await {
                 Err(_) => {
                     return Err(PumpError::Upstream(format!(
-                        "upstream {} stalled: nothing received for {} after {received} bytes of {}",
+                        "upstream {} stalled: nothing received for {} after {} bytes of {}",
                         self.upstream,
                         humantime::format_duration(self.idle_timeout),
+                        hasher.len(),
                         self.digest
                     )))
                 }
                 Ok(None) => None,
                 Ok(Some(Err(e))) => {
                     return Err(PumpError::Upstream(format!(
-                        "upstream {} connection failed after {received} bytes of {}: {e}",
-                        self.upstream, self.digest
+                        "upstream {} connection failed after {} bytes of {}: {e}",
+                        self.upstream,
+                        hasher.len(),
+                        self.digest
                     )))
                 }
                 Ok(Some(Ok(f))) => Some(f),
             };
             let end = frame.is_none();
             if let Some(Ok(data)) = frame.map(|f| f.into_data()) {
-                received += data.len() as u64;
-                if size.is_some_and(|s| received > s) {
+                hasher.update(&data);
+                if size.is_some_and(|s| hasher.len() > s) {
                     return Err(PumpError::Upstream(format!(
                         "upstream {} sent more bytes than the {} it announced for {}",
                         self.upstream,
@@ -286,22 +293,24 @@ impl Download {
                         self.digest
                     )));
                 }
-                buf.extend_from_slice(&data);
+                pending_len += data.len();
+                pending.push(data);
             }
-            if buf.len() >= CHUNK || (end && !buf.is_empty()) {
+            if pending_len >= CHUNK || (end && pending_len > 0) {
                 if let Some((j, n)) = job.take() {
                     idle = Some(j.await.map_err(|e| PumpError::Io(io::Error::other(e)))?.map_err(PumpError::Io)?);
-                    written += n as u64;
+                    written += n;
                     publish(tx, written);
                 }
-                let chunk = buf.split().freeze();
-                let n = chunk.len();
-                let (mut f, mut h) = idle.take().expect("invariant: no write job runs, so the file is idle");
+                let chunks = std::mem::take(&mut pending);
+                let n = std::mem::take(&mut pending_len) as u64;
+                let mut f = idle.take().expect("invariant: no write job runs, so the file is idle");
                 job = Some((
                     tokio::task::spawn_blocking(move || {
-                        f.write_all(&chunk)?;
-                        h.update(&chunk);
-                        Ok((f, h))
+                        for c in &chunks {
+                            f.write_all(c)?;
+                        }
+                        Ok(f)
                     }),
                     n,
                 ));
@@ -312,10 +321,11 @@ impl Download {
         }
         if let Some((j, n)) = job.take() {
             idle = Some(j.await.map_err(|e| PumpError::Io(io::Error::other(e)))?.map_err(PumpError::Io)?);
-            written += n as u64;
+            written += n;
             publish(tx, written);
         }
-        Ok(idle.expect("invariant: the last job returned the file"))
+        let file = idle.expect("invariant: the last job returned the file");
+        Ok((file, hasher))
     }
 }
 
