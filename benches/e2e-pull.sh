@@ -61,7 +61,7 @@ admin_listen = "127.0.0.1:$MG_ADMIN"
 dir = "$W/mg/cache"
 tag_ttl = "300s"
 [[upstreams]]
-name = "bench"
+name = "bench.local"
 url = "http://127.0.0.1:$UP_PORT"
 default = true
 TOML
