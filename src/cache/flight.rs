@@ -4,10 +4,17 @@
 //! client (the first one included) streams from that file as bytes land, so
 //! followers get bytes as they arrive, not after the download ends.
 //!
+//! The client that started the download (the leader) is fed the frames
+//! straight from memory as they are hashed, so a lone client costs no disk
+//! read; if it falls behind it is detached and continues from the file.
+//!
 //! Invariants:
-//! - the final byte of a body of known length is released only after the
-//!   digest verified, so a client never receives a complete body of wrong
-//!   bytes: on a mismatch its response is aborted;
+//! - the final bytes of a body are released only after the digest verified
+//!   (the leader's last frame is held back; file readers stop one byte short),
+//!   so a client never receives a complete body of wrong bytes: on a mismatch
+//!   its response is aborted;
+//! - the blob is committed (fsync, rename) after it verified; clients do not
+//!   wait for the fsync;
 //! - at most one download per digest is in flight;
 //! - memory per download and per reader is bounded by [`CHUNK`], whatever the
 //!   blob size.
@@ -29,8 +36,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Bytes moved per disk write / read and per body frame.
+/// Bytes per disk read by a file reader, and the granularity at which
+/// followers see progress.
 pub const CHUNK: usize = 256 * 1024;
+
+/// Bytes gathered before one blocking disk write.
+const WRITE_BATCH: usize = CHUNK;
+
+/// A slow upstream's bytes are written (and shown to followers) after at
+/// most this long, even when less than a batch arrived.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
 
 /// Progress of one download.
 #[derive(Clone)]
@@ -43,7 +58,8 @@ pub enum FetchState {
         written: u64,
         file: Arc<File>,
     },
-    /// Verified and committed to the store.
+    /// All bytes are in `file` and verified (the commit to the store may
+    /// still be under way).
     Done { size: u64, file: Arc<File> },
     /// Failed; nothing was cached.
     Failed(OciError),
@@ -82,6 +98,11 @@ impl Flights {
                 (rx, true)
             }
         }
+    }
+
+    /// The progress of the download of `d`, if one runs.
+    pub fn get(&self, d: &Digest) -> Option<watch::Receiver<FetchState>> {
+        self.map.get(d).map(|r| r.clone())
     }
 
     /// Downloads in flight now.
@@ -141,8 +162,9 @@ enum PumpError {
 }
 
 impl Download {
-    /// Drive the download to the end, publishing progress on `tx`.
-    pub async fn run<B>(self, tx: watch::Sender<FetchState>, size: Option<u64>, body: B)
+    /// Drive the download to the end, publishing progress on `tx` and
+    /// feeding `leader` (if any) directly.
+    pub async fn run<B>(self, tx: watch::Sender<FetchState>, size: Option<u64>, body: B, leader: Option<Leader>)
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -176,9 +198,10 @@ impl Download {
             written: 0,
             file: reader.clone(),
         });
-        let outcome = self.pump(&tx, size, body, file).await;
+        let mut leader = leader;
+        let outcome = self.pump(&tx, size, body, file, &mut leader).await;
         let failure = match outcome {
-            Ok((file, hasher)) => {
+            Ok((file, hasher, held)) => {
                 let n = hasher.len();
                 let actual = hasher.finish();
                 if actual != self.digest {
@@ -204,6 +227,12 @@ impl Download {
                         size.unwrap_or(0)
                     ))
                 } else {
+                    // Verified: release the held-back bytes, then commit.
+                    tx.send_replace(FetchState::Done { size: n, file: reader });
+                    if let (Some(l), Some(last)) = (leader.take(), held) {
+                        let _ = l.tx.send(LeaderMsg::Data(last)).await;
+                        let _ = l.tx.send(LeaderMsg::End).await;
+                    }
                     let store = self.store.clone();
                     let d = self.digest.clone();
                     let p = path.clone();
@@ -217,11 +246,15 @@ impl Download {
                     match committed {
                         Ok(()) => {
                             self.metrics.cache_bytes.set(self.store.total_bytes() as i64);
-                            tx.send_replace(FetchState::Done { size: n, file: reader });
-                            return;
                         }
-                        Err(e) => Some(format!("modelgate cannot commit {} to its cache: {e}", self.digest)),
+                        Err(e) => {
+                            // Readers keep their open handle and finish; the
+                            // next request downloads again.
+                            tracing::error!(digest = %self.digest, error = %e, "cannot commit a verified blob to the cache");
+                            let _ = std::fs::remove_file(&path);
+                        }
                     }
+                    return;
                 }
             }
             Err(PumpError::Upstream(m)) => {
@@ -232,6 +265,9 @@ impl Download {
         };
         let _ = std::fs::remove_file(&path);
         let msg = failure.unwrap_or_default();
+        if let Some(l) = leader.take() {
+            let _ = l.tx.send(LeaderMsg::Error(msg.clone())).await;
+        }
         tx.send_replace(FetchState::Failed(OciError::new(
             StatusCode::BAD_GATEWAY,
             ErrorCode::BlobUnknown,
@@ -240,93 +276,211 @@ impl Download {
     }
 
     /// Hash each frame as it arrives (inline: ~10 µs per 16 KiB) while a
-    /// blocking job writes the previous chunk, so hashing and disk writes
-    /// overlap on the two cores instead of adding up.
+    /// blocking job writes earlier bytes, so hashing and disk writes overlap.
+    /// Bytes are written in batches of [`WRITE_BATCH`], or after
+    /// [`FLUSH_AFTER`] when the upstream is slow, and followers see them as
+    /// soon as each write finishes.
     async fn pump<B>(
         &self,
         tx: &watch::Sender<FetchState>,
         size: Option<u64>,
         mut body: B,
         file: File,
-    ) -> Result<(File, Sha256Hasher), PumpError>
+        leader: &mut Option<Leader>,
+    ) -> Result<(File, Sha256Hasher, Option<Bytes>), PumpError>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        type Job = tokio::task::JoinHandle<io::Result<File>>;
-        let mut idle = Some(file);
-        let mut job: Option<(Job, u64)> = None;
+        let mut w = Writer { idle: Some(file), job: None, pending: Vec::new(), pending_len: 0, written: 0 };
         let mut hasher = Sha256Hasher::new();
-        let mut written: u64 = 0;
-        let mut pending: Vec<Bytes> = Vec::new();
-        let mut pending_len = 0usize;
+        let mut held: Option<Bytes> = None;
+        let mut last_frame = tokio::time::Instant::now();
         loop {
-            let frame = match tokio::time::timeout(self.idle_timeout, body.frame()).await {
-                Err(_) => {
-                    return Err(PumpError::Upstream(format!(
-                        "upstream {} stalled: nothing received for {} after {} bytes of {}",
-                        self.upstream,
-                        humantime::format_duration(self.idle_timeout),
-                        hasher.len(),
-                        self.digest
-                    )))
+            let can_flush = w.pending_len > 0 && w.job.is_none();
+            let can_read = w.pending_len < 4 * WRITE_BATCH;
+            tokio::select! {
+                biased;
+                done = async { (&mut w.job.as_mut().expect("guarded by the branch condition").0).await }, if w.job.is_some() => {
+                    w.finish(done)?;
+                    publish(tx, w.written);
+                    if w.pending_len >= WRITE_BATCH {
+                        w.start();
+                    }
                 }
-                Ok(None) => None,
-                Ok(Some(Err(e))) => {
-                    return Err(PumpError::Upstream(format!(
-                        "upstream {} connection failed after {} bytes of {}: {e}",
-                        self.upstream,
-                        hasher.len(),
-                        self.digest
-                    )))
-                }
-                Ok(Some(Ok(f))) => Some(f),
-            };
-            let end = frame.is_none();
-            if let Some(Ok(data)) = frame.map(|f| f.into_data()) {
-                hasher.update(&data);
-                if size.is_some_and(|s| hasher.len() > s) {
-                    return Err(PumpError::Upstream(format!(
-                        "upstream {} sent more bytes than the {} it announced for {}",
-                        self.upstream,
-                        size.unwrap_or(0),
-                        self.digest
-                    )));
-                }
-                pending_len += data.len();
-                pending.push(data);
-            }
-            if pending_len >= CHUNK || (end && pending_len > 0) {
-                if let Some((j, n)) = job.take() {
-                    idle = Some(j.await.map_err(|e| PumpError::Io(io::Error::other(e)))?.map_err(PumpError::Io)?);
-                    written += n;
-                    publish(tx, written);
-                }
-                let chunks = std::mem::take(&mut pending);
-                let n = std::mem::take(&mut pending_len) as u64;
-                let mut f = idle.take().expect("invariant: no write job runs, so the file is idle");
-                job = Some((
-                    tokio::task::spawn_blocking(move || {
-                        for c in &chunks {
-                            f.write_all(c)?;
+                _ = tokio::time::sleep(FLUSH_AFTER), if can_flush => w.start(),
+                frame = tokio::time::timeout_at(last_frame + self.idle_timeout, body.frame()), if can_read => {
+                    let data = match frame {
+                        Err(_) => {
+                            return Err(PumpError::Upstream(format!(
+                                "upstream {} stalled: nothing received for {} after {} bytes of {}",
+                                self.upstream,
+                                humantime::format_duration(self.idle_timeout),
+                                hasher.len(),
+                                self.digest
+                            )))
                         }
-                        Ok(f)
-                    }),
-                    n,
-                ));
-            }
-            if end {
-                break;
+                        Ok(None) => break,
+                        Ok(Some(Err(e))) => {
+                            return Err(PumpError::Upstream(format!(
+                                "upstream {} connection failed after {} bytes of {}: {e}",
+                                self.upstream,
+                                hasher.len(),
+                                self.digest
+                            )))
+                        }
+                        Ok(Some(Ok(f))) => match f.into_data() {
+                            Ok(d) => d,
+                            Err(_) => continue, // trailers
+                        },
+                    };
+                    last_frame = tokio::time::Instant::now();
+                    hasher.update(&data);
+                    if size.is_some_and(|s| hasher.len() > s) {
+                        return Err(PumpError::Upstream(format!(
+                            "upstream {} sent more bytes than the {} it announced for {}",
+                            self.upstream,
+                            size.unwrap_or(0),
+                            self.digest
+                        )));
+                    }
+                    if let Some(l) = leader.as_ref() {
+                        // Hand the previous frame over, keep this one back.
+                        if let Some(prev) = held.replace(data.clone()) {
+                            if !l.feed(prev).await {
+                                *leader = None;
+                            }
+                        }
+                    }
+                    w.pending_len += data.len();
+                    w.pending.push(data);
+                    if w.pending_len >= WRITE_BATCH && w.job.is_none() {
+                        w.start();
+                    }
+                }
             }
         }
-        if let Some((j, n)) = job.take() {
-            idle = Some(j.await.map_err(|e| PumpError::Io(io::Error::other(e)))?.map_err(PumpError::Io)?);
-            written += n;
-            publish(tx, written);
+        // The body ended: write what is left.
+        for _ in 0..2 {
+            if let Some((j, _)) = w.job.as_mut() {
+                let done = j.await;
+                w.finish(done)?;
+                publish(tx, w.written);
+            }
+            if w.pending_len > 0 {
+                w.start();
+            }
         }
-        let file = idle.expect("invariant: the last job returned the file");
-        Ok((file, hasher))
+        let file = w.idle.expect("invariant: every write job returned the file");
+        Ok((file, hasher, held))
     }
+}
+
+type WriteJob = tokio::task::JoinHandle<io::Result<File>>;
+
+/// The file side of a download: at most one blocking write at a time.
+struct Writer {
+    idle: Option<File>,
+    job: Option<(WriteJob, u64)>,
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    written: u64,
+}
+
+impl Writer {
+    fn start(&mut self) {
+        let chunks = std::mem::take(&mut self.pending);
+        let n = std::mem::take(&mut self.pending_len) as u64;
+        let mut f = self.idle.take().expect("invariant: no write job runs, so the file is idle");
+        self.job = Some((
+            tokio::task::spawn_blocking(move || {
+                for c in &chunks {
+                    f.write_all(c)?;
+                }
+                Ok(f)
+            }),
+            n,
+        ));
+    }
+
+    fn finish(&mut self, done: Result<io::Result<File>, tokio::task::JoinError>) -> Result<(), PumpError> {
+        let (_, n) = self.job.take().expect("invariant: finish follows a running job");
+        self.idle = Some(done.map_err(|e| PumpError::Io(io::Error::other(e)))?.map_err(PumpError::Io)?);
+        self.written += n;
+        Ok(())
+    }
+}
+
+/// What the leader's response receives straight from the download.
+pub enum LeaderMsg {
+    Data(Bytes),
+    /// The body verified and is complete.
+    End,
+    /// The download failed: abort the response.
+    Error(String),
+}
+
+/// The download's side of the leader's channel.
+pub struct Leader {
+    tx: tokio::sync::mpsc::Sender<LeaderMsg>,
+}
+
+/// How long the download waits for a leader that does not keep up before
+/// detaching it (it then reads from the file like any follower).
+const LEADER_PATIENCE: Duration = Duration::from_millis(200);
+
+impl Leader {
+    /// A leader channel; the receiver goes to [`stream_leader`].
+    pub fn channel() -> (Leader, tokio::sync::mpsc::Receiver<LeaderMsg>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        (Leader { tx }, rx)
+    }
+
+    async fn feed(&self, b: Bytes) -> bool {
+        matches!(tokio::time::timeout(LEADER_PATIENCE, self.tx.send(LeaderMsg::Data(b))).await, Ok(Ok(())))
+    }
+}
+
+/// The leader's body: frames from memory while attached, then (if it was
+/// detached) the rest from the file.
+pub fn stream_leader(
+    rx: tokio::sync::mpsc::Receiver<LeaderMsg>,
+    state: watch::Receiver<FetchState>,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    enum St {
+        Memory(tokio::sync::mpsc::Receiver<LeaderMsg>, watch::Receiver<FetchState>, u64),
+        File(watch::Receiver<FetchState>, u64),
+    }
+    futures_util::stream::unfold(Some(St::Memory(rx, state, 0)), move |st| {
+        let metrics = metrics.clone();
+        async move {
+            let mut st = st?;
+            loop {
+                match st {
+                    St::Memory(mut rx, state, pos) => match rx.recv().await {
+                        Some(LeaderMsg::Data(b)) => {
+                            metrics.served("upstream", b.len() as u64);
+                            let n = b.len() as u64;
+                            return Some((Ok(b), Some(St::Memory(rx, state, pos + n))));
+                        }
+                        Some(LeaderMsg::End) => return None,
+                        Some(LeaderMsg::Error(e)) => return Some((Err(io::Error::other(e)), None)),
+                        None => st = St::File(state, pos),
+                    },
+                    St::File(mut state, pos) => {
+                        return match next_from_flight(&mut state, pos, &metrics).await? {
+                            Ok(b) => {
+                                let n = b.len() as u64;
+                                Some((Ok(b), Some(St::File(state, pos + n))))
+                            }
+                            Err(e) => Some((Err(e), None)),
+                        };
+                    }
+                }
+            }
+        }
+    })
 }
 
 fn publish(tx: &watch::Sender<FetchState>, n: u64) {
@@ -374,6 +528,43 @@ pub fn stream_file(
     })
 }
 
+/// The next bytes at `pos` of a download in flight, as they land; None at
+/// the end.
+async fn next_from_flight(rx: &mut watch::Receiver<FetchState>, pos: u64, metrics: &Metrics) -> Option<io::Result<Bytes>> {
+    loop {
+        let snapshot = rx.borrow_and_update().clone();
+        let (file, avail, total) = match snapshot {
+            FetchState::Connecting => (None, 0, None),
+            FetchState::Streaming { size, written, file } => {
+                // Hold back the last byte until the digest verified.
+                let avail = match size {
+                    Some(s) => written.min(s.saturating_sub(1)),
+                    None => written,
+                };
+                (Some(file), avail, None)
+            }
+            FetchState::Done { size, file } => (Some(file), size, Some(size)),
+            FetchState::Failed(e) => return Some(Err(io::Error::other(e.message))),
+        };
+        if let Some(file) = file {
+            if pos < avail {
+                let n = (avail - pos).min(CHUNK as u64 * 4) as usize;
+                let r = read_at(file, pos, n).await;
+                if r.is_ok() {
+                    metrics.served("upstream", n as u64);
+                }
+                return Some(r);
+            }
+            if total.is_some_and(|t| pos >= t) {
+                return None;
+            }
+        }
+        if rx.changed().await.is_err() {
+            return Some(Err(io::Error::other(aborted().message)));
+        }
+    }
+}
+
 /// Stream a download in flight from the start, as bytes land. Ends with an
 /// error (aborting the client's response) if the download fails.
 pub fn stream_flight(
@@ -384,39 +575,12 @@ pub fn stream_flight(
         let metrics = metrics.clone();
         async move {
             let (mut rx, pos) = st?;
-            loop {
-                let snapshot = rx.borrow_and_update().clone();
-                let (file, avail, total) = match snapshot {
-                    FetchState::Connecting => (None, 0, None),
-                    FetchState::Streaming { size, written, file } => {
-                        // Hold back the last byte until the digest verified.
-                        let avail = match size {
-                            Some(s) => written.min(s.saturating_sub(1)),
-                            None => written,
-                        };
-                        (Some(file), avail, None)
-                    }
-                    FetchState::Done { size, file } => (Some(file), size, Some(size)),
-                    FetchState::Failed(e) => return Some((Err(io::Error::other(e.message)), None)),
-                };
-                if let Some(file) = file {
-                    if pos < avail {
-                        let n = (avail - pos).min(CHUNK as u64 * 4) as usize;
-                        return match read_at(file, pos, n).await {
-                            Ok(b) => {
-                                metrics.served("upstream", n as u64);
-                                Some((Ok(b), Some((rx, pos + n as u64))))
-                            }
-                            Err(e) => Some((Err(e), None)),
-                        };
-                    }
-                    if total.is_some_and(|t| pos >= t) {
-                        return None;
-                    }
+            match next_from_flight(&mut rx, pos, &metrics).await? {
+                Ok(b) => {
+                    let n = b.len() as u64;
+                    Some((Ok(b), Some((rx, pos + n))))
                 }
-                if rx.changed().await.is_err() {
-                    return Some((Err(io::Error::other(aborted().message)), None));
-                }
+                Err(e) => Some((Err(e), None)),
             }
         }
     })

@@ -174,8 +174,15 @@ pub async fn run(
     app.ready.store(false, Ordering::Relaxed);
     drop(listener);
     tracing::info!("shutting down: waiting for requests in flight");
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
-        tracing::warn!("requests still in flight after 30s; closing them");
+    let drain = async {
+        graceful.shutdown().await;
+        // Downloads outlive their clients; let them verify and commit.
+        while app.flights.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+        tracing::warn!("requests or downloads still in flight after 30s; closing them");
     }
 }
 

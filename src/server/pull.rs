@@ -5,7 +5,7 @@
 use super::body::{empty, error_response, full, stream, RespBody};
 use super::router::Endpoint;
 use super::{method_not_allowed, App};
-use crate::cache::flight::{self, Download, FetchState};
+use crate::cache::flight::{self, Download, FetchState, Leader};
 use crate::error::{upstream_status, Object};
 use crate::metrics::UpstreamLabels;
 use crate::oci::media::{self, accepts, content_type_for, DEFAULT_MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX};
@@ -386,8 +386,7 @@ fn blob_headers(h: &mut HeaderMap, d: &Digest, len: u64) {
 }
 
 /// Serve a committed blob, honouring Range.
-fn serve_cached_blob(app: &App, d: &Digest, file: std::fs::File, size: u64, head: bool, range: Option<&str>) -> Response<RespBody> {
-    let file = Arc::new(file);
+fn serve_cached_blob(app: &App, d: &Digest, file: Arc<std::fs::File>, size: u64, head: bool, range: Option<&str>) -> Response<RespBody> {
     let (status, start, end) = match range.and_then(|r| parse_range(r, size)) {
         None => (StatusCode::OK, 0, size),
         Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
@@ -419,6 +418,11 @@ fn serve_cached_blob(app: &App, d: &Digest, file: std::fs::File, size: u64, head
 async fn get_blob(app: &Arc<App>, r: &Route, d: &Digest, head: bool, range: Option<&str>) -> Result<Response<RespBody>, OciError> {
     if let Some((file, size)) = app.store.open_blob(d) {
         app.metrics.cache("blob", true);
+        return Ok(serve_cached_blob(app, d, Arc::new(file), size, head, range));
+    }
+    // Verified and being committed: as good as cached.
+    if let Some(FetchState::Done { size, file }) = app.flights.get(d).map(|rx| rx.borrow().clone()) {
+        app.metrics.cache("blob", true);
         return Ok(serve_cached_blob(app, d, file, size, head, range));
     }
     app.metrics.cache("blob", false);
@@ -438,11 +442,21 @@ async fn get_blob(app: &Arc<App>, r: &Route, d: &Digest, head: bool, range: Opti
         blob_headers(out.headers_mut(), d, len);
         return Ok(out);
     }
+    // The client that starts the download is fed from memory; ranges are
+    // served only once the whole blob verified, so they need no feed.
+    let mut leader_rx = None;
     let (mut rx, started) = app.flights.join_or_start(d, |tx| {
+        let leader = if range.is_none() {
+            let (l, lrx) = Leader::channel();
+            leader_rx = Some(lrx);
+            Some(l)
+        } else {
+            None
+        };
         let app = app.clone();
         let path = r.path.clone();
         let d = d.clone();
-        async move { download_blob(app, up, path, d, tx).await }
+        async move { download_blob(app, up, path, d, tx, leader).await }
     });
     if !started {
         app.metrics.fetches_coalesced.inc();
@@ -450,11 +464,11 @@ async fn get_blob(app: &Arc<App>, r: &Route, d: &Digest, head: bool, range: Opti
     flight::wait_started(&mut rx).await?;
     if range.is_some() {
         // Bytes of a range cannot be checked by the client: serve ranges
-        // only from the verified, committed blob.
+        // only from the verified blob.
         flight::wait_done(&mut rx).await?;
-        let (file, size) = app.store.open_blob(d).ok_or_else(|| {
-            OciError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, format!("blob {d} was evicted from the cache before it could be served; retry"))
-        })?;
+        let FetchState::Done { size, file } = rx.borrow().clone() else {
+            return Err(OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "download state lost"));
+        };
         return Ok(serve_cached_blob(app, d, file, size, false, range));
     }
     let size = match &*rx.borrow() {
@@ -462,7 +476,11 @@ async fn get_blob(app: &Arc<App>, r: &Route, d: &Digest, head: bool, range: Opti
         FetchState::Done { size, .. } => Some(*size),
         _ => None,
     };
-    let mut resp = Response::new(stream(flight::stream_flight(rx, app.metrics.clone())));
+    let body = match leader_rx {
+        Some(lrx) => stream(flight::stream_leader(lrx, rx, app.metrics.clone())),
+        None => stream(flight::stream_flight(rx, app.metrics.clone())),
+    };
+    let mut resp = Response::new(body);
     blob_headers(resp.headers_mut(), d, size.unwrap_or(0));
     if size.is_none() {
         resp.headers_mut().remove(CONTENT_LENGTH);
@@ -470,7 +488,14 @@ async fn get_blob(app: &Arc<App>, r: &Route, d: &Digest, head: bool, range: Opti
     Ok(resp)
 }
 
-async fn download_blob(app: Arc<App>, up: Arc<crate::upstream::Upstream>, path: RepoName, d: Digest, tx: tokio::sync::watch::Sender<FetchState>) {
+async fn download_blob(
+    app: Arc<App>,
+    up: Arc<crate::upstream::Upstream>,
+    path: RepoName,
+    d: Digest,
+    tx: tokio::sync::watch::Sender<FetchState>,
+    leader: Option<Leader>,
+) {
     // It may have landed between the caller's cache check and now.
     if let Some((file, size)) = app.store.open_blob(&d) {
         tx.send_replace(FetchState::Done { size, file: Arc::new(file) });
@@ -500,7 +525,7 @@ async fn download_blob(app: Arc<App>, up: Arc<crate::upstream::Upstream>, path: 
         upstream: up.name.clone(),
         idle_timeout: up.idle_timeout(),
     };
-    dl.run(tx, size, resp.into_body()).await;
+    dl.run(tx, size, resp.into_body(), leader).await;
 }
 
 /// Rewrite an upstream `Link: <...>; rel="next"` to point at modelgate under

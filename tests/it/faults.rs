@@ -27,6 +27,7 @@ async fn wrong_bytes_abort_the_response_and_cache_nothing() {
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert!(client_saw_failure(&r), "client must not get a clean body of wrong bytes");
     assert!(r.body.is_err(), "headers were sent, so the body must break");
+    settle(&g).await;
     assert!(cached_blobs(&g).is_empty());
     assert_eq!(temp_files(&g), 0);
     assert_eq!(g.metric("modelgate_digest_mismatches_total{upstream=\"local\"}"), 1.0);
@@ -46,6 +47,7 @@ async fn truncated_chunked_body_is_a_failure() {
     let g = gate_for(&up).await;
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert!(r.body.is_err(), "a short body must not look complete");
+    settle(&g).await;
     assert!(cached_blobs(&g).is_empty());
     assert_eq!(temp_files(&g), 0);
     assert_eq!(g.metric("modelgate_digest_mismatches_total{upstream=\"local\"}"), 1.0);
@@ -61,6 +63,7 @@ async fn connection_dropped_mid_blob() {
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.is_err());
+    settle(&g).await;
     assert!(cached_blobs(&g).is_empty());
     assert_eq!(temp_files(&g), 0);
     g.stop().await;
@@ -75,6 +78,7 @@ async fn slow_drip_still_arrives_whole() {
     let g = gate_for(&up).await;
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert_eq!(r.bytes(), &blob);
+    settle(&g).await;
     assert_eq!(cached_blobs(&g), vec![d.hex().to_string()]);
     g.stop().await;
 }
@@ -89,6 +93,7 @@ async fn stalled_upstream_is_abandoned_after_idle_timeout() {
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert!(r.body.is_err());
     assert!(started.elapsed() < Duration::from_secs(30));
+    settle(&g).await;
     assert!(cached_blobs(&g).is_empty());
     assert_eq!(temp_files(&g), 0);
     g.stop().await;
@@ -255,6 +260,7 @@ async fn oversized_manifest_is_refused() {
     let r = get(&g.url("/v2/m/x/manifests/big")).await;
     assert_eq!(r.code(), "MANIFEST_INVALID");
     assert!(r.message().contains("larger than"), "{}", r.message());
+    settle(&g).await;
     assert!(cached_blobs(&g).is_empty());
     g.stop().await;
 }

@@ -48,6 +48,7 @@ async fn manifest_and_blobs_are_served_then_cached() {
     assert_eq!(g.metric("modelgate_cache_requests_total{kind=\"blob\",result=\"miss\"}"), 1.0);
     assert_eq!(g.metric("modelgate_bytes_served_total{source=\"cache\"}"), 300_000.0);
     assert!(g.metric("modelgate_cache_bytes") >= 300_000.0);
+    settle(&g).await;
     assert!(cached_blobs(&g).contains(&ls[0].hex().to_string()));
     // Manifest by tag within tag_ttl: no upstream request at all.
     let before = up.state.count("GET", "/manifests/") + up.state.count("HEAD", "/manifests/");
@@ -228,6 +229,7 @@ async fn cache_stays_under_max_bytes() {
         assert_eq!(get(&g.url(&format!("/v2/r/blobs/{d}"))).await.status, StatusCode::OK);
     }
     assert!(g.app.store.total_bytes() <= 250_000);
+    settle(&g).await;
     assert_eq!(cached_blobs(&g).len(), 2);
     // The most recent ones stayed.
     assert!(g.app.store.size_of(&ds[3]).is_some() && g.app.store.size_of(&ds[0]).is_none());

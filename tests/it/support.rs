@@ -582,6 +582,18 @@ pub async fn get(url: &str) -> Got {
     send(Method::GET, url, &[]).await
 }
 
+/// Wait (bounded) until no download is in flight: a client gets its last
+/// byte once the blob verified, and the commit to the cache follows.
+pub async fn settle(g: &Gate) {
+    for _ in 0..200 {
+        if g.app.flights.in_flight() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("downloads still in flight after 2s");
+}
+
 /// Files under the cache's blob directory.
 pub fn cached_blobs(g: &Gate) -> Vec<String> {
     std::fs::read_dir(g.dir.join("cache/blobs/sha256"))
