@@ -13,3 +13,5 @@ pub mod oci;
 pub mod upstream;
 pub mod error;
 pub mod server;
+pub mod policy;
+pub mod trust;

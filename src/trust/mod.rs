@@ -1,0 +1,12 @@
+//! Trust: cosign signatures. [`keys`] loads and makes keys, [`verify`]
+//! checks one signature over exact bytes (pure functions, tested against
+//! vectors made by another implementation), [`sign`] builds signature
+//! artifacts in cosign's formats. Finding an image's signatures at an
+//! upstream is the server's job (`server::signatures`).
+
+pub mod keys;
+pub mod sign;
+pub mod verify;
+
+pub use keys::{PrivateKey, PublicKey};
+pub use verify::{SigError, SigFormat};
