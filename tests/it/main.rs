@@ -11,3 +11,5 @@ mod faults;
 mod interop;
 // The compiled binary: quick-start config, CLI cache tools, SIGTERM.
 mod cli;
+// cosign signature vectors from another implementation.
+mod vectors;
