@@ -94,6 +94,8 @@ impl Default for RawCache {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     file: Option<PathBuf>,
+    /// How often the policy file is checked for changes.
+    reload_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +147,7 @@ pub struct Config {
     pub max_bytes: u64,
     pub tag_ttl: Duration,
     pub policy_file: Option<PathBuf>,
+    pub policy_reload_interval: Duration,
     pub audit_path: String,
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -304,6 +307,7 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("cache.max_bytes: {e}")))?,
             tag_ttl: duration("cache.tag_ttl", &raw.cache.tag_ttl)?,
             policy_file: raw.policy.file.clone(),
+            policy_reload_interval: duration("policy.reload_interval", raw.policy.reload_interval.as_deref().unwrap_or("2s"))?,
             audit_path: raw.audit.path.clone(),
             upstreams,
         })

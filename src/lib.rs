@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod metrics;

@@ -4,8 +4,10 @@
 
 pub mod admin;
 pub mod body;
+pub mod gate;
 pub mod pull;
 pub mod router;
+pub mod signatures;
 
 use crate::cache::{BlobStore, Flights, TagStore};
 use crate::config::Config;
@@ -39,6 +41,9 @@ pub struct App {
     pub flights: Arc<Flights>,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
+    pub policy: Arc<crate::policy::PolicyHolder>,
+    pub audit: crate::audit::AuditLog,
+    pub gate: gate::GateState,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,10 @@ pub enum StartError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("audit log {0}: {1}")]
+    Audit(String, std::io::Error),
 }
 
 impl App {
@@ -64,7 +73,13 @@ impl App {
         for u in &config.upstreams {
             ups.push((Arc::new(Upstream::new(u, metrics.clone())?), u.default));
         }
+        let policy = Arc::new(crate::policy::PolicyHolder::load(config.policy_file.clone())?);
+        let audit = crate::audit::AuditLog::open(&config.audit_path).map_err(|e| StartError::Audit(config.audit_path.clone(), e))?;
+        let gate = gate::GateState::open(dir.join("seen-tags")).map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
         Ok(Arc::new(App {
+            policy,
+            audit,
+            gate,
             router: Router::new(ups),
             store: Arc::new(store),
             tags,
@@ -120,6 +135,7 @@ pub async fn run(
     if let Some(admin) = admin {
         tokio::spawn(admin::serve(app.clone(), admin));
     }
+    app.policy.watch(app.metrics.clone(), app.config.policy_reload_interval);
     app.ready.store(true, Ordering::Relaxed);
     tokio::pin!(shutdown);
     loop {
@@ -191,7 +207,7 @@ async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resu
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let (endpoint_label, result) = match router::parse(&path) {
-        Ok(ep) => (ep.label(), pull::dispatch(&app, ep, req).await),
+        Ok(ep) => (ep.label(), pull::dispatch(&app, ep, req, peer).await),
         Err(e) => ("invalid", Err(e)),
     };
     let head = method == Method::HEAD;

@@ -29,7 +29,7 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-pub async fn dispatch(app: &Arc<App>, ep: Endpoint, req: Request<Incoming>) -> Result<Response<RespBody>, OciError> {
+pub async fn dispatch(app: &Arc<App>, ep: Endpoint, req: Request<Incoming>, peer: std::net::SocketAddr) -> Result<Response<RespBody>, OciError> {
     let method = req.method().clone();
     let query = req.uri().query().map(str::to_string);
     let ns = query_param(query.as_deref(), "ns");
@@ -54,6 +54,9 @@ pub async fn dispatch(app: &Arc<App>, ep: Endpoint, req: Request<Incoming>) -> R
             let accept: Vec<&str> = req.headers().get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
             let accept = (!accept.is_empty()).then(|| accept.join(", "));
             let m = get_manifest(app, &r, &reference, accept.as_deref()).await?;
+            // Decided on exactly the bytes about to be served.
+            let subject = super::gate::Subject { route: &r, reference: &reference, manifest: &m };
+            super::gate::admit_manifest(app, &subject, &peer.ip().to_string()).await?;
             let mut resp = manifest_response(&m, method == Method::HEAD);
             echo_ns(&mut resp, &r);
             resp
@@ -63,6 +66,7 @@ pub async fn dispatch(app: &Arc<App>, ep: Endpoint, req: Request<Incoming>) -> R
                 return Err(method_not_allowed(&method, "blobs"));
             }
             let r = route(&name)?;
+            super::gate::blob_allowed(app, &r, &digest)?;
             let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
             let mut resp = get_blob(app, &r, &digest, method == Method::HEAD, range.as_deref()).await?;
             echo_ns(&mut resp, &r);
@@ -605,10 +609,12 @@ fn filter_index(doc: &[u8], artifact_type: Option<&str>) -> Result<Vec<u8>, Stri
     serde_json::to_vec(&out).map_err(|e| e.to_string())
 }
 
-/// Referrers of `d`: the upstream's referrers API when it has one, else the
-/// `sha256-<hex>` tag-schema index, else an empty index.
-async fn referrers(app: &Arc<App>, r: &Route, d: &Digest, artifact_type: Option<&str>) -> Result<Response<RespBody>, OciError> {
+/// Referrers of `d` as an index document: the upstream's referrers API when
+/// it has one, else the `sha256-<hex>` tag-schema index, else an empty
+/// index. Returns the document and whether the artifactType filter applied.
+pub async fn referrers_index(app: &Arc<App>, r: &Route, d: &Digest, artifact_type: Option<&str>) -> Result<(Vec<u8>, bool), OciError> {
     let up = &r.upstream;
+    let bad = |e: String| OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid, format!("upstream {} referrers of {d}: {e}", up.name));
     let q = artifact_type.map(|t| url::form_urlencoded::Serializer::new(String::new()).append_pair("artifactType", t).finish());
     let mut h = HeaderMap::new();
     h.insert(ACCEPT, HeaderValue::from_static(OCI_INDEX));
@@ -624,18 +630,12 @@ async fn referrers(app: &Arc<App>, r: &Route, d: &Digest, artifact_type: Option<
         let body = tokio::time::timeout(up.idle_timeout(), Limited::new(resp.into_body(), MAX_MANIFEST_BYTES).collect())
             .await
             .map_err(|_| OciError::from(UpstreamError::Unreachable { upstream: up.name.clone(), message: "referrers timed out".into() }))?
-            .map_err(|e| OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid, format!("upstream {} referrers: {e}", up.name)))?
+            .map_err(|e| bad(e.to_string()))?
             .to_bytes();
         if applied || artifact_type.is_none() {
-            let mut out = index_response(body.to_vec(), applied);
-            if applied {
-                out.headers_mut().insert("OCI-Filters-Applied", HeaderValue::from_static("artifactType"));
-            }
-            return Ok(out);
+            return Ok((body.to_vec(), applied));
         }
-        let filtered = filter_index(&body, artifact_type)
-            .map_err(|e| OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid, format!("upstream {} referrers: {e}", up.name)))?;
-        return Ok(index_response(filtered, true));
+        return Ok((filter_index(&body, artifact_type).map_err(bad)?, true));
     }
     if resp.status().is_server_error() {
         let (status, body) = read_error_body(resp, up.idle_timeout()).await;
@@ -644,20 +644,48 @@ async fn referrers(app: &Arc<App>, r: &Route, d: &Digest, artifact_type: Option<
     drop(resp);
     // No referrers API: the tag schema fallback.
     let tag = Reference::Tag(d.tag_schema());
-    let mut accept = HeaderMap::new();
-    accept.insert(ACCEPT, HeaderValue::from_static(OCI_INDEX));
-    match fetch_manifest(app, r, &tag, Some(OCI_INDEX)).await {
+    let empty = || filter_index(br#"{"manifests":[]}"#, None).unwrap_or_default();
+    match get_manifest(app, r, &tag, Some(OCI_INDEX)).await {
         Ok(m) if media::ManifestSummary::parse(&m.bytes).map(|s| s.is_index()).unwrap_or(false) => {
-            let body = filter_index(&m.bytes, artifact_type)
-                .map_err(|e| OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid, format!("referrers tag {tag}: {e}")))?;
-            Ok(index_response(body, artifact_type.is_some()))
+            Ok((filter_index(&m.bytes, artifact_type).map_err(bad)?, artifact_type.is_some()))
         }
-        Ok(_) => Ok(index_response(filter_index(br#"{"manifests":[]}"#, None).unwrap_or_default(), artifact_type.is_some())),
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
-            Ok(index_response(filter_index(br#"{"manifests":[]}"#, None).unwrap_or_default(), artifact_type.is_some()))
-        }
+        Ok(_) => Ok((empty(), artifact_type.is_some())),
+        Err(e) if e.status == StatusCode::NOT_FOUND => Ok((empty(), artifact_type.is_some())),
         Err(e) => Err(e),
     }
+}
+
+async fn referrers(app: &Arc<App>, r: &Route, d: &Digest, artifact_type: Option<&str>) -> Result<Response<RespBody>, OciError> {
+    let (body, filtered) = referrers_index(app, r, d, artifact_type).await?;
+    Ok(index_response(body, filtered))
+}
+
+/// A small blob (a config, a signature payload) read whole: from the cache,
+/// or fetched, verified against its digest and cached.
+pub async fn fetch_small_blob(app: &App, r: &Route, d: &Digest, max: usize) -> Result<Bytes, OciError> {
+    if let Some(b) = app.store.read_small(d, max) {
+        return Ok(Bytes::from(b));
+    }
+    let up = &r.upstream;
+    let resp = up.pull(Method::GET, r.path.as_str(), &format!("blobs/{d}"), None, HeaderMap::new()).await?;
+    if resp.status() != StatusCode::OK {
+        let (status, body) = read_error_body(resp, up.idle_timeout()).await;
+        return Err(upstream_status(&up.name, status, &body, Object::Blob));
+    }
+    let bytes = tokio::time::timeout(up.idle_timeout(), Limited::new(resp.into_body(), max).collect())
+        .await
+        .map_err(|_| OciError::from(UpstreamError::Unreachable { upstream: up.name.clone(), message: format!("blob {d} timed out") }))?
+        .map_err(|e| OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::BlobUnknown, format!("upstream {} blob {d}: {e} (limit {max} bytes)", up.name)))?
+        .to_bytes();
+    if Digest::of(&bytes) != *d {
+        app.metrics.digest_mismatches.get_or_create(&UpstreamLabels { upstream: up.name.clone() }).inc();
+        tracing::error!(upstream = %up.name, digest = %d, "digest mismatch on a small blob; refused, nothing cached");
+        return Err(OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::DigestInvalid, format!("upstream {} sent bytes for {d} that do not match it", up.name)));
+    }
+    if let Err(e) = app.store.put_bytes(d, &bytes, None) {
+        tracing::warn!(error = %e, "cannot cache blob {d}");
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

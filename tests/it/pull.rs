@@ -228,6 +228,7 @@ async fn cache_stays_under_max_bytes() {
     for d in &ds {
         assert_eq!(get(&g.url(&format!("/v2/r/blobs/{d}"))).await.status, StatusCode::OK);
     }
+    settle(&g).await;
     assert!(g.app.store.total_bytes() <= 250_000);
     settle(&g).await;
     assert_eq!(cached_blobs(&g).len(), 2);

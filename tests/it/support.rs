@@ -458,8 +458,14 @@ impl Gate {
     }
 
     pub async fn start_in(dir: &std::path::Path, upstreams: &str, cache_extra: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Gate {
+        let policy = if dir.join("policy.toml").exists() {
+            format!("[policy]\nfile = \"{}\"\nreload_interval = \"200ms\"", dir.join("policy.toml").display())
+        } else {
+            String::new()
+        };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[cache]\ndir = \"{}\"\n{cache_extra}\n{upstreams}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n{policy}\n[cache]\ndir = \"{}\"\n{cache_extra}\n{upstreams}",
+            dir.join("audit.log").display(),
             dir.join("cache").display()
         );
         let cfg = Config::parse(&text).unwrap();
@@ -485,6 +491,15 @@ impl Gate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The audit records written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
     }
 
     pub fn metrics(&self) -> String {
