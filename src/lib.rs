@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod commands;
 pub mod config;
 pub mod metrics;
 pub mod oci;

@@ -23,6 +23,60 @@ enum Command {
         #[arg(long, default_value = "config/modelgate.toml")]
         config: PathBuf,
     },
+    /// Evaluate the policy for one image against its upstream and print the
+    /// decision with every reason (exit 0 admitted, 1 denied, 2 error).
+    Check {
+        /// host[:port]/repository[:tag][@digest]; host is an upstream name or modelgate's listen address
+        image: String,
+        #[arg(long, default_value = "config/modelgate.toml")]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a key pair: PREFIX.key (PKCS#8 PEM) and PREFIX.pub (SPKI PEM, cosign.pub format).
+    Keygen {
+        #[arg(long)]
+        out: String,
+        #[arg(long, value_enum, default_value = "ed25519")]
+        algorithm: KeyAlgorithm,
+    },
+    /// Sign an image digest in cosign's format and push the signature to the registry in IMAGE.
+    Sign {
+        /// PKCS#8 PEM private key (from `modelgate keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// host[:port]/repository[:tag][@digest]
+        image: String,
+        /// legacy: the sha256-<hex>.sig tag (cosign v2); bundle: a Sigstore bundle v0.3 referrer (cosign v3).
+        #[arg(long, value_enum, default_value = "legacy")]
+        format: SigFormatArg,
+        /// Sign this digest (it need not be pushed yet).
+        #[arg(long)]
+        digest: Option<String>,
+        /// With --digest and --format bundle: the subject's media type.
+        #[arg(long)]
+        media_type: Option<String>,
+        /// With --digest and --format bundle: the subject manifest's size in bytes.
+        #[arg(long)]
+        size: Option<u64>,
+        /// Talk plain HTTP to the registry (loopback test registries).
+        #[arg(long)]
+        plain_http: bool,
+        #[arg(long, env = "MODELGATE_REGISTRY_USERNAME")]
+        username: Option<String>,
+        /// Name of the environment variable holding the registry password.
+        #[arg(long)]
+        password_env: Option<String>,
+        /// Extra CA certificate (PEM) for an https registry.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// Inspect and maintain the cache.
     Cache {
         #[command(subcommand)]
@@ -30,6 +84,24 @@ enum Command {
         #[arg(long, default_value = "config/modelgate.toml", global = true)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Parse and validate a policy; print the rules as understood.
+    Lint { file: PathBuf },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum KeyAlgorithm {
+    Ed25519,
+    EcdsaP256,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum SigFormatArg {
+    Legacy,
+    Bundle,
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -127,9 +199,40 @@ fn cache(action: CacheAction, config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Check { image, config, json } => {
+            let code = match runtime() {
+                Ok(rt) => rt.block_on(modelgate::commands::check(&config, &image, json)),
+                Err(e) => {
+                    eprintln!("modelgate: {e:#}");
+                    2
+                }
+            };
+            return ExitCode::from(code);
+        }
+        Command::Keygen { out, algorithm } => {
+            let alg = match algorithm {
+                KeyAlgorithm::Ed25519 => modelgate::trust::keys::Algorithm::Ed25519,
+                KeyAlgorithm::EcdsaP256 => modelgate::trust::keys::Algorithm::EcdsaP256,
+            };
+            modelgate::commands::keygen(&out, alg).map_err(anyhow::Error::msg)
+        }
+        Command::Policy { action: PolicyAction::Lint { file } } => modelgate::commands::policy_lint(&file).map_err(anyhow::Error::msg),
+        Command::Sign { key, image, format, digest, media_type, size, plain_http, username, password_env, ca_cert } => (|| {
+            let digest = digest.map(|d| d.parse().map_err(|e| anyhow::anyhow!("--digest: {e}"))).transpose()?;
+            let password = match password_env {
+                Some(v) => Some(std::env::var(&v).with_context(|| format!("--password-env {v} is not set"))?),
+                None => None,
+            };
+            let args = modelgate::commands::SignArgs { key, image, bundle: format == SigFormatArg::Bundle, digest, media_type, size, plain_http, username, password, ca_cert };
+            runtime()?.block_on(modelgate::commands::sign(args)).map_err(anyhow::Error::msg)
+        })(),
         Command::Serve { config } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

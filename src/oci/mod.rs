@@ -9,4 +9,4 @@ pub mod name;
 
 pub use digest::{Digest, DigestError, Sha256Hasher};
 pub use error::{ErrorCode, OciError};
-pub use name::{NameError, Reference, RepoName};
+pub use name::{ImageRef, NameError, Reference, RepoName};

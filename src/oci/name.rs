@@ -142,9 +142,69 @@ impl fmt::Display for Reference {
     }
 }
 
+/// An image reference as users type it: `host[:port]/repo[:tag][@digest]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    pub host: String,
+    pub repo: RepoName,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl ImageRef {
+    pub fn parse(s: &str) -> Result<ImageRef, String> {
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| e.to_string())?)),
+            None => (s, None),
+        };
+        let (host, path) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} has no registry host: write host[:port]/repository[:tag][@digest]"))?;
+        if host.is_empty() || !(host.contains('.') || host.contains(':') || host == "localhost") {
+            return Err(format!("{s:?}: {host:?} is not a registry host (expected e.g. registry.example.com or 127.0.0.1:5000)"));
+        }
+        let (repo, tag) = match path.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, Some(t)),
+            _ => (path, None),
+        };
+        let repo = RepoName::parse(repo).map_err(|e| e.to_string())?;
+        let tag = match tag {
+            Some(t) => match Reference::parse(t).map_err(|e| e.to_string())? {
+                Reference::Tag(t) => Some(t),
+                Reference::Digest(_) => return Err(format!("{s:?}: bad tag")),
+            },
+            None => None,
+        };
+        Ok(ImageRef { host: host.to_string(), repo, tag, digest })
+    }
+
+    /// What to ask the registry for: the digest if given, else the tag
+    /// (default `latest`).
+    pub fn reference(&self) -> Reference {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => Reference::Digest(d.clone()),
+            (None, Some(t)) => Reference::Tag(t.clone()),
+            (None, None) => Reference::Tag("latest".into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_refs() {
+        let r = ImageRef::parse("127.0.0.1:5000/models/demo:v1.2.0").unwrap();
+        assert_eq!((r.host.as_str(), r.repo.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "models/demo", Some("v1.2.0")));
+        let d = format!("sha256:{}", "b".repeat(64));
+        let r = ImageRef::parse(&format!("reg.example/a/b@{d}")).unwrap();
+        assert_eq!(r.reference(), Reference::Digest(d.parse().unwrap()));
+        assert_eq!(ImageRef::parse("reg.example/a").unwrap().reference(), Reference::Tag("latest".into()));
+        assert!(ImageRef::parse("alpine").is_err());
+        assert!(ImageRef::parse("library/alpine").is_err());
+        assert!(ImageRef::parse("reg.example/A").is_err());
+    }
 
     #[test]
     fn accepts_spec_names() {

@@ -139,6 +139,19 @@ impl Upstream {
         })
     }
 
+    /// The configured base URL.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// Any request with a small body (pushes of signatures), authenticated
+    /// for `scope` and retried once after a challenge.
+    pub async fn request(&self, method: Method, url: Url, headers: HeaderMap, scope: &str, body: Bytes) -> Result<UpstreamResponse, UpstreamError> {
+        use http_body_util::Full;
+        self.send_authenticated(method, url, headers, scope, move || Full::new(body.clone()).map_err(|e| match e {}).boxed())
+            .await
+    }
+
     /// How long a body may stall before the download is abandoned.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
