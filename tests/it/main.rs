@@ -13,3 +13,5 @@ mod interop;
 mod cli;
 // cosign signature vectors from another implementation.
 mod vectors;
+// The gate: policy decisions and the bypass suite.
+mod policy;
