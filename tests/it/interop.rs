@@ -405,3 +405,94 @@ async fn podman_pulls_through_a_location_remap() {
     assert!(g.metric("modelgate_cache_requests_total{kind=\"blob\",result=\"miss\"}") >= 4.0);
     g.stop().await;
 }
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_modelgate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
+    let (Some(registry), Some(skopeo)) = (
+        tool("docker-registry", &["/usr/bin/docker-registry"]),
+        tool("skopeo", &["/usr/bin/skopeo"]),
+    ) else {
+        return;
+    };
+    let reg = Registry::start(&registry).await;
+    let base = reg.url();
+    let layer = tar_layer("weights.bin", &data(200_000, 7));
+    let mut unlabeled = model_labels();
+    unlabeled.as_object_mut().unwrap().remove("dataset.id");
+    let mut badly = model_labels();
+    badly["accuracy.test"] = "0.5".into();
+    push_image(&base, "models/signed", Some("v1.0.0"), &[layer.clone()], &model_labels(), "amd64").await;
+    push_image(&base, "models/unsigned", Some("v1.0.0"), &[layer.clone()], &model_labels(), "amd64").await;
+    push_image(&base, "models/unlabeled", Some("v1.0.0"), &[layer.clone()], &unlabeled, "amd64").await;
+    push_image(&base, "models/badlabel", Some("v1.0.0"), &[layer.clone()], &badly, "amd64").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("release");
+    let out = Command::new(bin()).args(["keygen", "--algorithm", "ecdsa-p256", "--out"]).arg(&prefix).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let other = tmp.path().join("other");
+    assert!(Command::new(bin()).args(["keygen", "--out"]).arg(&other).output().unwrap().status.success());
+    // Sign with modelgate sign, directly at the registry: legacy for two, bundle for one.
+    for (repo, key, format) in [("signed", &prefix, "legacy"), ("unlabeled", &prefix, "bundle"), ("badlabel", &prefix, "legacy"), ("unsigned", &other, "legacy")] {
+        let out = Command::new(bin())
+            .args(["sign", "--plain-http", "--format", format, "--key"])
+            .arg(key.with_extension("key"))
+            .arg(format!("{}/models/{repo}:v1.0.0", reg.addr))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sign {repo}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    let policy = format!(
+        "default = \"allow\"\n[keys]\nrelease = \"{}\"\n[[rules]]\nname = \"models\"\nrepositories = [\"registry.test/models/**\"]\n[rules.signatures]\nkeys = [\"release\"]\n[rules.labels]\n\"model.version\" = {{ semver = true }}\n\"training.timestamp\" = {{ rfc3339 = true }}\n\"dataset.id\" = {{ regex = '^ds-[0-9]{{8}}$' }}\n\"accuracy.test\" = {{ min = 0.90 }}\n[rules.tags]\npattern = '^v[0-9]+\\.[0-9]+\\.[0-9]+$'\nimmutable = true\n",
+        prefix.with_extension("pub").display()
+    );
+    std::fs::write(tmp.path().join("policy.toml"), &policy).unwrap();
+    let g = Gate::start_in(tmp.path(), &upstream_toml("registry.test", &reg.url(), true, ""), "", None).await;
+    let pol = tmp.path().join("skopeo-policy.json");
+    std::fs::write(&pol, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    let pull = |repo: &str| {
+        let mut c = skopeo_cmd(&skopeo, &pol);
+        c.arg("copy").arg("--src-tls-verify=false").arg(format!("docker://{}/models/{repo}:v1.0.0", g.addr)).arg(format!("dir:{}", tmp.path().join(format!("out-{repo}")).display()));
+        c
+    };
+    let (ok, out) = run(&mut pull("signed")).await;
+    assert!(ok, "signed, labeled image refused: {out}");
+    for (repo, needle) in [
+        ("unsigned", "no valid signature by [release]"),
+        ("unlabeled", "label dataset.id missing"),
+        ("badlabel", "label accuracy.test = 0.5 below min 0.9"),
+    ] {
+        let (ok, out) = run(&mut pull(repo)).await;
+        assert!(!ok, "{repo} was admitted");
+        assert!(out.contains("denied by rule") && out.contains("models") && out.contains(needle), "{repo}: skopeo said: {out}");
+    }
+    // `modelgate check` explains each the same way, with the same exit codes.
+    let cfg = tmp.path().join("modelgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[cache]\ndir = \"{}\"\n[policy]\nfile = \"{}\"\n[audit]\npath = \"{}\"\n{}",
+            tmp.path().join("check-cache").display(),
+            tmp.path().join("policy.toml").display(),
+            tmp.path().join("check-audit.log").display(),
+            upstream_toml("registry.test", &reg.url(), true, "")
+        ),
+    )
+    .unwrap();
+    for (repo, code, needle) in [("signed", 0, "ADMITTED"), ("unsigned", 1, "no valid signature by [release]"), ("unlabeled", 1, "label dataset.id missing")] {
+        let out = Command::new(bin()).args(["check", "--config"]).arg(&cfg).arg(format!("registry.test/models/{repo}:v1.0.0")).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "check {repo}: {text}");
+        assert!(text.contains(needle), "check {repo}: {text}");
+    }
+    let out = Command::new(bin()).args(["check", "--json", "--config"]).arg(&cfg).arg("registry.test/models/unsigned:v1.0.0").output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["rule"], "models");
+    let out = Command::new(bin()).args(["check", "--config"]).arg(&cfg).arg("elsewhere.example/models/x:v1").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    g.stop().await;
+}
