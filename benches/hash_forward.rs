@@ -31,7 +31,10 @@ fn frames(frame: usize) -> Vec<Bytes> {
         })
         .collect();
     let data = Bytes::from(data);
-    (0..TOTAL).step_by(frame).map(|i| data.slice(i..(i + frame).min(TOTAL))).collect()
+    (0..TOTAL)
+        .step_by(frame)
+        .map(|i| data.slice(i..(i + frame).min(TOTAL)))
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -39,7 +42,11 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(TOTAL as u64));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(8));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     // 16 KiB is what hyper typically yields per frame off a socket; 256 KiB
     // is modelgate's chunk size.
     for frame in [16 * 1024, 256 * 1024] {
@@ -67,25 +74,33 @@ fn bench(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(BlobStore::open(dir.path(), u64::MAX).unwrap());
         let metrics = Arc::new(Metrics::new());
-        g.bench_with_input(BenchmarkId::new("download_pipeline", frame), &fs, |b, fs| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let body = StreamBody::new(stream::iter(fs.iter().cloned().map(|f| Ok::<_, Infallible>(Frame::data(f)))));
-                    let (tx, rx) = tokio::sync::watch::channel(FetchState::Connecting);
-                    let dl = Download {
-                        store: store.clone(),
-                        metrics: metrics.clone(),
-                        digest: digest.clone(),
-                        upstream: "bench".into(),
-                        idle_timeout: Duration::from_secs(10),
-                    };
-                    dl.run(tx, Some(TOTAL as u64), body, None).await;
-                    assert!(matches!(&*rx.borrow(), FetchState::Done { .. }));
-                    // Remove it so the next iteration downloads again.
-                    store.evict_to(0);
+        g.bench_with_input(
+            BenchmarkId::new("download_pipeline", frame),
+            &fs,
+            |b, fs| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let body = StreamBody::new(stream::iter(
+                            fs.iter()
+                                .cloned()
+                                .map(|f| Ok::<_, Infallible>(Frame::data(f))),
+                        ));
+                        let (tx, rx) = tokio::sync::watch::channel(FetchState::Connecting);
+                        let dl = Download {
+                            store: store.clone(),
+                            metrics: metrics.clone(),
+                            digest: digest.clone(),
+                            upstream: "bench".into(),
+                            idle_timeout: Duration::from_secs(10),
+                        };
+                        dl.run(tx, Some(TOTAL as u64), body, None).await;
+                        assert!(matches!(&*rx.borrow(), FetchState::Done { .. }));
+                        // Remove it so the next iteration downloads again.
+                        store.evict_to(0);
+                    })
                 })
-            })
-        });
+            },
+        );
     }
     g.finish();
 }

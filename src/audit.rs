@@ -44,13 +44,22 @@ impl AuditLog {
                     std::fs::create_dir_all(dir)?;
                 }
             }
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
         };
-        Ok(AuditLog { out: Mutex::new(out) })
+        Ok(AuditLog {
+            out: Mutex::new(out),
+        })
     }
 
     pub fn record(&self, rec: &AuditRecord) {
-        let Ok(mut line) = serde_json::to_vec(rec) else { return };
+        let Ok(mut line) = serde_json::to_vec(rec) else {
+            return;
+        };
         line.push(b'\n');
         let mut out = match self.out.lock() {
             Ok(o) => o,

@@ -167,13 +167,19 @@ pub struct UpstreamConfig {
 }
 
 fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(s)
-        .map_err(|e| ConfigError::Invalid(format!("{field} = {s:?} is not a duration ({e}); write e.g. \"60s\" or \"5m\"")))
+    humantime::parse_duration(s).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "{field} = {s:?} is not a duration ({e}); write e.g. \"60s\" or \"5m\""
+        ))
+    })
 }
 
 fn addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse()
-        .map_err(|_| ConfigError::Invalid(format!("{field} = {s:?} is not an address like \"127.0.0.1:5000\"")))
+    s.parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{field} = {s:?} is not an address like \"127.0.0.1:5000\""
+        ))
+    })
 }
 
 /// Parse a size like `20GiB`, `512MB` or a plain byte count.
@@ -224,7 +230,9 @@ impl Config {
             }
         };
         if s.max_connections == 0 {
-            return Err(ConfigError::Invalid("server.max_connections must be > 0".into()));
+            return Err(ConfigError::Invalid(
+                "server.max_connections must be > 0".into(),
+            ));
         }
         let mut upstreams = Vec::new();
         for u in &raw.upstreams {
@@ -237,14 +245,18 @@ impl Config {
                     u.name, u.url
                 )));
             }
-            if u.name.is_empty() || u.name.contains('/') || u.name.chars().any(char::is_whitespace) {
+            if u.name.is_empty() || u.name.contains('/') || u.name.chars().any(char::is_whitespace)
+            {
                 return Err(ConfigError::Invalid(format!(
                     "upstream name {:?} must be a host name like \"docker.io\" (no '/')",
                     u.name
                 )));
             }
             if upstreams.iter().any(|x: &UpstreamConfig| x.name == u.name) {
-                return Err(ConfigError::Invalid(format!("upstream {:?} is listed twice", u.name)));
+                return Err(ConfigError::Invalid(format!(
+                    "upstream {:?} is listed twice",
+                    u.name
+                )));
             }
             let password = match (&u.password, &u.password_env) {
                 (Some(p), _) => Some(p.clone()),
@@ -307,7 +319,10 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("cache.max_bytes: {e}")))?,
             tag_ttl: duration("cache.tag_ttl", &raw.cache.tag_ttl)?,
             policy_file: raw.policy.file.clone(),
-            policy_reload_interval: duration("policy.reload_interval", raw.policy.reload_interval.as_deref().unwrap_or("2s"))?,
+            policy_reload_interval: duration(
+                "policy.reload_interval",
+                raw.policy.reload_interval.as_deref().unwrap_or("2s"),
+            )?,
             audit_path: raw.audit.path.clone(),
             upstreams,
         })

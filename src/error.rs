@@ -29,7 +29,9 @@ impl From<RouteError> for OciError {
 impl From<UpstreamError> for OciError {
     fn from(e: UpstreamError) -> OciError {
         let (status, code) = match &e {
-            UpstreamError::Unreachable { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            UpstreamError::Unreachable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
             UpstreamError::Auth { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::Unauthorized),
             UpstreamError::Protocol { .. } | UpstreamError::Setup { .. } => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::Unknown)
@@ -53,7 +55,13 @@ pub fn upstream_status(upstream: &str, status: StatusCode, body: &[u8], what: Ob
     let parsed = OciError::parse_body(body);
     let detail = parsed
         .as_ref()
-        .map(|(c, m)| if m.is_empty() { c.as_str().to_string() } else { format!("{}: {m}", c.as_str()) })
+        .map(|(c, m)| {
+            if m.is_empty() {
+                c.as_str().to_string()
+            } else {
+                format!("{}: {m}", c.as_str())
+            }
+        })
         .unwrap_or_else(|| status.to_string());
     let msg = format!("upstream {upstream} answered {}: {detail}", status.as_u16());
     match status {
@@ -88,13 +96,23 @@ mod tests {
     #[test]
     fn upstream_answers_map_to_codes() {
         let e = upstream_status("r", StatusCode::NOT_FOUND, b"", Object::Manifest);
-        assert_eq!((e.status, e.code), (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
+        );
         let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#;
         let e = upstream_status("r", StatusCode::NOT_FOUND, body, Object::Blob);
         assert_eq!(e.code, ErrorCode::NameUnknown);
-        assert!(e.message.contains("upstream r answered 404: NAME_UNKNOWN"), "{}", e.message);
+        assert!(
+            e.message.contains("upstream r answered 404: NAME_UNKNOWN"),
+            "{}",
+            e.message
+        );
         let e = upstream_status("r", StatusCode::SERVICE_UNAVAILABLE, b"down", Object::Blob);
-        assert_eq!((e.status, e.code), (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+        );
         let e = upstream_status("r", StatusCode::UNAUTHORIZED, b"", Object::Blob);
         assert!(e.message.contains("password_env"));
     }
@@ -102,6 +120,9 @@ mod tests {
     #[test]
     fn name_errors_are_400() {
         let e: OciError = crate::oci::RepoName::parse("A").unwrap_err().into();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid)
+        );
     }
 }

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "modelgate", version, about = "A streaming, verifying pull-through proxy for OCI registries")]
+#[command(
+    name = "modelgate",
+    version,
+    about = "A streaming, verifying pull-through proxy for OCI registries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -117,7 +121,9 @@ enum CacheAction {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MODELGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -177,12 +183,21 @@ fn cache(action: CacheAction, config: PathBuf) -> anyhow::Result<()> {
         CacheAction::Stats => {
             println!("cache     {}", cfg.cache_dir.display());
             println!("objects   {}", store.len());
-            println!("bytes     {} ({})", store.total_bytes(), human(store.total_bytes()));
+            println!(
+                "bytes     {} ({})",
+                store.total_bytes(),
+                human(store.total_bytes())
+            );
             println!("max_bytes {} ({})", cfg.max_bytes, human(cfg.max_bytes));
         }
         CacheAction::Gc => {
             let (n, bytes) = store.evict_to(cfg.max_bytes);
-            println!("evicted {n} objects, {} ; {} remain in {} objects", human(bytes), human(store.total_bytes()), store.len());
+            println!(
+                "evicted {n} objects, {} ; {} remain in {} objects",
+                human(bytes),
+                human(store.total_bytes()),
+                store.len()
+            );
         }
         CacheAction::Verify => {
             let r = store.verify()?;
@@ -200,13 +215,20 @@ fn cache(action: CacheAction, config: PathBuf) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { image, config, json } => {
+        Command::Check {
+            image,
+            config,
+            json,
+        } => {
             let code = match runtime() {
                 Ok(rt) => rt.block_on(modelgate::commands::check(&config, &image, json)),
                 Err(e) => {
@@ -223,15 +245,45 @@ fn main() -> ExitCode {
             };
             modelgate::commands::keygen(&out, alg).map_err(anyhow::Error::msg)
         }
-        Command::Policy { action: PolicyAction::Lint { file } } => modelgate::commands::policy_lint(&file).map_err(anyhow::Error::msg),
-        Command::Sign { key, image, format, digest, media_type, size, plain_http, username, password_env, ca_cert } => (|| {
-            let digest = digest.map(|d| d.parse().map_err(|e| anyhow::anyhow!("--digest: {e}"))).transpose()?;
+        Command::Policy {
+            action: PolicyAction::Lint { file },
+        } => modelgate::commands::policy_lint(&file).map_err(anyhow::Error::msg),
+        Command::Sign {
+            key,
+            image,
+            format,
+            digest,
+            media_type,
+            size,
+            plain_http,
+            username,
+            password_env,
+            ca_cert,
+        } => (|| {
+            let digest = digest
+                .map(|d| d.parse().map_err(|e| anyhow::anyhow!("--digest: {e}")))
+                .transpose()?;
             let password = match password_env {
-                Some(v) => Some(std::env::var(&v).with_context(|| format!("--password-env {v} is not set"))?),
+                Some(v) => Some(
+                    std::env::var(&v).with_context(|| format!("--password-env {v} is not set"))?,
+                ),
                 None => None,
             };
-            let args = modelgate::commands::SignArgs { key, image, bundle: format == SigFormatArg::Bundle, digest, media_type, size, plain_http, username, password, ca_cert };
-            runtime()?.block_on(modelgate::commands::sign(args)).map_err(anyhow::Error::msg)
+            let args = modelgate::commands::SignArgs {
+                key,
+                image,
+                bundle: format == SigFormatArg::Bundle,
+                digest,
+                media_type,
+                size,
+                plain_http,
+                username,
+                password,
+                ca_cert,
+            };
+            runtime()?
+                .block_on(modelgate::commands::sign(args))
+                .map_err(anyhow::Error::msg)
         })(),
         Command::Serve { config } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -102,15 +102,31 @@ impl Metrics {
             cache_evictions: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("http_requests", "Client requests by method, endpoint and status", m.http_requests.clone());
+        registry.register(
+            "http_requests",
+            "Client requests by method, endpoint and status",
+            m.http_requests.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "Time to answer a client request (headers; bodies stream afterwards)",
             m.http_duration.clone(),
         );
-        registry.register("cache_requests", "Cache lookups by kind and result", m.cache_requests.clone());
-        registry.register("bytes_served", "Body bytes sent to clients, by where they came from", m.bytes_served.clone());
-        registry.register("upstream_requests", "Requests sent to upstream registries, by status", m.upstream_requests.clone());
+        registry.register(
+            "cache_requests",
+            "Cache lookups by kind and result",
+            m.cache_requests.clone(),
+        );
+        registry.register(
+            "bytes_served",
+            "Body bytes sent to clients, by where they came from",
+            m.bytes_served.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Requests sent to upstream registries, by status",
+            m.upstream_requests.clone(),
+        );
         registry.register(
             "upstream_fetches_coalesced",
             "Blob requests that joined a download already in flight",
@@ -121,20 +137,36 @@ impl Metrics {
             "Upstream bodies whose SHA-256 did not match their digest",
             m.digest_mismatches.clone(),
         );
-        registry.register("cache_bytes", "Bytes held in the content-addressed cache", m.cache_bytes.clone());
+        registry.register(
+            "cache_bytes",
+            "Bytes held in the content-addressed cache",
+            m.cache_bytes.clone(),
+        );
         registry.register(
             "stale_served",
             "Answers served from the last known state because the upstream was unreachable",
             m.stale_served.clone(),
         );
-        registry.register("policy_decisions", "Policy decisions", m.policy_decisions.clone());
+        registry.register(
+            "policy_decisions",
+            "Policy decisions",
+            m.policy_decisions.clone(),
+        );
         registry.register(
             "signature_verifications",
             "Signature verifications by result",
             m.signature_verifications.clone(),
         );
-        registry.register("policy_reloads", "Policy reloads by result", m.policy_reloads.clone());
-        registry.register("cache_evictions", "Cache entries evicted to stay under max_bytes", m.cache_evictions.clone());
+        registry.register(
+            "policy_reloads",
+            "Policy reloads by result",
+            m.policy_reloads.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Cache entries evicted to stay under max_bytes",
+            m.cache_evictions.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -78,7 +78,11 @@ impl Flights {
 
     /// Join the download of `d`, or start one by running `start` detached.
     /// Returns the progress channel and whether this call started it.
-    pub fn join_or_start<F, Fut>(self: &Arc<Self>, d: &Digest, start: F) -> (watch::Receiver<FetchState>, bool)
+    pub fn join_or_start<F, Fut>(
+        self: &Arc<Self>,
+        d: &Digest,
+        start: F,
+    ) -> (watch::Receiver<FetchState>, bool)
     where
         F: FnOnce(watch::Sender<FetchState>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
@@ -164,8 +168,13 @@ enum PumpError {
 impl Download {
     /// Drive the download to the end, publishing progress on `tx` and
     /// feeding `leader` (if any) directly.
-    pub async fn run<B>(self, tx: watch::Sender<FetchState>, size: Option<u64>, body: B, leader: Option<Leader>)
-    where
+    pub async fn run<B>(
+        self,
+        tx: watch::Sender<FetchState>,
+        size: Option<u64>,
+        body: B,
+        leader: Option<Leader>,
+    ) where
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
@@ -228,7 +237,10 @@ impl Download {
                     ))
                 } else {
                     // Verified: release the held-back bytes, then commit.
-                    tx.send_replace(FetchState::Done { size: n, file: reader });
+                    tx.send_replace(FetchState::Done {
+                        size: n,
+                        file: reader,
+                    });
                     if let (Some(l), Some(last)) = (leader.take(), held) {
                         let _ = l.tx.send(LeaderMsg::Data(last)).await;
                         let _ = l.tx.send(LeaderMsg::End).await;
@@ -245,7 +257,9 @@ impl Download {
                     .and_then(|r| r);
                     match committed {
                         Ok(()) => {
-                            self.metrics.cache_bytes.set(self.store.total_bytes() as i64);
+                            self.metrics
+                                .cache_bytes
+                                .set(self.store.total_bytes() as i64);
                         }
                         Err(e) => {
                             // Readers keep their open handle and finish; the
@@ -292,7 +306,13 @@ impl Download {
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let mut w = Writer { idle: Some(file), job: None, pending: Vec::new(), pending_len: 0, written: 0 };
+        let mut w = Writer {
+            idle: Some(file),
+            job: None,
+            pending: Vec::new(),
+            pending_len: 0,
+            written: 0,
+        };
         let mut hasher = Sha256Hasher::new();
         let mut held: Option<Bytes> = None;
         let mut last_frame = tokio::time::Instant::now();
@@ -371,7 +391,9 @@ impl Download {
                 w.start();
             }
         }
-        let file = w.idle.expect("invariant: every write job returned the file");
+        let file = w
+            .idle
+            .expect("invariant: every write job returned the file");
         Ok((file, hasher, held))
     }
 }
@@ -391,7 +413,10 @@ impl Writer {
     fn start(&mut self) {
         let chunks = std::mem::take(&mut self.pending);
         let n = std::mem::take(&mut self.pending_len) as u64;
-        let mut f = self.idle.take().expect("invariant: no write job runs, so the file is idle");
+        let mut f = self
+            .idle
+            .take()
+            .expect("invariant: no write job runs, so the file is idle");
         self.job = Some((
             tokio::task::spawn_blocking(move || {
                 for c in &chunks {
@@ -403,9 +428,18 @@ impl Writer {
         ));
     }
 
-    fn finish(&mut self, done: Result<io::Result<File>, tokio::task::JoinError>) -> Result<(), PumpError> {
-        let (_, n) = self.job.take().expect("invariant: finish follows a running job");
-        self.idle = Some(done.map_err(|e| PumpError::Io(io::Error::other(e)))?.map_err(PumpError::Io)?);
+    fn finish(
+        &mut self,
+        done: Result<io::Result<File>, tokio::task::JoinError>,
+    ) -> Result<(), PumpError> {
+        let (_, n) = self
+            .job
+            .take()
+            .expect("invariant: finish follows a running job");
+        self.idle = Some(
+            done.map_err(|e| PumpError::Io(io::Error::other(e)))?
+                .map_err(PumpError::Io)?,
+        );
         self.written += n;
         Ok(())
     }
@@ -437,7 +471,10 @@ impl Leader {
     }
 
     async fn feed(&self, b: Bytes) -> bool {
-        matches!(tokio::time::timeout(LEADER_PATIENCE, self.tx.send(LeaderMsg::Data(b))).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(LEADER_PATIENCE, self.tx.send(LeaderMsg::Data(b))).await,
+            Ok(Ok(()))
+        )
     }
 }
 
@@ -449,7 +486,11 @@ pub fn stream_leader(
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     enum St {
-        Memory(tokio::sync::mpsc::Receiver<LeaderMsg>, watch::Receiver<FetchState>, u64),
+        Memory(
+            tokio::sync::mpsc::Receiver<LeaderMsg>,
+            watch::Receiver<FetchState>,
+            u64,
+        ),
         File(watch::Receiver<FetchState>, u64),
     }
     futures_util::stream::unfold(Some(St::Memory(rx, state, 0)), move |st| {
@@ -530,12 +571,20 @@ pub fn stream_file(
 
 /// The next bytes at `pos` of a download in flight, as they land; None at
 /// the end.
-async fn next_from_flight(rx: &mut watch::Receiver<FetchState>, pos: u64, metrics: &Metrics) -> Option<io::Result<Bytes>> {
+async fn next_from_flight(
+    rx: &mut watch::Receiver<FetchState>,
+    pos: u64,
+    metrics: &Metrics,
+) -> Option<io::Result<Bytes>> {
     loop {
         let snapshot = rx.borrow_and_update().clone();
         let (file, avail, total) = match snapshot {
             FetchState::Connecting => (None, 0, None),
-            FetchState::Streaming { size, written, file } => {
+            FetchState::Streaming {
+                size,
+                written,
+                file,
+            } => {
                 // Hold back the last byte until the digest verified.
                 let avail = match size {
                     Some(s) => written.min(s.saturating_sub(1)),

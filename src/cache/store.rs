@@ -327,7 +327,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = BlobStore::open(dir.path(), u64::MAX).unwrap();
         let d = Digest::of(b"{}");
-        s.put_bytes(&d, b"{}", Some("application/vnd.oci.image.manifest.v1+json")).unwrap();
+        s.put_bytes(
+            &d,
+            b"{}",
+            Some("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .unwrap();
         assert_eq!(
             s.media_type(&d).as_deref(),
             Some("application/vnd.oci.image.manifest.v1+json")

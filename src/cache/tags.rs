@@ -68,7 +68,13 @@ impl TagStore {
     }
 
     /// Record that the upstream says `tag → digest` now.
-    pub fn confirm(&self, repo: &str, tag: &str, digest: &Digest, media_type: &str) -> io::Result<()> {
+    pub fn confirm(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+        media_type: &str,
+    ) -> io::Result<()> {
         let key = (repo.to_string(), tag.to_string());
         let unchanged = self
             .mem
@@ -115,8 +121,13 @@ mod tests {
         {
             let t = TagStore::open(dir.path().to_path_buf()).unwrap();
             assert!(t.get("docker.io/library/alpine", "3.19").is_none());
-            t.confirm("docker.io/library/alpine", "3.19", &d, "x/y").unwrap();
-            assert!(t.get("docker.io/library/alpine", "3.19").unwrap().confirmed.is_some());
+            t.confirm("docker.io/library/alpine", "3.19", &d, "x/y")
+                .unwrap();
+            assert!(t
+                .get("docker.io/library/alpine", "3.19")
+                .unwrap()
+                .confirmed
+                .is_some());
         }
         let t = TagStore::open(dir.path().to_path_buf()).unwrap();
         let e = t.get("docker.io/library/alpine", "3.19").unwrap();

@@ -137,13 +137,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_digests() {
-        assert!(matches!("abc".parse::<Digest>(), Err(DigestError::NoAlgorithm(_))));
+        assert!(matches!(
+            "abc".parse::<Digest>(),
+            Err(DigestError::NoAlgorithm(_))
+        ));
         assert!(matches!(
             "sha512:00".parse::<Digest>(),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
         let upper = format!("sha256:{}", "A".repeat(64));
-        assert!(matches!(upper.parse::<Digest>(), Err(DigestError::BadHex(_))));
+        assert!(matches!(
+            upper.parse::<Digest>(),
+            Err(DigestError::BadHex(_))
+        ));
         let short = format!("sha256:{}", "a".repeat(63));
         assert!(short.parse::<Digest>().is_err());
         let traversal = format!("sha256:../{}", "a".repeat(61));

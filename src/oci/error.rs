@@ -120,7 +120,11 @@ mod tests {
 
     #[test]
     fn body_round_trips() {
-        let e = OciError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUnknown, "no such blob");
+        let e = OciError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BlobUnknown,
+            "no such blob",
+        );
         let (code, msg) = OciError::parse_body(e.body().as_bytes()).unwrap();
         assert_eq!(code, ErrorCode::BlobUnknown);
         assert_eq!(msg, "no such blob");

@@ -73,8 +73,8 @@ pub struct ManifestSummary {
 impl ManifestSummary {
     /// Parse a manifest or index. Errors name what is wrong.
     pub fn parse(bytes: &[u8]) -> Result<ManifestSummary, String> {
-        let raw: RawManifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+        let raw: RawManifest = serde_json::from_slice(bytes)
+            .map_err(|e| format!("manifest is not valid JSON: {e}"))?;
         let dig = |d: &RawDescriptor, what: &str| -> Result<Option<Digest>, String> {
             match &d.digest {
                 None => Ok(None),
@@ -110,8 +110,10 @@ impl ManifestSummary {
 
     /// Whether this is an index / manifest list.
     pub fn is_index(&self) -> bool {
-        matches!(self.media_type.as_deref(), Some(OCI_INDEX) | Some(DOCKER_LIST))
-            || (!self.manifests.is_empty() && self.config.is_none())
+        matches!(
+            self.media_type.as_deref(),
+            Some(OCI_INDEX) | Some(DOCKER_LIST)
+        ) || (!self.manifests.is_empty() && self.config.is_none())
     }
 }
 
@@ -169,7 +171,10 @@ mod tests {
         assert_eq!(s.config, Some(d.clone()));
         assert_eq!(s.subject, Some(d));
         assert_eq!(content_type_for(None, m.as_bytes()), OCI_MANIFEST);
-        assert_eq!(content_type_for(Some("text/plain"), idx.as_bytes()), OCI_INDEX);
+        assert_eq!(
+            content_type_for(Some("text/plain"), idx.as_bytes()),
+            OCI_INDEX
+        );
         assert!(ManifestSummary::parse(b"{not json").is_err());
         assert!(ManifestSummary::parse(br#"{"layers":[{"digest":"md5:1"}]}"#).is_err());
     }

@@ -17,7 +17,9 @@ pub enum NameError {
     Empty,
     #[error("repository name is longer than 255 characters")]
     TooLong,
-    #[error("repository name {0:?} is invalid: components must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*")]
+    #[error(
+        "repository name {0:?} is invalid: components must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*"
+    )]
     Invalid(String),
     #[error("tag {0:?} is invalid: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
     BadTag(String),
@@ -115,8 +117,7 @@ impl Reference {
         let ok = !b.is_empty()
             && b.len() <= 128
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b
-                .iter()
+            && b.iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
         if ok {
             Ok(Reference::Tag(s.to_string()))
@@ -157,9 +158,9 @@ impl ImageRef {
             Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| e.to_string())?)),
             None => (s, None),
         };
-        let (host, path) = rest
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} has no registry host: write host[:port]/repository[:tag][@digest]"))?;
+        let (host, path) = rest.split_once('/').ok_or_else(|| {
+            format!("{s:?} has no registry host: write host[:port]/repository[:tag][@digest]")
+        })?;
         if host.is_empty() || !(host.contains('.') || host.contains(':') || host == "localhost") {
             return Err(format!("{s:?}: {host:?} is not a registry host (expected e.g. registry.example.com or 127.0.0.1:5000)"));
         }
@@ -175,7 +176,12 @@ impl ImageRef {
             },
             None => None,
         };
-        Ok(ImageRef { host: host.to_string(), repo, tag, digest })
+        Ok(ImageRef {
+            host: host.to_string(),
+            repo,
+            tag,
+            digest,
+        })
     }
 
     /// What to ask the registry for: the digest if given, else the tag
@@ -196,11 +202,17 @@ mod tests {
     #[test]
     fn image_refs() {
         let r = ImageRef::parse("127.0.0.1:5000/models/demo:v1.2.0").unwrap();
-        assert_eq!((r.host.as_str(), r.repo.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "models/demo", Some("v1.2.0")));
+        assert_eq!(
+            (r.host.as_str(), r.repo.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "models/demo", Some("v1.2.0"))
+        );
         let d = format!("sha256:{}", "b".repeat(64));
         let r = ImageRef::parse(&format!("reg.example/a/b@{d}")).unwrap();
         assert_eq!(r.reference(), Reference::Digest(d.parse().unwrap()));
-        assert_eq!(ImageRef::parse("reg.example/a").unwrap().reference(), Reference::Tag("latest".into()));
+        assert_eq!(
+            ImageRef::parse("reg.example/a").unwrap().reference(),
+            Reference::Tag("latest".into())
+        );
         assert!(ImageRef::parse("alpine").is_err());
         assert!(ImageRef::parse("library/alpine").is_err());
         assert!(ImageRef::parse("reg.example/A").is_err());
@@ -224,20 +236,8 @@ mod tests {
     #[test]
     fn rejects_bad_names() {
         for n in [
-            "",
-            "Alpine",
-            "a//b",
-            "/a",
-            "a/",
-            "../etc",
-            "a/../b",
-            "a/./b",
-            "a.-b",
-            "a___b",
-            "-a",
-            "a:5000/b",
-            "a%2fb",
-            "a b",
+            "", "Alpine", "a//b", "/a", "a/", "../etc", "a/../b", "a/./b", "a.-b", "a___b", "-a",
+            "a:5000/b", "a%2fb", "a b",
         ] {
             assert!(RepoName::parse(n).is_err(), "{n:?}");
         }
@@ -246,7 +246,10 @@ mod tests {
 
     #[test]
     fn references() {
-        assert_eq!(Reference::parse("v1.2.0").unwrap(), Reference::Tag("v1.2.0".into()));
+        assert_eq!(
+            Reference::parse("v1.2.0").unwrap(),
+            Reference::Tag("v1.2.0".into())
+        );
         assert_eq!(Reference::parse("_x").unwrap(), Reference::Tag("_x".into()));
         let d = format!("sha256:{}", "0".repeat(64));
         assert!(matches!(Reference::parse(&d), Ok(Reference::Digest(_))));

@@ -67,7 +67,10 @@ impl PolicyDecision {
         match self.decision {
             Decision::Allow => format!("allowed by {by}"),
             Decision::Deny => format!("denied by {by}: {}", self.reasons.join("; ")),
-            Decision::Audit => format!("would be denied by {by} (audit mode): {}", self.reasons.join("; ")),
+            Decision::Audit => format!(
+                "would be denied by {by} (audit mode): {}",
+                self.reasons.join("; ")
+            ),
         }
     }
 
@@ -92,7 +95,10 @@ pub fn check_value(kind: &str, key: &str, c: &Constraint, value: Option<&str>) -
     let mut out = Vec::new();
     if let Some(re) = &c.regex {
         if !re.is_match(v) {
-            out.push(format!("{kind} {key} = {v:?} does not match {}", re.as_str()));
+            out.push(format!(
+                "{kind} {key} = {v:?} does not match {}",
+                re.as_str()
+            ));
         }
     }
     if c.semver && !parse_semver(v) {
@@ -120,7 +126,10 @@ pub fn check_value(kind: &str, key: &str, c: &Constraint, value: Option<&str>) -
     }
     if let Some(list) = &c.one_of {
         if !list.iter().any(|x| x == v) {
-            out.push(format!("{kind} {key} = {v:?} is not one of [{}]", list.join(", ")));
+            out.push(format!(
+                "{kind} {key} = {v:?} is not one of [{}]",
+                list.join(", ")
+            ));
         }
     }
     out
@@ -130,7 +139,11 @@ pub fn check_value(kind: &str, key: &str, c: &Constraint, value: Option<&str>) -
 pub fn evaluate(policy: &Policy, repo: &str, ev: &Evidence) -> PolicyDecision {
     let Some(rule) = policy.rule_for(repo) else {
         return if policy.default_allow {
-            PolicyDecision { decision: Decision::Allow, rule: None, reasons: vec![] }
+            PolicyDecision {
+                decision: Decision::Allow,
+                rule: None,
+                reasons: vec![],
+            }
         } else {
             PolicyDecision {
                 decision: Decision::Deny,
@@ -141,7 +154,11 @@ pub fn evaluate(policy: &Policy, repo: &str, ev: &Evidence) -> PolicyDecision {
     };
     let mut reasons = ev.errors.clone();
     if let Some(sig) = &rule.signatures {
-        let good: Vec<&String> = sig.keys.iter().filter(|k| ev.signers.contains(*k)).collect();
+        let good: Vec<&String> = sig
+            .keys
+            .iter()
+            .filter(|k| ev.signers.contains(*k))
+            .collect();
         if good.len() < sig.min {
             let mut r = if good.is_empty() {
                 format!("no valid signature by [{}]", sig.keys.join(", "))
@@ -151,11 +168,19 @@ pub fn evaluate(policy: &Policy, repo: &str, ev: &Evidence) -> PolicyDecision {
                     good.len(),
                     sig.min,
                     sig.keys.join(", "),
-                    good.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    good.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             };
             if !ev.signature_notes.is_empty() {
-                let notes: Vec<&str> = ev.signature_notes.iter().take(4).map(String::as_str).collect();
+                let notes: Vec<&str> = ev
+                    .signature_notes
+                    .iter()
+                    .take(4)
+                    .map(String::as_str)
+                    .collect();
                 r += &format!(" ({})", notes.join(", "));
             }
             reasons.push(r);
@@ -172,7 +197,12 @@ pub fn evaluate(policy: &Policy, repo: &str, ev: &Evidence) -> PolicyDecision {
         }
     }
     for (k, c) in &rule.annotations {
-        reasons.extend(check_value("annotation", k, c, ev.annotations.get(k).map(String::as_str)));
+        reasons.extend(check_value(
+            "annotation",
+            k,
+            c,
+            ev.annotations.get(k).map(String::as_str),
+        ));
     }
     if let Some(t) = &rule.tags {
         if let (Some(p), Some(tag)) = (&t.pattern, &ev.tag) {
@@ -194,7 +224,11 @@ pub fn evaluate(policy: &Policy, repo: &str, ev: &Evidence) -> PolicyDecision {
     } else {
         Decision::Deny
     };
-    PolicyDecision { decision, rule: Some(rule.name.clone()), reasons }
+    PolicyDecision {
+        decision,
+        rule: Some(rule.name.clone()),
+        reasons,
+    }
 }
 
 #[cfg(test)]
@@ -229,12 +263,20 @@ immutable = true
 
     fn good() -> Evidence {
         let mut labels = BTreeMap::new();
-        for (k, v) in [("model.version", "v2.1.0"), ("training.timestamp", "2024-04-05T10:30:00Z"), ("dataset.id", "ds-20240401"), ("accuracy.test", "0.963")] {
+        for (k, v) in [
+            ("model.version", "v2.1.0"),
+            ("training.timestamp", "2024-04-05T10:30:00Z"),
+            ("dataset.id", "ds-20240401"),
+            ("accuracy.test", "0.963"),
+        ] {
             labels.insert(k.to_string(), v.to_string());
         }
         Evidence {
             tag: Some("v2.1.0".into()),
-            images: vec![ImageEvidence { platform: None, labels }],
+            images: vec![ImageEvidence {
+                platform: None,
+                labels,
+            }],
             signers: ["release".to_string()].into(),
             ..Default::default()
         }
@@ -254,7 +296,9 @@ immutable = true
         let mut ev = good();
         ev.signers.clear();
         ev.images[0].labels.remove("dataset.id");
-        ev.images[0].labels.insert("accuracy.test".into(), "0.5".into());
+        ev.images[0]
+            .labels
+            .insert("accuracy.test".into(), "0.5".into());
         ev.tag = Some("latest".into());
         let d = evaluate(&p, "models.internal/models/classifier", &ev);
         assert_eq!(d.decision, Decision::Deny);
@@ -292,13 +336,18 @@ immutable = true
     #[test]
     fn every_constraint_form() {
         let c = |toml: &str| -> Constraint {
-            let p = policy(&format!("[[rules]]\nname = \"c\"\nrepositories = [\"c/**\"]\n[rules.labels]\nk = {toml}\n"));
+            let p = policy(&format!(
+                "[[rules]]\nname = \"c\"\nrepositories = [\"c/**\"]\n[rules.labels]\nk = {toml}\n"
+            ));
             p.rules[1].labels[0].1.clone()
         };
         let ok = |c: &Constraint, v: &str| check_value("label", "k", c, Some(v)).is_empty();
         let present = c("{ }");
         assert!(ok(&present, ""));
-        assert_eq!(check_value("label", "k", &present, None), vec!["label k missing"]);
+        assert_eq!(
+            check_value("label", "k", &present, None),
+            vec!["label k missing"]
+        );
         let semver = c("{ semver = true }");
         for v in ["1.2.3", "v2.1.0", "1.0.0-rc.1+build.5"] {
             assert!(ok(&semver, v), "{v}");
@@ -313,12 +362,24 @@ immutable = true
         assert!(ok(&re, "ds-20240401") && !ok(&re, "ds-2024"));
         let range = c("{ min = 0.9, max = 1.0 }");
         assert!(ok(&range, "0.95") && ok(&range, "1"));
-        assert_eq!(check_value("label", "k", &range, Some("0.5")), vec!["label k = 0.5 below min 0.9"]);
-        assert_eq!(check_value("label", "k", &range, Some("1.5")), vec!["label k = 1.5 above max 1"]);
-        assert_eq!(check_value("label", "k", &range, Some("high")), vec!["label k = \"high\" is not a number"]);
+        assert_eq!(
+            check_value("label", "k", &range, Some("0.5")),
+            vec!["label k = 0.5 below min 0.9"]
+        );
+        assert_eq!(
+            check_value("label", "k", &range, Some("1.5")),
+            vec!["label k = 1.5 above max 1"]
+        );
+        assert_eq!(
+            check_value("label", "k", &range, Some("high")),
+            vec!["label k = \"high\" is not a number"]
+        );
         let one = c("{ one_of = [\"a\", \"b\"] }");
         assert!(ok(&one, "a"));
-        assert_eq!(check_value("label", "k", &one, Some("c")), vec!["label k = \"c\" is not one of [a, b]"]);
+        assert_eq!(
+            check_value("label", "k", &one, Some("c")),
+            vec!["label k = \"c\" is not one of [a, b]"]
+        );
     }
 
     #[test]
@@ -335,7 +396,11 @@ immutable = true
 
     #[test]
     fn policy_errors_name_the_line() {
-        let bad = |text: &str| Policy::parse(text, Path::new("."), "p.toml").unwrap_err().to_string();
+        let bad = |text: &str| {
+            Policy::parse(text, Path::new("."), "p.toml")
+                .unwrap_err()
+                .to_string()
+        };
         let e = bad("default = \"allow\"\n[[rules]]\nname = \"x\"\nrepositories = [\"a/**\"]\nmod = \"audit\"\n");
         assert!(e.contains("line 5") && e.contains("mod"), "{e}");
         let e = bad("default = \"maybe\"\n");
@@ -346,9 +411,14 @@ immutable = true
         assert!(e.contains("not in [keys]"), "{e}");
         let e = bad("[[rules]]\nname = \"x\"\nrepositories = [\"a/[\"]\n");
         assert!(e.contains("line 3") && e.contains("glob"), "{e}");
-        let e = bad("[[rules]]\nname = \"x\"\nrepositories = [\"a\"]\n[rules.labels]\nk = { mni = 1 }\n");
+        let e = bad(
+            "[[rules]]\nname = \"x\"\nrepositories = [\"a\"]\n[rules.labels]\nk = { mni = 1 }\n",
+        );
         assert!(e.contains("mni") && e.contains("line 5"), "{e}");
         let e = bad("[keys]\nk = \"does-not-exist.pub\"\n");
-        assert!(e.contains("line 2") && e.contains("does-not-exist.pub"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("does-not-exist.pub"),
+            "{e}"
+        );
     }
 }

@@ -31,16 +31,27 @@ impl PolicyHolder {
     pub fn load(path: Option<PathBuf>) -> Result<PolicyHolder, PolicyError> {
         let loaded = match &path {
             None => LoadedPolicy {
-                policy: Policy { default_allow: true, keys: Default::default(), rules: vec![] },
+                policy: Policy {
+                    default_allow: true,
+                    keys: Default::default(),
+                    rules: vec![],
+                },
                 sha256: "none".into(),
                 generation: 1,
             },
             Some(p) => {
                 let (policy, text) = Policy::load(p)?;
-                LoadedPolicy { policy, sha256: hex::encode(Sha256::digest(text.as_bytes())), generation: 1 }
+                LoadedPolicy {
+                    policy,
+                    sha256: hex::encode(Sha256::digest(text.as_bytes())),
+                    generation: 1,
+                }
             }
         };
-        Ok(PolicyHolder { path, current: ArcSwap::from_pointee(loaded) })
+        Ok(PolicyHolder {
+            path,
+            current: ArcSwap::from_pointee(loaded),
+        })
     }
 
     pub fn current(&self) -> Arc<LoadedPolicy> {
@@ -50,8 +61,13 @@ impl PolicyHolder {
     /// Re-read the file. Ok(true) when a new policy is in force, Ok(false)
     /// when the file did not change.
     pub fn reload(&self, metrics: &Metrics) -> Result<bool, PolicyError> {
-        let Some(path) = &self.path else { return Ok(false) };
-        let text = std::fs::read(path).map_err(|e| PolicyError::Invalid { path: path.display().to_string(), message: format!("cannot read: {e}") });
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let text = std::fs::read(path).map_err(|e| PolicyError::Invalid {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        });
         let result = text.and_then(|bytes| {
             let sha = hex::encode(Sha256::digest(&bytes));
             let old = self.current();
@@ -59,18 +75,31 @@ impl PolicyHolder {
                 return Ok(false);
             }
             let (policy, _) = Policy::load(path)?;
-            self.current.store(Arc::new(LoadedPolicy { policy, sha256: sha, generation: old.generation + 1 }));
+            self.current.store(Arc::new(LoadedPolicy {
+                policy,
+                sha256: sha,
+                generation: old.generation + 1,
+            }));
             Ok(true)
         });
         match &result {
             Ok(true) => {
-                metrics.policy_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+                metrics
+                    .policy_reloads
+                    .get_or_create(&ResultLabels { result: "success" })
+                    .inc();
                 tracing::info!(policy = %path.display(), sha256 = %self.current().sha256, "policy reloaded");
             }
             Ok(false) => {}
             Err(e) => {
-                metrics.policy_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
-                tracing::error!("{e}; keeping the last good policy (sha256 {})", self.current().sha256);
+                metrics
+                    .policy_reloads
+                    .get_or_create(&ResultLabels { result: "error" })
+                    .inc();
+                tracing::error!(
+                    "{e}; keeping the last good policy (sha256 {})",
+                    self.current().sha256
+                );
             }
         }
         result
@@ -83,7 +112,8 @@ impl PolicyHolder {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut last_failed_sha = String::new();
             loop {
                 let signalled = async {
@@ -99,7 +129,12 @@ impl PolicyHolder {
                     _ = tokio::time::sleep(every) => false,
                 };
                 // A broken file is reported once per change, not every tick.
-                let sha = me.path.as_ref().and_then(|p| std::fs::read(p).ok()).map(|b| hex::encode(Sha256::digest(&b))).unwrap_or_default();
+                let sha = me
+                    .path
+                    .as_ref()
+                    .and_then(|p| std::fs::read(p).ok())
+                    .map(|b| hex::encode(Sha256::digest(&b)))
+                    .unwrap_or_default();
                 if !forced && sha == last_failed_sha {
                     continue;
                 }

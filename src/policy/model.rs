@@ -132,7 +132,10 @@ impl Rule {
 
     /// Whether pulling from this rule's repositories needs any evidence at all.
     pub fn requires_anything(&self) -> bool {
-        self.signatures.is_some() || !self.labels.is_empty() || !self.annotations.is_empty() || self.tags.is_some()
+        self.signatures.is_some()
+            || !self.labels.is_empty()
+            || !self.annotations.is_empty()
+            || self.tags.is_some()
     }
 }
 
@@ -145,28 +148,46 @@ pub struct Policy {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// A glob over canonical names: `*` stays within one path component, `**`
 /// crosses them.
 pub fn glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
     let _ = Glob::new(pattern)?;
-    Ok(GlobBuilder::new(pattern).literal_separator(true).build()?.compile_matcher())
+    Ok(GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()?
+        .compile_matcher())
 }
 
 impl Policy {
     /// Parse `text`; key paths are relative to `base` (the policy file's folder).
     pub fn parse(text: &str, base: &Path, name: &str) -> Result<Policy, PolicyError> {
-        let err = |message: String| PolicyError::Invalid { path: name.to_string(), message };
-        let at = |span: std::ops::Range<usize>, m: String| err(format!("line {}: {m}", line_of(text, span.start)));
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        let err = |message: String| PolicyError::Invalid {
+            path: name.to_string(),
+            message,
+        };
+        let at = |span: std::ops::Range<usize>, m: String| {
+            err(format!("line {}: {m}", line_of(text, span.start)))
+        };
+        let raw: RawPolicy =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
         let default_allow = match &raw.default {
             None => true,
             Some(d) => match d.get_ref().as_str() {
                 "allow" => true,
                 "deny" => false,
-                other => return Err(at(d.span(), format!("default = {other:?}: use \"allow\" or \"deny\""))),
+                other => {
+                    return Err(at(
+                        d.span(),
+                        format!("default = {other:?}: use \"allow\" or \"deny\""),
+                    ))
+                }
             },
         };
         let mut keys = BTreeMap::new();
@@ -176,9 +197,15 @@ impl Policy {
                 s.clone()
             } else {
                 let p = base.join(s);
-                std::fs::read_to_string(&p).map_err(|e| at(v.span(), format!("key {kname:?}: cannot read {}: {e}", p.display())))?
+                std::fs::read_to_string(&p).map_err(|e| {
+                    at(
+                        v.span(),
+                        format!("key {kname:?}: cannot read {}: {e}", p.display()),
+                    )
+                })?
             };
-            let k = PublicKey::from_pem(&pem).map_err(|e| at(v.span(), format!("key {kname:?}: {e}")))?;
+            let k = PublicKey::from_pem(&pem)
+                .map_err(|e| at(v.span(), format!("key {kname:?}: {e}")))?;
             keys.insert(kname.clone(), k);
         }
         let mut rules: Vec<Rule> = Vec::new();
@@ -197,12 +224,25 @@ impl Policy {
             }
             let mut matchers = Vec::new();
             for g in &r.repositories {
-                matchers.push(glob(g.get_ref()).map_err(|e| at(g.span(), format!("rule {:?}: repository glob {:?}: {e}", r.name, g.get_ref())))?);
+                matchers.push(glob(g.get_ref()).map_err(|e| {
+                    at(
+                        g.span(),
+                        format!("rule {:?}: repository glob {:?}: {e}", r.name, g.get_ref()),
+                    )
+                })?);
             }
             let mode = match r.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
                 None | Some(("enforce", _)) => Mode::Enforce,
                 Some(("audit", _)) => Mode::Audit,
-                Some((other, s)) => return Err(at(s, format!("rule {:?}: mode = {other:?}: use \"enforce\" or \"audit\"", r.name))),
+                Some((other, s)) => {
+                    return Err(at(
+                        s,
+                        format!(
+                            "rule {:?}: mode = {other:?}: use \"enforce\" or \"audit\"",
+                            r.name
+                        ),
+                    ))
+                }
             };
             let signatures = match &r.signatures {
                 None => None,
@@ -210,7 +250,10 @@ impl Policy {
                     let sp = s.span();
                     let s = s.get_ref();
                     if s.keys.is_empty() {
-                        return Err(at(sp, format!("rule {:?}: signatures.keys is empty", r.name)));
+                        return Err(at(
+                            sp,
+                            format!("rule {:?}: signatures.keys is empty", r.name),
+                        ));
                     }
                     for k in &s.keys {
                         if !keys.contains_key(k) {
@@ -220,25 +263,44 @@ impl Policy {
                     if s.min == 0 || s.min > s.keys.len() {
                         return Err(at(sp, format!("rule {:?}: signatures.min = {} must be between 1 and the {} keys listed", r.name, s.min, s.keys.len())));
                     }
-                    Some(SignatureRule { keys: s.keys.clone(), min: s.min })
+                    Some(SignatureRule {
+                        keys: s.keys.clone(),
+                        min: s.min,
+                    })
                 }
             };
-            let constraints = |what: &str, m: &BTreeMap<String, Spanned<RawConstraint>>| -> Result<Vec<(String, Constraint)>, PolicyError> {
+            let constraints = |what: &str,
+                               m: &BTreeMap<String, Spanned<RawConstraint>>|
+             -> Result<Vec<(String, Constraint)>, PolicyError> {
                 let mut out = Vec::new();
                 for (k, c) in m {
                     let sp = c.span();
                     let c = c.get_ref();
                     let regex = match &c.regex {
                         None => None,
-                        Some(re) => Some(regex::Regex::new(re).map_err(|e| at(sp.clone(), format!("rule {:?}: {what} {k:?}: regex: {e}", r.name)))?),
+                        Some(re) => Some(regex::Regex::new(re).map_err(|e| {
+                            at(
+                                sp.clone(),
+                                format!("rule {:?}: {what} {k:?}: regex: {e}", r.name),
+                            )
+                        })?),
                     };
                     if let (Some(a), Some(b)) = (c.min, c.max) {
                         if a > b {
-                            return Err(at(sp, format!("rule {:?}: {what} {k:?}: min {a} is above max {b}", r.name)));
+                            return Err(at(
+                                sp,
+                                format!(
+                                    "rule {:?}: {what} {k:?}: min {a} is above max {b}",
+                                    r.name
+                                ),
+                            ));
                         }
                     }
                     if c.one_of.as_ref().is_some_and(|v| v.is_empty()) {
-                        return Err(at(sp, format!("rule {:?}: {what} {k:?}: one_of is empty", r.name)));
+                        return Err(at(
+                            sp,
+                            format!("rule {:?}: {what} {k:?}: one_of is empty", r.name),
+                        ));
                     }
                     out.push((
                         k.clone(),
@@ -261,7 +323,9 @@ impl Policy {
                 Some(t) => Some(TagRule {
                     pattern: match &t.pattern {
                         None => None,
-                        Some(p) => Some(regex::Regex::new(p.get_ref()).map_err(|e| at(p.span(), format!("rule {:?}: tags.pattern: {e}", r.name)))?),
+                        Some(p) => Some(regex::Regex::new(p.get_ref()).map_err(|e| {
+                            at(p.span(), format!("rule {:?}: tags.pattern: {e}", r.name))
+                        })?),
                     },
                     immutable: t.immutable,
                 }),
@@ -277,7 +341,11 @@ impl Policy {
                 tags,
             });
         }
-        Ok(Policy { default_allow, keys, rules })
+        Ok(Policy {
+            default_allow,
+            keys,
+            rules,
+        })
     }
 
     pub fn load(path: &Path) -> Result<(Policy, String), PolicyError> {
@@ -286,7 +354,10 @@ impl Policy {
             message: format!("cannot read: {e}"),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Ok((Policy::parse(&text, base, &path.display().to_string())?, text))
+        Ok((
+            Policy::parse(&text, base, &path.display().to_string())?,
+            text,
+        ))
     }
 
     /// The first rule whose repositories match.
@@ -296,14 +367,27 @@ impl Policy {
 
     /// Human-readable description of the rules as understood.
     pub fn describe(&self) -> String {
-        let mut s = format!("default: {}\n", if self.default_allow { "allow" } else { "deny" });
+        let mut s = format!(
+            "default: {}\n",
+            if self.default_allow { "allow" } else { "deny" }
+        );
         for (k, v) in &self.keys {
             s += &format!("key {k}: {} (hint {})\n", v.algorithm(), v.hint());
         }
         for (i, r) in self.rules.iter().enumerate() {
-            s += &format!("rule {} {:?} ({}): repositories {}\n", i + 1, r.name, r.mode.as_str(), r.repositories.join(", "));
+            s += &format!(
+                "rule {} {:?} ({}): repositories {}\n",
+                i + 1,
+                r.name,
+                r.mode.as_str(),
+                r.repositories.join(", ")
+            );
             if let Some(sig) = &r.signatures {
-                s += &format!("  signatures: at least {} of [{}]\n", sig.min, sig.keys.join(", "));
+                s += &format!(
+                    "  signatures: at least {} of [{}]\n",
+                    sig.min,
+                    sig.keys.join(", ")
+                );
             }
             for (what, list) in [("label", &r.labels), ("annotation", &r.annotations)] {
                 for (k, c) in list {

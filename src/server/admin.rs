@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<RespBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
 }
 
@@ -31,17 +32,27 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
             if app.ready.load(Ordering::Relaxed) {
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready\n".into(),
+                    "text/plain",
+                )
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n".into(), "text/plain"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /metrics, /healthz or /readyz\n".into(),
+            "text/plain",
+        ),
     })
 }
 
 /// Serve the admin API until the process ends.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let app = app.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(app.clone(), req));

@@ -23,7 +23,9 @@ pub fn stream<S>(s: S) -> RespBody
 where
     S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
 {
-    BodyExt::boxed(StreamBody::new(s.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError)))
+    BodyExt::boxed(StreamBody::new(
+        s.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError),
+    ))
 }
 
 pub const API_VERSION: &str = "Docker-Distribution-API-Version";
@@ -35,7 +37,10 @@ pub fn error_response(e: &OciError, head: bool) -> Response<RespBody> {
     let mut r = Response::new(if head { empty() } else { full(body) });
     *r.status_mut() = e.status;
     let h = r.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
     if e.status == StatusCode::UNAUTHORIZED {
         h.insert(

@@ -32,11 +32,16 @@ use std::time::Instant;
 
 /// Layer media types that only signature artifacts carry.
 fn is_signature_layer(t: &str) -> bool {
-    t == SIMPLE_SIGNING || t.starts_with("application/vnd.dev.sigstore.bundle") || t == "application/vnd.dsse.envelope.v1+json"
+    t == SIMPLE_SIGNING
+        || t.starts_with("application/vnd.dev.sigstore.bundle")
+        || t == "application/vnd.dsse.envelope.v1+json"
 }
 
 fn is_signature_artifact_type(t: &str) -> bool {
-    t == COSIGN_SIG_ARTIFACT || t == BUNDLE_V03 || t.starts_with("application/vnd.dev.cosign.artifact.") || t.starts_with("application/vnd.dev.sigstore.bundle")
+    t == COSIGN_SIG_ARTIFACT
+        || t == BUNDLE_V03
+        || t.starts_with("application/vnd.dev.cosign.artifact.")
+        || t.starts_with("application/vnd.dev.sigstore.bundle")
 }
 
 /// Whether `bytes` is a signature artifact (always readable): an image
@@ -44,12 +49,21 @@ fn is_signature_artifact_type(t: &str) -> bool {
 /// signature artifacts (the referrers tag schema). A model image does not
 /// become one by claiming a `subject` or an artifactType.
 pub fn is_signature_artifact(bytes: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<Value>(bytes) else { return false };
+    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+        return false;
+    };
     if let Some(layers) = v["layers"].as_array() {
-        return !layers.is_empty() && layers.iter().all(|l| l["mediaType"].as_str().is_some_and(is_signature_layer));
+        return !layers.is_empty()
+            && layers
+                .iter()
+                .all(|l| l["mediaType"].as_str().is_some_and(is_signature_layer));
     }
     if let Some(list) = v["manifests"].as_array() {
-        return list.iter().all(|d| d["artifactType"].as_str().is_some_and(is_signature_artifact_type));
+        return list.iter().all(|d| {
+            d["artifactType"]
+                .as_str()
+                .is_some_and(is_signature_artifact_type)
+        });
     }
     false
 }
@@ -78,42 +92,72 @@ pub struct GateState {
 
 impl GateState {
     pub fn open(dir: std::path::PathBuf) -> std::io::Result<GateState> {
-        Ok(GateState { evidence: DashMap::new(), admitted: DashMap::new(), seen_tags: TagStore::open(dir)? })
+        Ok(GateState {
+            evidence: DashMap::new(),
+            admitted: DashMap::new(),
+            seen_tags: TagStore::open(dir)?,
+        })
     }
 
     fn admit(&self, repo: &str, d: &Digest, generation: u64) {
-        self.admitted.insert((repo.to_string(), d.clone()), generation);
+        self.admitted
+            .insert((repo.to_string(), d.clone()), generation);
     }
 
     fn is_admitted(&self, repo: &str, d: &Digest, generation: u64) -> bool {
-        self.admitted.get(&(repo.to_string(), d.clone())).is_some_and(|g| *g == generation)
+        self.admitted
+            .get(&(repo.to_string(), d.clone()))
+            .is_some_and(|g| *g == generation)
     }
 }
 
 fn string_map(v: &Value) -> BTreeMap<String, String> {
     v.as_object()
-        .map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
-async fn labels_of(app: &Arc<App>, r: &Route, manifest: &Value) -> Result<BTreeMap<String, String>, String> {
+async fn labels_of(
+    app: &Arc<App>,
+    r: &Route,
+    manifest: &Value,
+) -> Result<BTreeMap<String, String>, String> {
     let cd: Digest = manifest["config"]["digest"]
         .as_str()
         .ok_or("manifest has no config")?
         .parse()
         .map_err(|e| format!("config digest: {e}"))?;
-    let config = fetch_small_blob(app, r, &cd, MAX_MANIFEST_BYTES).await.map_err(|e| format!("config {cd}: {}", e.message))?;
-    let v: Value = serde_json::from_slice(&config).map_err(|e| format!("config {cd} is not JSON: {e}"))?;
+    let config = fetch_small_blob(app, r, &cd, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| format!("config {cd}: {}", e.message))?;
+    let v: Value =
+        serde_json::from_slice(&config).map_err(|e| format!("config {cd} is not JSON: {e}"))?;
     Ok(string_map(&v["config"]["Labels"]))
 }
 
 /// Gather what the rule needs to know about `m` (cached per generation).
-async fn gather(app: &Arc<App>, r: &Route, m: &Manifest, rule: &Rule, loaded: &LoadedPolicy) -> Evidence {
+async fn gather(
+    app: &Arc<App>,
+    r: &Route,
+    m: &Manifest,
+    rule: &Rule,
+    loaded: &LoadedPolicy,
+) -> Evidence {
     let key = (r.canonical.clone(), m.digest.clone());
     if let Some(c) = app.gate.evidence.get(&key) {
         // Evidence that lacks signatures is rechecked after tag_ttl: a
         // signature may have been pushed since.
-        let complete = rule.signatures.as_ref().is_none_or(|s| s.keys.iter().filter(|k| c.evidence.signers.contains(*k)).count() >= s.min);
+        let complete = rule.signatures.as_ref().is_none_or(|s| {
+            s.keys
+                .iter()
+                .filter(|k| c.evidence.signers.contains(*k))
+                .count()
+                >= s.min
+        });
         if c.generation == loaded.generation && (complete || c.at.elapsed() < app.config.tag_ttl) {
             return c.evidence.clone();
         }
@@ -140,16 +184,20 @@ async fn gather(app: &Arc<App>, r: &Route, m: &Manifest, rule: &Rule, loaded: &L
                     _ => Some(c["digest"].as_str().unwrap_or("?").to_string()),
                 };
                 let Some(Ok(cd)) = c["digest"].as_str().map(|d| d.parse::<Digest>()) else {
-                    ev.errors.push("index lists a child without a valid digest".into());
+                    ev.errors
+                        .push("index lists a child without a valid digest".into());
                     continue;
                 };
-                let child = match get_manifest(app, r, &Reference::Digest(cd.clone()), Some(OCI_MANIFEST)).await {
-                    Ok(cm) => serde_json::from_slice::<Value>(&cm.bytes).unwrap_or(Value::Null),
-                    Err(e) => {
-                        ev.errors.push(format!("child {cd}: {}", e.message));
-                        continue;
-                    }
-                };
+                let child =
+                    match get_manifest(app, r, &Reference::Digest(cd.clone()), Some(OCI_MANIFEST))
+                        .await
+                    {
+                        Ok(cm) => serde_json::from_slice::<Value>(&cm.bytes).unwrap_or(Value::Null),
+                        Err(e) => {
+                            ev.errors.push(format!("child {cd}: {}", e.message));
+                            continue;
+                        }
+                    };
                 match labels_of(app, r, &child).await {
                     Ok(labels) => ev.images.push(ImageEvidence { platform, labels }),
                     Err(e) => ev.errors.push(format!("child {cd}: {e}")),
@@ -157,18 +205,32 @@ async fn gather(app: &Arc<App>, r: &Route, m: &Manifest, rule: &Rule, loaded: &L
             }
         } else {
             match labels_of(app, r, &doc).await {
-                Ok(labels) => ev.images.push(ImageEvidence { platform: None, labels }),
+                Ok(labels) => ev.images.push(ImageEvidence {
+                    platform: None,
+                    labels,
+                }),
                 Err(e) => ev.errors.push(e),
             }
         }
     }
     if let Some(sig) = &rule.signatures {
-        let keys: Vec<_> = sig.keys.iter().filter_map(|k| loaded.policy.keys.get(k).map(|pk| (k.clone(), pk.clone()))).collect();
+        let keys: Vec<_> = sig
+            .keys
+            .iter()
+            .filter_map(|k| loaded.policy.keys.get(k).map(|pk| (k.clone(), pk.clone())))
+            .collect();
         let scan = signatures::scan(app, r, &m.digest, &keys).await;
         ev.signers = scan.signers;
         ev.signature_notes = scan.notes;
     }
-    app.gate.evidence.insert(key, CachedEvidence { generation: loaded.generation, at: Instant::now(), evidence: ev.clone() });
+    app.gate.evidence.insert(
+        key,
+        CachedEvidence {
+            generation: loaded.generation,
+            at: Instant::now(),
+            evidence: ev.clone(),
+        },
+    );
     ev
 }
 
@@ -184,23 +246,40 @@ pub struct Outcome {
 /// Decide without recording anything (also what `modelgate check` runs).
 pub async fn decide(app: &Arc<App>, s: &Subject<'_>, loaded: &LoadedPolicy) -> Outcome {
     let repo = &s.route.canonical;
-    let allow = |rule: Option<String>| PolicyDecision { decision: Decision::Allow, rule, reasons: vec![] };
+    let allow = |rule: Option<String>| PolicyDecision {
+        decision: Decision::Allow,
+        rule,
+        reasons: vec![],
+    };
     if is_signature_artifact(&s.manifest.bytes) {
-        return Outcome { decision: allow(None), evidence: Evidence::default(), exempt: Some("signature artifact".into()) };
+        return Outcome {
+            decision: allow(None),
+            evidence: Evidence::default(),
+            exempt: Some("signature artifact".into()),
+        };
     }
     let rule = loaded.policy.rule_for(repo);
     if let (Some(rule), Reference::Digest(d)) = (rule, s.reference) {
         if app.gate.is_admitted(repo, d, loaded.generation) {
-            return Outcome { decision: allow(Some(rule.name.clone())), evidence: Evidence::default(), exempt: Some("child of an admitted index".into()) };
+            return Outcome {
+                decision: allow(Some(rule.name.clone())),
+                evidence: Evidence::default(),
+                exempt: Some("child of an admitted index".into()),
+            };
         }
     }
     let mut ev = match rule {
-        Some(rule) if rule.requires_anything() => gather(app, s.route, s.manifest, rule, loaded).await,
+        Some(rule) if rule.requires_anything() => {
+            gather(app, s.route, s.manifest, rule, loaded).await
+        }
         _ => Evidence::default(),
     };
     if let Reference::Tag(t) = s.reference {
         ev.tag = Some(t.clone());
-        if rule.and_then(|r| r.tags.as_ref()).is_some_and(|t| t.immutable) {
+        if rule
+            .and_then(|r| r.tags.as_ref())
+            .is_some_and(|t| t.immutable)
+        {
             if let Some(first) = app.gate.seen_tags.get(repo, t) {
                 if first.digest != s.manifest.digest {
                     ev.tag_moved = Some((first.digest, s.manifest.digest.clone()));
@@ -208,7 +287,11 @@ pub async fn decide(app: &Arc<App>, s: &Subject<'_>, loaded: &LoadedPolicy) -> O
             }
         }
     }
-    Outcome { decision: evaluate(&loaded.policy, repo, &ev), evidence: ev, exempt: None }
+    Outcome {
+        decision: evaluate(&loaded.policy, repo, &ev),
+        evidence: ev,
+        exempt: None,
+    }
 }
 
 /// Decide a manifest request, record it (audit, metrics, admissions) and
@@ -221,14 +304,27 @@ pub async fn admit_manifest(app: &Arc<App>, s: &Subject<'_>, client: &str) -> Re
     if d.decision != Decision::Deny {
         // Open the blobs (and index children) this manifest references.
         if let Ok(summary) = crate::oci::media::ManifestSummary::parse(&s.manifest.bytes) {
-            for x in summary.config.iter().chain(summary.layers.iter()).chain(summary.manifests.iter()) {
+            for x in summary
+                .config
+                .iter()
+                .chain(summary.layers.iter())
+                .chain(summary.manifests.iter())
+            {
                 app.gate.admit(repo, x, loaded.generation);
             }
         }
         if let Reference::Tag(t) = s.reference {
-            let immutable = loaded.policy.rule_for(repo).and_then(|r| r.tags.as_ref()).is_some_and(|t| t.immutable);
+            let immutable = loaded
+                .policy
+                .rule_for(repo)
+                .and_then(|r| r.tags.as_ref())
+                .is_some_and(|t| t.immutable);
             if immutable && app.gate.seen_tags.get(repo, t).is_none() {
-                if let Err(e) = app.gate.seen_tags.confirm(repo, t, &s.manifest.digest, &s.manifest.media_type) {
+                if let Err(e) =
+                    app.gate
+                        .seen_tags
+                        .confirm(repo, t, &s.manifest.digest, &s.manifest.media_type)
+                {
                     tracing::error!(error = %e, "cannot record tag {t} of {repo} as seen");
                 }
             }
@@ -242,7 +338,11 @@ pub async fn admit_manifest(app: &Arc<App>, s: &Subject<'_>, client: &str) -> Re
     }
     app.metrics
         .policy_decisions
-        .get_or_create(&DecisionLabels { action: "pull", decision: d.decision.as_str(), rule: d.rule_label() })
+        .get_or_create(&DecisionLabels {
+            action: "pull",
+            decision: d.decision.as_str(),
+            rule: d.rule_label(),
+        })
         .inc();
     app.audit.record(&AuditRecord {
         time: now_rfc3339(),
@@ -262,7 +362,11 @@ pub async fn admit_manifest(app: &Arc<App>, s: &Subject<'_>, client: &str) -> Re
         policy_sha256: loaded.sha256.clone(),
     });
     match d.decision {
-        Decision::Deny => Err(OciError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, d.message())),
+        Decision::Deny => Err(OciError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            d.message(),
+        )),
         Decision::Audit => {
             tracing::warn!(repository = %repo, reference = %s.reference, "{}", d.message());
             Ok(())
@@ -279,9 +383,16 @@ pub fn blob_allowed(app: &App, route: &Route, d: &Digest) -> Result<(), OciError
         if loaded.policy.default_allow {
             return Ok(());
         }
-        return Err(OciError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, format!("denied by the policy default: no rule matches {repo} and the default is deny")));
+        return Err(OciError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            format!("denied by the policy default: no rule matches {repo} and the default is deny"),
+        ));
     };
-    if rule.mode == Mode::Audit || !rule.requires_anything() || app.gate.is_admitted(repo, d, loaded.generation) {
+    if rule.mode == Mode::Audit
+        || !rule.requires_anything()
+        || app.gate.is_admitted(repo, d, loaded.generation)
+    {
         return Ok(());
     }
     Err(OciError::new(
@@ -300,13 +411,21 @@ mod tests {
 
     #[test]
     fn signature_artifacts_are_recognised_by_their_layers() {
-        let sig = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"x"}},"layers":[{{"mediaType":"{SIMPLE_SIGNING}","digest":"y"}}]}}"#);
+        let sig = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"x"}},"layers":[{{"mediaType":"{SIMPLE_SIGNING}","digest":"y"}}]}}"#
+        );
         assert!(is_signature_artifact(sig.as_bytes()));
         // A model image wearing a signature's artifactType and a subject is not one.
-        let disguised = format!(r#"{{"schemaVersion":2,"artifactType":"{COSIGN_SIG_ARTIFACT}","subject":{{"digest":"z"}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"y"}}]}}"#);
+        let disguised = format!(
+            r#"{{"schemaVersion":2,"artifactType":"{COSIGN_SIG_ARTIFACT}","subject":{{"digest":"z"}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"y"}}]}}"#
+        );
         assert!(!is_signature_artifact(disguised.as_bytes()));
-        assert!(!is_signature_artifact(br#"{"schemaVersion":2,"layers":[]}"#));
-        let idx = format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"a","artifactType":"{BUNDLE_V03}"}}]}}"#);
+        assert!(!is_signature_artifact(
+            br#"{"schemaVersion":2,"layers":[]}"#
+        ));
+        let idx = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"digest":"a","artifactType":"{BUNDLE_V03}"}}]}}"#
+        );
         assert!(is_signature_artifact(idx.as_bytes()));
         let platform_index = r#"{"schemaVersion":2,"manifests":[{"digest":"a","platform":{"os":"linux","architecture":"amd64"}}]}"#;
         assert!(!is_signature_artifact(platform_index.as_bytes()));

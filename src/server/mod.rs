@@ -73,9 +73,13 @@ impl App {
         for u in &config.upstreams {
             ups.push((Arc::new(Upstream::new(u, metrics.clone())?), u.default));
         }
-        let policy = Arc::new(crate::policy::PolicyHolder::load(config.policy_file.clone())?);
-        let audit = crate::audit::AuditLog::open(&config.audit_path).map_err(|e| StartError::Audit(config.audit_path.clone(), e))?;
-        let gate = gate::GateState::open(dir.join("seen-tags")).map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
+        let policy = Arc::new(crate::policy::PolicyHolder::load(
+            config.policy_file.clone(),
+        )?);
+        let audit = crate::audit::AuditLog::open(&config.audit_path)
+            .map_err(|e| StartError::Audit(config.audit_path.clone(), e))?;
+        let gate = gate::GateState::open(dir.join("seen-tags"))
+            .map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
         Ok(Arc::new(App {
             policy,
             audit,
@@ -92,15 +96,22 @@ impl App {
 }
 
 /// Load the TLS server config for the client listener.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, StartError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| StartError::Tls(format!("{}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
         .map_err(|e| StartError::Tls(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(StartError::Tls(format!("{}: no certificate in the file", cert.display())));
+        return Err(StartError::Tls(format!(
+            "{}: no certificate in the file",
+            cert.display()
+        )));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| StartError::Tls(format!("{}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| StartError::Tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -130,12 +141,16 @@ pub async fn run(
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.header_timeout)
         .max_buf_size(1024 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     if let Some(admin) = admin {
         tokio::spawn(admin::serve(app.clone(), admin));
     }
-    app.policy.watch(app.metrics.clone(), app.config.policy_reload_interval);
+    app.policy
+        .watch(app.metrics.clone(), app.config.policy_reload_interval);
     app.ready.store(true, Ordering::Relaxed);
     tokio::pin!(shutdown);
     loop {
@@ -160,7 +175,9 @@ pub async fn run(
         let builder = builder.clone();
         match &tls {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -180,7 +197,9 @@ pub async fn run(
                         }
                         Err(_) => return,
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned();
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .into_owned();
                     let _ = watcher.watch(conn).await;
                     drop(permit);
                 });
@@ -197,12 +216,19 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("requests or downloads still in flight after 30s; closing them");
     }
 }
 
-async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
+async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -235,7 +261,9 @@ async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resu
         .inc();
     app.metrics
         .http_duration
-        .get_or_create(&EndpointLabels { endpoint: endpoint_label })
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint_label,
+        })
         .observe(start.elapsed().as_secs_f64());
     tracing::debug!(%peer, %method, path, code, ms = start.elapsed().as_millis() as u64, "request");
     Ok(resp)

@@ -8,11 +8,15 @@ use super::{method_not_allowed, App};
 use crate::cache::flight::{self, Download, FetchState, Leader};
 use crate::error::{upstream_status, Object};
 use crate::metrics::UpstreamLabels;
-use crate::oci::media::{self, accepts, content_type_for, DEFAULT_MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX};
+use crate::oci::media::{
+    self, accepts, content_type_for, DEFAULT_MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX,
+};
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
 use crate::upstream::{Route, UpstreamError};
 use bytes::Bytes;
-use http::header::{ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE};
+use http::header::{
+    ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE,
+};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -29,19 +33,33 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-pub async fn dispatch(app: &Arc<App>, ep: Endpoint, req: Request<Incoming>, peer: std::net::SocketAddr) -> Result<Response<RespBody>, OciError> {
+pub async fn dispatch(
+    app: &Arc<App>,
+    ep: Endpoint,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Result<Response<RespBody>, OciError> {
     let method = req.method().clone();
     let query = req.uri().query().map(str::to_string);
     let ns = query_param(query.as_deref(), "ns");
-    let route = |name: &RepoName| app.router.route(name, ns.as_deref()).map_err(OciError::from);
+    let route = |name: &RepoName| {
+        app.router
+            .route(name, ns.as_deref())
+            .map_err(OciError::from)
+    };
     let is_read = method == Method::GET || method == Method::HEAD;
     let mut resp = match ep {
         Endpoint::Base => {
             if !is_read {
                 return Err(method_not_allowed(&method, "/v2/"));
             }
-            let mut r = Response::new(if method == Method::HEAD { empty() } else { full("{}") });
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let mut r = Response::new(if method == Method::HEAD {
+                empty()
+            } else {
+                full("{}")
+            });
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(2));
             return Ok(r);
         }
@@ -51,11 +69,20 @@ pub async fn dispatch(app: &Arc<App>, ep: Endpoint, req: Request<Incoming>, peer
             }
             let r = route(&name)?;
             // Clients may send several Accept lines; they all count.
-            let accept: Vec<&str> = req.headers().get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+            let accept: Vec<&str> = req
+                .headers()
+                .get_all(ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
             let accept = (!accept.is_empty()).then(|| accept.join(", "));
             let m = get_manifest(app, &r, &reference, accept.as_deref()).await?;
             // Decided on exactly the bytes about to be served.
-            let subject = super::gate::Subject { route: &r, reference: &reference, manifest: &m };
+            let subject = super::gate::Subject {
+                route: &r,
+                reference: &reference,
+                manifest: &m,
+            };
             super::gate::admit_manifest(app, &subject, &peer.ip().to_string()).await?;
             let mut resp = manifest_response(&m, method == Method::HEAD);
             echo_ns(&mut resp, &r);
@@ -67,8 +94,13 @@ pub async fn dispatch(app: &Arc<App>, ep: Endpoint, req: Request<Incoming>, peer
             }
             let r = route(&name)?;
             super::gate::blob_allowed(app, &r, &digest)?;
-            let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
-            let mut resp = get_blob(app, &r, &digest, method == Method::HEAD, range.as_deref()).await?;
+            let range = req
+                .headers()
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let mut resp =
+                get_blob(app, &r, &digest, method == Method::HEAD, range.as_deref()).await?;
             echo_ns(&mut resp, &r);
             resp
         }
@@ -153,12 +185,15 @@ fn cached_manifest(app: &App, d: &Digest) -> Option<Manifest> {
 
 async fn read_error_body(resp: Response<Incoming>, idle: Duration) -> (StatusCode, Bytes) {
     let status = resp.status();
-    let body = tokio::time::timeout(idle, Limited::new(resp.into_body(), MAX_ERROR_BODY).collect())
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let body = tokio::time::timeout(
+        idle,
+        Limited::new(resp.into_body(), MAX_ERROR_BODY).collect(),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok())
+    .map(|c| c.to_bytes())
+    .unwrap_or_default();
     (status, body)
 }
 
@@ -181,13 +216,21 @@ pub async fn get_manifest(
             fetch_manifest(app, r, reference, accept).await
         }
         Reference::Tag(tag) => {
-            let known = app.tags.get(&r.canonical, tag).filter(|e| accepts(accept, &e.media_type));
-            let cached = known.as_ref().and_then(|e| cached_manifest(app, &e.digest).map(|m| (e.clone(), m)));
+            let known = app
+                .tags
+                .get(&r.canonical, tag)
+                .filter(|e| accepts(accept, &e.media_type));
+            let cached = known
+                .as_ref()
+                .and_then(|e| cached_manifest(app, &e.digest).map(|m| (e.clone(), m)));
             let Some((entry, m)) = cached else {
                 app.metrics.cache("manifest", false);
                 return fetch_manifest(app, r, reference, accept).await;
             };
-            if entry.confirmed.is_some_and(|t| t.elapsed() < app.config.tag_ttl) {
+            if entry
+                .confirmed
+                .is_some_and(|t| t.elapsed() < app.config.tag_ttl)
+            {
                 app.metrics.cache("manifest", true);
                 return Ok(m);
             }
@@ -232,7 +275,9 @@ fn serve_stale(app: &App, r: &Route, tag: &str, m: Manifest, why: &OciError) -> 
 
 fn manifest_accept(accept: Option<&str>) -> HeaderMap {
     let mut h = HeaderMap::new();
-    let a = accept.filter(|a| !a.trim().is_empty()).unwrap_or(DEFAULT_MANIFEST_ACCEPT);
+    let a = accept
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or(DEFAULT_MANIFEST_ACCEPT);
     if let Ok(v) = HeaderValue::from_str(a) {
         h.insert(ACCEPT, v);
     }
@@ -240,11 +285,22 @@ fn manifest_accept(accept: Option<&str>) -> HeaderMap {
 }
 
 /// HEAD the tag upstream; the digest it names, if it names one.
-async fn head_manifest_digest(app: &App, r: &Route, tag: &str, accept: Option<&str>) -> Result<Option<Digest>, OciError> {
+async fn head_manifest_digest(
+    app: &App,
+    r: &Route,
+    tag: &str,
+    accept: Option<&str>,
+) -> Result<Option<Digest>, OciError> {
     let _ = app;
     let resp = r
         .upstream
-        .pull(Method::HEAD, r.path.as_str(), &format!("manifests/{tag}"), None, manifest_accept(accept))
+        .pull(
+            Method::HEAD,
+            r.path.as_str(),
+            &format!("manifests/{tag}"),
+            None,
+            manifest_accept(accept),
+        )
         .await?;
     if resp.status() == StatusCode::OK {
         return Ok(resp
@@ -261,14 +317,30 @@ async fn head_manifest_digest(app: &App, r: &Route, tag: &str, accept: Option<&s
             format!("upstream {} answered {status}", r.upstream.name),
         ));
     }
-    Err(upstream_status(&r.upstream.name, status, b"", Object::Manifest))
+    Err(upstream_status(
+        &r.upstream.name,
+        status,
+        b"",
+        Object::Manifest,
+    ))
 }
 
 /// GET a manifest upstream, verify it, cache it.
-async fn fetch_manifest(app: &App, r: &Route, reference: &Reference, accept: Option<&str>) -> Result<Manifest, OciError> {
+async fn fetch_manifest(
+    app: &App,
+    r: &Route,
+    reference: &Reference,
+    accept: Option<&str>,
+) -> Result<Manifest, OciError> {
     let up = &r.upstream;
     let resp = up
-        .pull(Method::GET, r.path.as_str(), &format!("manifests/{reference}"), None, manifest_accept(accept))
+        .pull(
+            Method::GET,
+            r.path.as_str(),
+            &format!("manifests/{reference}"),
+            None,
+            manifest_accept(accept),
+        )
         .await?;
     if resp.status() != StatusCode::OK {
         let (status, body) = read_error_body(resp, up.idle_timeout()).await;
@@ -296,30 +368,45 @@ async fn fetch_manifest(app: &App, r: &Route, reference: &Reference, accept: Opt
     if declared_len.is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
         return Err(too_big());
     }
-    let header_digest = resp.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let header_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let bytes = tokio::time::timeout(up.idle_timeout(), Limited::new(resp.into_body(), MAX_MANIFEST_BYTES).collect())
-        .await
-        .map_err(|_| OciError::from(UpstreamError::Unreachable {
+    let header_digest = resp
+        .headers()
+        .get(DIGEST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let header_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = tokio::time::timeout(
+        up.idle_timeout(),
+        Limited::new(resp.into_body(), MAX_MANIFEST_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| {
+        OciError::from(UpstreamError::Unreachable {
             upstream: up.name.clone(),
             message: format!("manifest {reference} body timed out"),
-        }))?
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_big()
-            } else {
-                OciError::from(UpstreamError::Unreachable {
-                    upstream: up.name.clone(),
-                    message: format!("manifest {reference} body: {e}"),
-                })
-            }
-        })?
-        .to_bytes();
+        })
+    })?
+    .map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            too_big()
+        } else {
+            OciError::from(UpstreamError::Unreachable {
+                upstream: up.name.clone(),
+                message: format!("manifest {reference} body: {e}"),
+            })
+        }
+    })?
+    .to_bytes();
     let digest = Digest::of(&bytes);
     let mismatch = |claimed: &str| {
         app.metrics
             .digest_mismatches
-            .get_or_create(&UpstreamLabels { upstream: up.name.clone() })
+            .get_or_create(&UpstreamLabels {
+                upstream: up.name.clone(),
+            })
             .inc();
         tracing::error!(upstream = %up.name, repository = %r.canonical, reference = %reference, claimed, actual = %digest,
             "digest mismatch on a manifest; refused, nothing cached");
@@ -373,7 +460,11 @@ fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
         (size.saturating_sub(n), size - 1)
     } else {
         let start: u64 = a.parse().ok()?;
-        let end: u64 = if b.is_empty() { size.saturating_sub(1) } else { b.parse().ok()? };
+        let end: u64 = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse().ok()?
+        };
         if start >= size || end < start {
             return Some(Err(()));
         }
@@ -383,14 +474,24 @@ fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 }
 
 fn blob_headers(h: &mut HeaderMap, d: &Digest, len: u64) {
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     digest_headers(h, d);
 }
 
 /// Serve a committed blob, honouring Range.
-fn serve_cached_blob(app: &App, d: &Digest, file: Arc<std::fs::File>, size: u64, head: bool, range: Option<&str>) -> Response<RespBody> {
+fn serve_cached_blob(
+    app: &App,
+    d: &Digest,
+    file: Arc<std::fs::File>,
+    size: u64,
+    head: bool,
+    range: Option<&str>,
+) -> Response<RespBody> {
     let (status, start, end) = match range.and_then(|r| parse_range(r, size)) {
         None => (StatusCode::OK, 0, size),
         Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
@@ -398,7 +499,10 @@ fn serve_cached_blob(app: &App, d: &Digest, file: Arc<std::fs::File>, size: u64,
             let e = OciError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorCode::RangeInvalid,
-                format!("range {:?} is outside blob {d} of {size} bytes", range.unwrap_or_default()),
+                format!(
+                    "range {:?} is outside blob {d} of {size} bytes",
+                    range.unwrap_or_default()
+                ),
             );
             let mut r = error_response(&e, head);
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -407,7 +511,11 @@ fn serve_cached_blob(app: &App, d: &Digest, file: Arc<std::fs::File>, size: u64,
             return r;
         }
     };
-    let body = if head { empty() } else { stream(flight::stream_file(file, start, end, app.metrics.clone())) };
+    let body = if head {
+        empty()
+    } else {
+        stream(flight::stream_file(file, start, end, app.metrics.clone()))
+    };
     let mut r = Response::new(body);
     *r.status_mut() = status;
     blob_headers(r.headers_mut(), d, end - start);
@@ -419,20 +527,35 @@ fn serve_cached_blob(app: &App, d: &Digest, file: Arc<std::fs::File>, size: u64,
     r
 }
 
-async fn get_blob(app: &Arc<App>, r: &Route, d: &Digest, head: bool, range: Option<&str>) -> Result<Response<RespBody>, OciError> {
+async fn get_blob(
+    app: &Arc<App>,
+    r: &Route,
+    d: &Digest,
+    head: bool,
+    range: Option<&str>,
+) -> Result<Response<RespBody>, OciError> {
     if let Some((file, size)) = app.store.open_blob(d) {
         app.metrics.cache("blob", true);
         return Ok(serve_cached_blob(app, d, Arc::new(file), size, head, range));
     }
     // Verified and being committed: as good as cached.
-    if let Some(FetchState::Done { size, file }) = app.flights.get(d).map(|rx| rx.borrow().clone()) {
+    if let Some(FetchState::Done { size, file }) = app.flights.get(d).map(|rx| rx.borrow().clone())
+    {
         app.metrics.cache("blob", true);
         return Ok(serve_cached_blob(app, d, file, size, head, range));
     }
     app.metrics.cache("blob", false);
     let up = r.upstream.clone();
     if head {
-        let resp = up.pull(Method::HEAD, r.path.as_str(), &format!("blobs/{d}"), None, HeaderMap::new()).await?;
+        let resp = up
+            .pull(
+                Method::HEAD,
+                r.path.as_str(),
+                &format!("blobs/{d}"),
+                None,
+                HeaderMap::new(),
+            )
+            .await?;
         if resp.status() != StatusCode::OK {
             return Err(upstream_status(&up.name, resp.status(), b"", Object::Blob));
         }
@@ -471,7 +594,11 @@ async fn get_blob(app: &Arc<App>, r: &Route, d: &Digest, head: bool, range: Opti
         // only from the verified blob.
         flight::wait_done(&mut rx).await?;
         let FetchState::Done { size, file } = rx.borrow().clone() else {
-            return Err(OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "download state lost"));
+            return Err(OciError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                "download state lost",
+            ));
         };
         return Ok(serve_cached_blob(app, d, file, size, false, range));
     }
@@ -502,10 +629,22 @@ async fn download_blob(
 ) {
     // It may have landed between the caller's cache check and now.
     if let Some((file, size)) = app.store.open_blob(&d) {
-        tx.send_replace(FetchState::Done { size, file: Arc::new(file) });
+        tx.send_replace(FetchState::Done {
+            size,
+            file: Arc::new(file),
+        });
         return;
     }
-    let resp = match up.pull(Method::GET, path.as_str(), &format!("blobs/{d}"), None, HeaderMap::new()).await {
+    let resp = match up
+        .pull(
+            Method::GET,
+            path.as_str(),
+            &format!("blobs/{d}"),
+            None,
+            HeaderMap::new(),
+        )
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             tx.send_replace(FetchState::Failed(e.into()));
@@ -514,7 +653,12 @@ async fn download_blob(
     };
     if resp.status() != StatusCode::OK {
         let (status, body) = read_error_body(resp, up.idle_timeout()).await;
-        tx.send_replace(FetchState::Failed(upstream_status(&up.name, status, &body, Object::Blob)));
+        tx.send_replace(FetchState::Failed(upstream_status(
+            &up.name,
+            status,
+            &body,
+            Object::Blob,
+        )));
         return;
     }
     let size = resp
@@ -546,34 +690,76 @@ fn rewrite_link(link: &str, client_name: &RepoName, ns: Option<&str>) -> Option<
     if let Some(ns) = ns {
         pairs.push(("ns".into(), ns.into()));
     }
-    let q = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
     let path = target.split_once('?').map(|(p, _)| p).unwrap_or(target);
-    let suffix = if path.ends_with("/tags/list") { "tags/list" } else { return None };
-    Some(format!("</v2/{client_name}/{suffix}?{q}>{}", &link[end + 1..]))
+    let suffix = if path.ends_with("/tags/list") {
+        "tags/list"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "</v2/{client_name}/{suffix}?{q}>{}",
+        &link[end + 1..]
+    ))
 }
 
-async fn tags_list(r: &Route, client_name: &RepoName, query: Option<&str>) -> Result<Response<RespBody>, OciError> {
+async fn tags_list(
+    r: &Route,
+    client_name: &RepoName,
+    query: Option<&str>,
+) -> Result<Response<RespBody>, OciError> {
     let up = &r.upstream;
     // Pass through the paging parameters, nothing else.
     let q: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .filter(|(k, _)| k == "n" || k == "last")
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let q = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish();
-    let resp = up.pull(Method::GET, r.path.as_str(), "tags/list", Some(&q), HeaderMap::new()).await?;
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(q)
+        .finish();
+    let resp = up
+        .pull(
+            Method::GET,
+            r.path.as_str(),
+            "tags/list",
+            Some(&q),
+            HeaderMap::new(),
+        )
+        .await?;
     if resp.status() != StatusCode::OK {
         let (status, body) = read_error_body(resp, up.idle_timeout()).await;
         return Err(upstream_status(&up.name, status, &body, Object::Repository));
     }
-    let link = resp.headers().get(LINK).and_then(|v| v.to_str().ok()).and_then(|l| rewrite_link(l, client_name, r.ns.as_deref()));
-    let body = tokio::time::timeout(up.idle_timeout(), Limited::new(resp.into_body(), 16 * MAX_MANIFEST_BYTES).collect())
-        .await
-        .map_err(|_| OciError::from(UpstreamError::Unreachable { upstream: up.name.clone(), message: "tags list timed out".into() }))?
-        .map_err(|e| OciError::from(UpstreamError::Unreachable { upstream: up.name.clone(), message: format!("tags list: {e}") }))?
-        .to_bytes();
+    let link = resp
+        .headers()
+        .get(LINK)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| rewrite_link(l, client_name, r.ns.as_deref()));
+    let body = tokio::time::timeout(
+        up.idle_timeout(),
+        Limited::new(resp.into_body(), 16 * MAX_MANIFEST_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| {
+        OciError::from(UpstreamError::Unreachable {
+            upstream: up.name.clone(),
+            message: "tags list timed out".into(),
+        })
+    })?
+    .map_err(|e| {
+        OciError::from(UpstreamError::Unreachable {
+            upstream: up.name.clone(),
+            message: format!("tags list: {e}"),
+        })
+    })?
+    .to_bytes();
     let mut out = Response::new(full(body.clone()));
-    out.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    out.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    out.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    out.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     if let Some(v) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
         out.headers_mut().insert(LINK, v);
     }
@@ -583,10 +769,15 @@ async fn tags_list(r: &Route, client_name: &RepoName, query: Option<&str>) -> Re
 fn index_response(body: Vec<u8>, filtered: bool) -> Response<RespBody> {
     let len = body.len();
     let mut out = Response::new(full(body));
-    out.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX));
-    out.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+    out.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX));
+    out.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
     if filtered {
-        out.headers_mut().insert("OCI-Filters-Applied", HeaderValue::from_static("artifactType"));
+        out.headers_mut().insert(
+            "OCI-Filters-Applied",
+            HeaderValue::from_static("artifactType"),
+        );
     }
     out
 }
@@ -612,13 +803,36 @@ fn filter_index(doc: &[u8], artifact_type: Option<&str>) -> Result<Vec<u8>, Stri
 /// Referrers of `d` as an index document: the upstream's referrers API when
 /// it has one, else the `sha256-<hex>` tag-schema index, else an empty
 /// index. Returns the document and whether the artifactType filter applied.
-pub async fn referrers_index(app: &Arc<App>, r: &Route, d: &Digest, artifact_type: Option<&str>) -> Result<(Vec<u8>, bool), OciError> {
+pub async fn referrers_index(
+    app: &Arc<App>,
+    r: &Route,
+    d: &Digest,
+    artifact_type: Option<&str>,
+) -> Result<(Vec<u8>, bool), OciError> {
     let up = &r.upstream;
-    let bad = |e: String| OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid, format!("upstream {} referrers of {d}: {e}", up.name));
-    let q = artifact_type.map(|t| url::form_urlencoded::Serializer::new(String::new()).append_pair("artifactType", t).finish());
+    let bad = |e: String| {
+        OciError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::ManifestInvalid,
+            format!("upstream {} referrers of {d}: {e}", up.name),
+        )
+    };
+    let q = artifact_type.map(|t| {
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("artifactType", t)
+            .finish()
+    });
     let mut h = HeaderMap::new();
     h.insert(ACCEPT, HeaderValue::from_static(OCI_INDEX));
-    let resp = up.pull(Method::GET, r.path.as_str(), &format!("referrers/{d}"), q.as_deref(), h).await?;
+    let resp = up
+        .pull(
+            Method::GET,
+            r.path.as_str(),
+            &format!("referrers/{d}"),
+            q.as_deref(),
+            h,
+        )
+        .await?;
     let is_index = resp
         .headers()
         .get(CONTENT_TYPE)
@@ -627,11 +841,19 @@ pub async fn referrers_index(app: &Arc<App>, r: &Route, d: &Digest, artifact_typ
         .unwrap_or(false);
     if resp.status() == StatusCode::OK && is_index {
         let applied = resp.headers().get("OCI-Filters-Applied").is_some();
-        let body = tokio::time::timeout(up.idle_timeout(), Limited::new(resp.into_body(), MAX_MANIFEST_BYTES).collect())
-            .await
-            .map_err(|_| OciError::from(UpstreamError::Unreachable { upstream: up.name.clone(), message: "referrers timed out".into() }))?
-            .map_err(|e| bad(e.to_string()))?
-            .to_bytes();
+        let body = tokio::time::timeout(
+            up.idle_timeout(),
+            Limited::new(resp.into_body(), MAX_MANIFEST_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| {
+            OciError::from(UpstreamError::Unreachable {
+                upstream: up.name.clone(),
+                message: "referrers timed out".into(),
+            })
+        })?
+        .map_err(|e| bad(e.to_string()))?
+        .to_bytes();
         if applied || artifact_type.is_none() {
             return Ok((body.to_vec(), applied));
         }
@@ -646,8 +868,15 @@ pub async fn referrers_index(app: &Arc<App>, r: &Route, d: &Digest, artifact_typ
     let tag = Reference::Tag(d.tag_schema());
     let empty = || filter_index(br#"{"manifests":[]}"#, None).unwrap_or_default();
     match get_manifest(app, r, &tag, Some(OCI_INDEX)).await {
-        Ok(m) if media::ManifestSummary::parse(&m.bytes).map(|s| s.is_index()).unwrap_or(false) => {
-            Ok((filter_index(&m.bytes, artifact_type).map_err(bad)?, artifact_type.is_some()))
+        Ok(m)
+            if media::ManifestSummary::parse(&m.bytes)
+                .map(|s| s.is_index())
+                .unwrap_or(false) =>
+        {
+            Ok((
+                filter_index(&m.bytes, artifact_type).map_err(bad)?,
+                artifact_type.is_some(),
+            ))
         }
         Ok(_) => Ok((empty(), artifact_type.is_some())),
         Err(e) if e.status == StatusCode::NOT_FOUND => Ok((empty(), artifact_type.is_some())),
@@ -655,32 +884,76 @@ pub async fn referrers_index(app: &Arc<App>, r: &Route, d: &Digest, artifact_typ
     }
 }
 
-async fn referrers(app: &Arc<App>, r: &Route, d: &Digest, artifact_type: Option<&str>) -> Result<Response<RespBody>, OciError> {
+async fn referrers(
+    app: &Arc<App>,
+    r: &Route,
+    d: &Digest,
+    artifact_type: Option<&str>,
+) -> Result<Response<RespBody>, OciError> {
     let (body, filtered) = referrers_index(app, r, d, artifact_type).await?;
     Ok(index_response(body, filtered))
 }
 
 /// A small blob (a config, a signature payload) read whole: from the cache,
 /// or fetched, verified against its digest and cached.
-pub async fn fetch_small_blob(app: &App, r: &Route, d: &Digest, max: usize) -> Result<Bytes, OciError> {
+pub async fn fetch_small_blob(
+    app: &App,
+    r: &Route,
+    d: &Digest,
+    max: usize,
+) -> Result<Bytes, OciError> {
     if let Some(b) = app.store.read_small(d, max) {
         return Ok(Bytes::from(b));
     }
     let up = &r.upstream;
-    let resp = up.pull(Method::GET, r.path.as_str(), &format!("blobs/{d}"), None, HeaderMap::new()).await?;
+    let resp = up
+        .pull(
+            Method::GET,
+            r.path.as_str(),
+            &format!("blobs/{d}"),
+            None,
+            HeaderMap::new(),
+        )
+        .await?;
     if resp.status() != StatusCode::OK {
         let (status, body) = read_error_body(resp, up.idle_timeout()).await;
         return Err(upstream_status(&up.name, status, &body, Object::Blob));
     }
-    let bytes = tokio::time::timeout(up.idle_timeout(), Limited::new(resp.into_body(), max).collect())
-        .await
-        .map_err(|_| OciError::from(UpstreamError::Unreachable { upstream: up.name.clone(), message: format!("blob {d} timed out") }))?
-        .map_err(|e| OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::BlobUnknown, format!("upstream {} blob {d}: {e} (limit {max} bytes)", up.name)))?
-        .to_bytes();
+    let bytes = tokio::time::timeout(
+        up.idle_timeout(),
+        Limited::new(resp.into_body(), max).collect(),
+    )
+    .await
+    .map_err(|_| {
+        OciError::from(UpstreamError::Unreachable {
+            upstream: up.name.clone(),
+            message: format!("blob {d} timed out"),
+        })
+    })?
+    .map_err(|e| {
+        OciError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::BlobUnknown,
+            format!("upstream {} blob {d}: {e} (limit {max} bytes)", up.name),
+        )
+    })?
+    .to_bytes();
     if Digest::of(&bytes) != *d {
-        app.metrics.digest_mismatches.get_or_create(&UpstreamLabels { upstream: up.name.clone() }).inc();
+        app.metrics
+            .digest_mismatches
+            .get_or_create(&UpstreamLabels {
+                upstream: up.name.clone(),
+            })
+            .inc();
         tracing::error!(upstream = %up.name, digest = %d, "digest mismatch on a small blob; refused, nothing cached");
-        return Err(OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::DigestInvalid, format!("upstream {} sent bytes for {d} that do not match it", up.name)));
+        return Err(OciError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::DigestInvalid,
+            format!(
+                "upstream {} sent bytes for {d} that do not match it",
+                up.name
+            ),
+        ));
     }
     if let Err(e) = app.store.put_bytes(d, &bytes, None) {
         tracing::warn!(error = %e, "cannot cache blob {d}");
@@ -707,20 +980,38 @@ mod tests {
     #[test]
     fn link_rewrite() {
         let name = RepoName::parse("docker.io/library/alpine").unwrap();
-        let l = rewrite_link(r#"</v2/library/alpine/tags/list?last=b&n=2>; rel="next""#, &name, None).unwrap();
-        assert_eq!(l, r#"</v2/docker.io/library/alpine/tags/list?last=b&n=2>; rel="next""#);
+        let l = rewrite_link(
+            r#"</v2/library/alpine/tags/list?last=b&n=2>; rel="next""#,
+            &name,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            r#"</v2/docker.io/library/alpine/tags/list?last=b&n=2>; rel="next""#
+        );
         let name = RepoName::parse("library/alpine").unwrap();
-        let l = rewrite_link(r#"<https://up.example/v2/library/alpine/tags/list?n=2&last=b>; rel="next""#, &name, Some("docker.io")).unwrap();
-        assert_eq!(l, r#"</v2/library/alpine/tags/list?n=2&last=b&ns=docker.io>; rel="next""#);
+        let l = rewrite_link(
+            r#"<https://up.example/v2/library/alpine/tags/list?n=2&last=b>; rel="next""#,
+            &name,
+            Some("docker.io"),
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            r#"</v2/library/alpine/tags/list?n=2&last=b&ns=docker.io>; rel="next""#
+        );
     }
 
     #[test]
     fn index_filtering() {
         let doc = br#"{"schemaVersion":2,"manifests":[{"digest":"a","artifactType":"x"},{"digest":"b","artifactType":"y"},{"digest":"c"}]}"#;
-        let v: serde_json::Value = serde_json::from_slice(&filter_index(doc, Some("y")).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&filter_index(doc, Some("y")).unwrap()).unwrap();
         assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
         assert_eq!(v["mediaType"], OCI_INDEX);
-        let v: serde_json::Value = serde_json::from_slice(&filter_index(doc, None).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&filter_index(doc, None).unwrap()).unwrap();
         assert_eq!(v["manifests"].as_array().unwrap().len(), 3);
     }
 }

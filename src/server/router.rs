@@ -65,7 +65,11 @@ pub fn parse(path: &str) -> Result<Endpoint, OciError> {
     // uploads: .../blobs/uploads/ and .../blobs/uploads/<id>
     if n >= 4 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
         let id = segs[n - 1];
-        let id = if id.is_empty() { None } else { Some(id.to_string()) };
+        let id = if id.is_empty() {
+            None
+        } else {
+            Some(id.to_string())
+        };
         return Ok(Endpoint::Upload(name(n - 3)?, id));
     }
     if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
@@ -77,13 +81,21 @@ pub fn parse(path: &str) -> Result<Endpoint, OciError> {
             "manifests" => return Ok(Endpoint::Manifest(name(n - 2)?, Reference::parse(last)?)),
             "blobs" => {
                 let d = last.parse().map_err(|e: crate::oci::DigestError| {
-                    OciError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string())
+                    OciError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::DigestInvalid,
+                        e.to_string(),
+                    )
                 })?;
                 return Ok(Endpoint::Blob(name(n - 2)?, d));
             }
             "referrers" => {
                 let d = last.parse().map_err(|e: crate::oci::DigestError| {
-                    OciError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string())
+                    OciError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::DigestInvalid,
+                        e.to_string(),
+                    )
                 })?;
                 return Ok(Endpoint::Referrers(name(n - 2)?, d));
             }
@@ -106,11 +118,24 @@ mod tests {
             parse("/v2/docker.io/library/alpine/manifests/3.19").unwrap(),
             Endpoint::Manifest(n, Reference::Tag(t)) if n.as_str() == "docker.io/library/alpine" && t == "3.19"
         ));
-        assert!(matches!(parse(&format!("/v2/a/blobs/{d}")).unwrap(), Endpoint::Blob(..)));
-        assert!(matches!(parse("/v2/a/b/tags/list").unwrap(), Endpoint::TagsList(n) if n.as_str() == "a/b"));
-        assert!(matches!(parse(&format!("/v2/a/referrers/{d}")).unwrap(), Endpoint::Referrers(..)));
-        assert!(matches!(parse("/v2/a/blobs/uploads/").unwrap(), Endpoint::Upload(_, None)));
-        assert!(matches!(parse("/v2/a/blobs/uploads/xyz").unwrap(), Endpoint::Upload(_, Some(id)) if id == "xyz"));
+        assert!(matches!(
+            parse(&format!("/v2/a/blobs/{d}")).unwrap(),
+            Endpoint::Blob(..)
+        ));
+        assert!(
+            matches!(parse("/v2/a/b/tags/list").unwrap(), Endpoint::TagsList(n) if n.as_str() == "a/b")
+        );
+        assert!(matches!(
+            parse(&format!("/v2/a/referrers/{d}")).unwrap(),
+            Endpoint::Referrers(..)
+        ));
+        assert!(matches!(
+            parse("/v2/a/blobs/uploads/").unwrap(),
+            Endpoint::Upload(_, None)
+        ));
+        assert!(
+            matches!(parse("/v2/a/blobs/uploads/xyz").unwrap(), Endpoint::Upload(_, Some(id)) if id == "xyz")
+        );
         // A repository may itself be called "manifests" or "blobs".
         assert!(matches!(
             parse("/v2/blobs/manifests/manifests/latest").unwrap(),
@@ -122,11 +147,29 @@ mod tests {
     fn refuses_tricks_with_codes() {
         let e = parse("/v2/a/../b/manifests/x").unwrap_err();
         assert_eq!(e.code, ErrorCode::NameInvalid);
-        assert_eq!(parse("/v2/a%2f..%2fb/manifests/x").unwrap_err().code, ErrorCode::NameInvalid);
-        assert_eq!(parse("/v2/a/blobs/sha256:zz").unwrap_err().code, ErrorCode::DigestInvalid);
-        assert_eq!(parse("/v2/A/manifests/x").unwrap_err().code, ErrorCode::NameInvalid);
-        assert_eq!(parse("/v2/a/manifests/-bad").unwrap_err().code, ErrorCode::ManifestInvalid);
-        assert_eq!(parse("/etc/passwd").unwrap_err().status, StatusCode::NOT_FOUND);
-        assert_eq!(parse("/v2/manifests/x").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            parse("/v2/a%2f..%2fb/manifests/x").unwrap_err().code,
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/sha256:zz").unwrap_err().code,
+            ErrorCode::DigestInvalid
+        );
+        assert_eq!(
+            parse("/v2/A/manifests/x").unwrap_err().code,
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            parse("/v2/a/manifests/-bad").unwrap_err().code,
+            ErrorCode::ManifestInvalid
+        );
+        assert_eq!(
+            parse("/etc/passwd").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            parse("/v2/manifests/x").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
     }
 }

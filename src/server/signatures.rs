@@ -10,7 +10,10 @@ use super::App;
 use crate::metrics::ResultLabels;
 use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
 use crate::oci::{Digest, Reference};
-use crate::trust::verify::{verify_bundle, verify_simple_signing, SigError, COSIGN_SIG_ARTIFACT, SIGNATURE_ANNOTATION, SIMPLE_SIGNING};
+use crate::trust::verify::{
+    verify_bundle, verify_simple_signing, SigError, COSIGN_SIG_ARTIFACT, SIGNATURE_ANNOTATION,
+    SIMPLE_SIGNING,
+};
 use crate::trust::{PublicKey, SigFormat};
 use crate::upstream::Route;
 use serde_json::Value;
@@ -36,7 +39,13 @@ fn is_bundle_type(t: &str) -> bool {
 }
 
 impl SignatureScan {
-    fn record(&mut self, app: &App, format: SigFormat, keys: &[(String, PublicKey)], check: impl Fn(&PublicKey) -> Result<(), SigError>) {
+    fn record(
+        &mut self,
+        app: &App,
+        format: SigFormat,
+        keys: &[(String, PublicKey)],
+        check: impl Fn(&PublicKey) -> Result<(), SigError>,
+    ) {
         let mut first_err = None;
         let mut any = false;
         for (name, key) in keys {
@@ -51,10 +60,15 @@ impl SignatureScan {
             }
         }
         let result = if any { "valid" } else { "invalid" };
-        app.metrics.signature_verifications.get_or_create(&ResultLabels { result }).inc();
+        app.metrics
+            .signature_verifications
+            .get_or_create(&ResultLabels { result })
+            .inc();
         if !any {
             let why = match first_err {
-                Some(SigError::BadSignature) => "signature by an unlisted key or corrupted".to_string(),
+                Some(SigError::BadSignature) => {
+                    "signature by an unlisted key or corrupted".to_string()
+                }
                 Some(e) => e.to_string(),
                 None => "no key to check".into(),
             };
@@ -63,7 +77,15 @@ impl SignatureScan {
     }
 
     /// Simple-signing layers of a `.sig` or OCI 1.1 manifest.
-    async fn simple_signing_layers(&mut self, app: &Arc<App>, r: &Route, image: &Digest, manifest: &Value, format: SigFormat, keys: &[(String, PublicKey)]) {
+    async fn simple_signing_layers(
+        &mut self,
+        app: &Arc<App>,
+        r: &Route,
+        image: &Digest,
+        manifest: &Value,
+        format: SigFormat,
+        keys: &[(String, PublicKey)],
+    ) {
         let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
         for l in layers.iter().take(MAX_CANDIDATES) {
             if l["mediaType"] != SIMPLE_SIGNING {
@@ -73,26 +95,44 @@ impl SignatureScan {
                 l["annotations"][SIGNATURE_ANNOTATION].as_str(),
                 l["digest"].as_str().map(|d| d.parse::<Digest>()),
             ) else {
-                self.notes.push(format!("{}: layer without signature annotation or digest", format.as_str()));
+                self.notes.push(format!(
+                    "{}: layer without signature annotation or digest",
+                    format.as_str()
+                ));
                 continue;
             };
             match fetch_small_blob(app, r, &pd, MAX_SIGNATURE_BLOB).await {
-                Ok(payload) => self.record(app, format, keys, |k| verify_simple_signing(&payload, sig, k, image)),
-                Err(e) => self.notes.push(format!("{}: payload {pd}: {}", format.as_str(), e.message)),
+                Ok(payload) => self.record(app, format, keys, |k| {
+                    verify_simple_signing(&payload, sig, k, image)
+                }),
+                Err(e) => {
+                    self.notes
+                        .push(format!("{}: payload {pd}: {}", format.as_str(), e.message))
+                }
             }
         }
     }
 }
 
 /// Scan for signatures of `image` in the route's repository.
-pub async fn scan(app: &Arc<App>, r: &Route, image: &Digest, keys: &[(String, PublicKey)]) -> SignatureScan {
+pub async fn scan(
+    app: &Arc<App>,
+    r: &Route,
+    image: &Digest,
+    keys: &[(String, PublicKey)],
+) -> SignatureScan {
     let mut out = SignatureScan::default();
     // 1. Legacy tag.
     let sig_tag = Reference::Tag(format!("{}.sig", image.tag_schema()));
     match get_manifest(app, r, &sig_tag, Some(OCI_MANIFEST)).await {
         Ok(m) => match serde_json::from_slice::<Value>(&m.bytes) {
-            Ok(v) => out.simple_signing_layers(app, r, image, &v, SigFormat::Legacy, keys).await,
-            Err(e) => out.notes.push(format!("legacy: {sig_tag} is not JSON: {e}")),
+            Ok(v) => {
+                out.simple_signing_layers(app, r, image, &v, SigFormat::Legacy, keys)
+                    .await
+            }
+            Err(e) => out
+                .notes
+                .push(format!("legacy: {sig_tag} is not JSON: {e}")),
         },
         Err(e) if e.status == http::StatusCode::NOT_FOUND => {}
         Err(e) => out.notes.push(format!("legacy: {}", e.message)),
@@ -115,38 +155,58 @@ pub async fn scan(app: &Arc<App>, r: &Route, image: &Digest, keys: &[(String, Pu
         } else {
             continue;
         };
-        let Some(Ok(md)) = d["digest"].as_str().map(|x| x.parse::<Digest>()) else { continue };
-        let m = match get_manifest(app, r, &Reference::Digest(md.clone()), Some(OCI_MANIFEST)).await {
+        let Some(Ok(md)) = d["digest"].as_str().map(|x| x.parse::<Digest>()) else {
+            continue;
+        };
+        let m = match get_manifest(app, r, &Reference::Digest(md.clone()), Some(OCI_MANIFEST)).await
+        {
             Ok(m) => m,
             Err(e) => {
-                out.notes.push(format!("{}: referrer {md}: {}", format.as_str(), e.message));
+                out.notes
+                    .push(format!("{}: referrer {md}: {}", format.as_str(), e.message));
                 continue;
             }
         };
         let Ok(v) = serde_json::from_slice::<Value>(&m.bytes) else {
-            out.notes.push(format!("{}: referrer {md} is not JSON", format.as_str()));
+            out.notes
+                .push(format!("{}: referrer {md} is not JSON", format.as_str()));
             continue;
         };
         if v["subject"]["digest"] != image.to_string().as_str() {
-            out.notes.push(format!("{}: referrer {md} has another subject", format.as_str()));
+            out.notes.push(format!(
+                "{}: referrer {md} has another subject",
+                format.as_str()
+            ));
             continue;
         }
         match format {
             SigFormat::Bundle => {
-                let layer = v["layers"].as_array().and_then(|l| l.first()).cloned().unwrap_or(Value::Null);
+                let layer = v["layers"]
+                    .as_array()
+                    .and_then(|l| l.first())
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 let (true, Some(Ok(bd))) = (
                     layer["mediaType"].as_str().is_some_and(is_bundle_type),
                     layer["digest"].as_str().map(|x| x.parse::<Digest>()),
                 ) else {
-                    out.notes.push(format!("bundle: referrer {md} has no bundle layer"));
+                    out.notes
+                        .push(format!("bundle: referrer {md} has no bundle layer"));
                     continue;
                 };
-                match fetch_small_blob(app, r, &bd, MAX_SIGNATURE_BLOB.max(MAX_MANIFEST_BYTES)).await {
-                    Ok(bundle) => out.record(app, format, keys, |k| verify_bundle(&bundle, k, image)),
+                match fetch_small_blob(app, r, &bd, MAX_SIGNATURE_BLOB.max(MAX_MANIFEST_BYTES))
+                    .await
+                {
+                    Ok(bundle) => {
+                        out.record(app, format, keys, |k| verify_bundle(&bundle, k, image))
+                    }
                     Err(e) => out.notes.push(format!("bundle: {bd}: {}", e.message)),
                 }
             }
-            _ => out.simple_signing_layers(app, r, image, &v, format, keys).await,
+            _ => {
+                out.simple_signing_layers(app, r, image, &v, format, keys)
+                    .await
+            }
         }
     }
     out

@@ -85,7 +85,8 @@ impl PublicKey {
             }
             PublicKey::P256(k) => {
                 use p256::ecdsa::signature::Verifier;
-                let s = p256::ecdsa::Signature::from_der(sig).or_else(|_| p256::ecdsa::Signature::from_slice(sig));
+                let s = p256::ecdsa::Signature::from_der(sig)
+                    .or_else(|_| p256::ecdsa::Signature::from_slice(sig));
                 match s {
                     Ok(s) => k.verify(msg, &s).is_ok(),
                     Err(_) => false,
@@ -97,7 +98,12 @@ impl PublicKey {
 
 impl std::fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PrivateKey({}, hint {})", self.public().algorithm(), self.public().hint())
+        write!(
+            f,
+            "PrivateKey({}, hint {})",
+            self.public().algorithm(),
+            self.public().hint()
+        )
     }
 }
 
@@ -122,7 +128,9 @@ impl PrivateKey {
         match alg {
             Algorithm::Ed25519 => {
                 getrandom::fill(&mut seed).map_err(|e| format!("no randomness: {e}"))?;
-                Ok(PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed)))
+                Ok(PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(
+                    &seed,
+                )))
             }
             Algorithm::EcdsaP256 => {
                 // A random 32-byte string is a valid scalar with overwhelming
@@ -191,8 +199,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(PublicKey::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
+        assert!(
+            PublicKey::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
+                .is_err()
+        );
         assert!(PrivateKey::from_pem("nope").is_err());
-        assert!(PrivateKey::from_pem("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----").unwrap_err().contains("encrypted"));
+        assert!(
+            PrivateKey::from_pem("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----")
+                .unwrap_err()
+                .contains("encrypted")
+        );
     }
 }

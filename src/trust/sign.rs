@@ -3,7 +3,10 @@
 //! layer per signature, and the Sigstore bundle v0.3 referrer.
 
 use super::keys::PrivateKey;
-use super::verify::{pae, BUNDLE_V03, COSIGN_SIGN_PREDICATE, INTOTO_PAYLOAD, INTOTO_STATEMENT_V1, SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SIMPLE_SIGNING_TYPE};
+use super::verify::{
+    pae, BUNDLE_V03, COSIGN_SIGN_PREDICATE, INTOTO_PAYLOAD, INTOTO_STATEMENT_V1,
+    SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SIMPLE_SIGNING_TYPE,
+};
 use crate::oci::media::OCI_MANIFEST;
 use crate::oci::Digest;
 use base64::Engine;
@@ -37,7 +40,11 @@ pub struct LegacySignature {
 pub fn sign_legacy(key: &PrivateKey, docker_reference: &str, digest: &Digest) -> LegacySignature {
     let payload = simple_signing_payload(docker_reference, digest);
     let sig = key.sign(&payload);
-    LegacySignature { payload_digest: Digest::of(&payload), signature_b64: b64(&sig), payload }
+    LegacySignature {
+        payload_digest: Digest::of(&payload),
+        signature_b64: b64(&sig),
+        payload,
+    }
 }
 
 /// The `.sig` manifest and its config after appending `sig` to `existing`
@@ -49,7 +56,8 @@ pub fn legacy_manifest(existing: Option<&[u8]>, sig: &LegacySignature) -> (Vec<u
         .unwrap_or_default();
     let payload_digest = sig.payload_digest.to_string();
     let already = layers.iter().any(|l| {
-        l["digest"] == payload_digest.as_str() && l["annotations"][SIGNATURE_ANNOTATION] == sig.signature_b64.as_str()
+        l["digest"] == payload_digest.as_str()
+            && l["annotations"][SIGNATURE_ANNOTATION] == sig.signature_b64.as_str()
     });
     if !already {
         layers.push(json!({
@@ -60,7 +68,10 @@ pub fn legacy_manifest(existing: Option<&[u8]>, sig: &LegacySignature) -> (Vec<u
         }));
     }
     let diff_ids: Vec<Value> = layers.iter().map(|l| l["digest"].clone()).collect();
-    let history: Vec<Value> = layers.iter().map(|_| json!({"created": "0001-01-01T00:00:00Z"})).collect();
+    let history: Vec<Value> = layers
+        .iter()
+        .map(|_| json!({"created": "0001-01-01T00:00:00Z"}))
+        .collect();
     let config = serde_json::to_vec(&json!({
         "architecture": "", "created": "0001-01-01T00:00:00Z", "history": history, "os": "",
         "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {},
@@ -98,7 +109,13 @@ pub fn sign_bundle(key: &PrivateKey, digest: &Digest) -> Vec<u8> {
 }
 
 /// The referrer manifest that carries a bundle, pointing at `subject`.
-pub fn bundle_manifest(bundle: &[u8], subject_media_type: &str, subject: &Digest, subject_size: u64, created: &str) -> Vec<u8> {
+pub fn bundle_manifest(
+    bundle: &[u8],
+    subject_media_type: &str,
+    subject: &Digest,
+    subject_size: u64,
+    created: &str,
+) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -134,7 +151,10 @@ pub fn add_to_referrers_index(existing: Option<&[u8]>, referrer: &[u8]) -> Vec<u
         }
         list.push(desc);
     }
-    serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": crate::oci::media::OCI_INDEX, "manifests": list})).unwrap_or_default()
+    serde_json::to_vec(
+        &json!({"schemaVersion": 2, "mediaType": crate::oci::media::OCI_INDEX, "manifests": list}),
+    )
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -149,9 +169,17 @@ mod tests {
         for alg in [Algorithm::Ed25519, Algorithm::EcdsaP256] {
             let k = PrivateKey::generate(alg).unwrap();
             let s = sign_legacy(&k, "registry.test/models/x", &d);
-            assert!(String::from_utf8_lossy(&s.payload).starts_with(r#"{"critical":{"identity":{"docker-reference":"registry.test/models/x"}"#));
+            assert!(String::from_utf8_lossy(&s.payload).starts_with(
+                r#"{"critical":{"identity":{"docker-reference":"registry.test/models/x"}"#
+            ));
             verify_simple_signing(&s.payload, &s.signature_b64, &k.public(), &d).unwrap();
-            assert!(verify_simple_signing(&s.payload, &s.signature_b64, &k.public(), &Digest::of(b"other")).is_err());
+            assert!(verify_simple_signing(
+                &s.payload,
+                &s.signature_b64,
+                &k.public(),
+                &Digest::of(b"other")
+            )
+            .is_err());
             let b = sign_bundle(&k, &d);
             verify_bundle(&b, &k.public(), &d).unwrap();
             let (_, m1) = legacy_manifest(None, &s);

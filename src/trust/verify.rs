@@ -82,24 +82,42 @@ struct CriticalImage {
 /// signature over the payload bytes, then `critical.type` and
 /// `critical.image.docker-manifest-digest`. `critical.identity` is not
 /// pinned, as cosign does not pin it.
-pub fn verify_simple_signing(payload: &[u8], sig_b64: &str, key: &PublicKey, image: &Digest) -> Result<(), SigError> {
+pub fn verify_simple_signing(
+    payload: &[u8],
+    sig_b64: &str,
+    key: &PublicKey,
+    image: &Digest,
+) -> Result<(), SigError> {
     let sig = b64(sig_b64)?;
     if !key.verify(payload, &sig) {
         return Err(SigError::BadSignature);
     }
-    let p: SimpleSigning = serde_json::from_slice(payload).map_err(|e| SigError::BadPayload(e.to_string()))?;
+    let p: SimpleSigning =
+        serde_json::from_slice(payload).map_err(|e| SigError::BadPayload(e.to_string()))?;
     if p.critical.kind != SIMPLE_SIGNING_TYPE {
-        return Err(SigError::BadPayload(format!("critical.type is {:?}, not {SIMPLE_SIGNING_TYPE:?}", p.critical.kind)));
+        return Err(SigError::BadPayload(format!(
+            "critical.type is {:?}, not {SIMPLE_SIGNING_TYPE:?}",
+            p.critical.kind
+        )));
     }
     if p.critical.image.digest != image.to_string() {
-        return Err(SigError::WrongDigest { named: p.critical.image.digest, expected: image.to_string() });
+        return Err(SigError::WrongDigest {
+            named: p.critical.image.digest,
+            expected: image.to_string(),
+        });
     }
     Ok(())
 }
 
 /// DSSE pre-authentication encoding.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len()).into_bytes();
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
     out.extend_from_slice(payload);
     out
 }
@@ -144,14 +162,24 @@ struct Subject {
 /// Verify a Sigstore bundle v0.3 holding a DSSE envelope over an in-toto
 /// statement whose subject is the image (cosign v3's default format).
 pub fn verify_bundle(bundle: &[u8], key: &PublicKey, image: &Digest) -> Result<(), SigError> {
-    let b: Bundle = serde_json::from_slice(bundle).map_err(|e| SigError::BadPayload(format!("bundle: {e}")))?;
-    let v03 = b.media_type == BUNDLE_V03 || b.media_type == "application/vnd.dev.sigstore.bundle+json;version=0.3";
+    let b: Bundle =
+        serde_json::from_slice(bundle).map_err(|e| SigError::BadPayload(format!("bundle: {e}")))?;
+    let v03 = b.media_type == BUNDLE_V03
+        || b.media_type == "application/vnd.dev.sigstore.bundle+json;version=0.3";
     if !v03 {
-        return Err(SigError::BadPayload(format!("bundle media type {:?} is not v0.3", b.media_type)));
+        return Err(SigError::BadPayload(format!(
+            "bundle media type {:?} is not v0.3",
+            b.media_type
+        )));
     }
-    let env = b.dsse.ok_or_else(|| SigError::BadPayload("bundle has no dsseEnvelope".into()))?;
+    let env = b
+        .dsse
+        .ok_or_else(|| SigError::BadPayload("bundle has no dsseEnvelope".into()))?;
     if env.payload_type != INTOTO_PAYLOAD {
-        return Err(SigError::BadPayload(format!("DSSE payloadType is {:?}, not {INTOTO_PAYLOAD:?}", env.payload_type)));
+        return Err(SigError::BadPayload(format!(
+            "DSSE payloadType is {:?}, not {INTOTO_PAYLOAD:?}",
+            env.payload_type
+        )));
     }
     let payload = b64(&env.payload)?;
     let signed = pae(&env.payload_type, &payload);
@@ -165,19 +193,34 @@ pub fn verify_bundle(bundle: &[u8], key: &PublicKey, image: &Digest) -> Result<(
     if !ok {
         return Err(SigError::BadSignature);
     }
-    let st: Statement = serde_json::from_slice(&payload).map_err(|e| SigError::BadPayload(format!("statement: {e}")))?;
+    let st: Statement = serde_json::from_slice(&payload)
+        .map_err(|e| SigError::BadPayload(format!("statement: {e}")))?;
     if st.kind != INTOTO_STATEMENT_V1 {
-        return Err(SigError::BadPayload(format!("statement _type is {:?}", st.kind)));
+        return Err(SigError::BadPayload(format!(
+            "statement _type is {:?}",
+            st.kind
+        )));
     }
     if st.predicate_type != COSIGN_SIGN_PREDICATE {
-        return Err(SigError::BadPayload(format!("predicateType is {:?}, not a cosign image signature", st.predicate_type)));
+        return Err(SigError::BadPayload(format!(
+            "predicateType is {:?}, not a cosign image signature",
+            st.predicate_type
+        )));
     }
-    let named: Vec<&str> = st.subject.iter().filter_map(|s| s.digest.get("sha256").map(String::as_str)).collect();
+    let named: Vec<&str> = st
+        .subject
+        .iter()
+        .filter_map(|s| s.digest.get("sha256").map(String::as_str))
+        .collect();
     if named.contains(&image.hex()) {
         Ok(())
     } else {
         Err(SigError::WrongDigest {
-            named: named.iter().map(|h| format!("sha256:{h}")).collect::<Vec<_>>().join(", "),
+            named: named
+                .iter()
+                .map(|h| format!("sha256:{h}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             expected: image.to_string(),
         })
     }
@@ -189,6 +232,9 @@ mod tests {
 
     #[test]
     fn pae_matches_the_dsse_example() {
-        assert_eq!(pae("http://example.com/HelloWorld", b"hello world"), b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec());
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
     }
 }

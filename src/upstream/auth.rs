@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn parses_basic_and_mixed() {
-        assert_eq!(parse_challenges(r#"Basic realm="registry""#), vec![Challenge::Basic]);
+        assert_eq!(
+            parse_challenges(r#"Basic realm="registry""#),
+            vec![Challenge::Basic]
+        );
         let both = r#"Basic realm="x", Bearer realm="http://127.0.0.1:1/t",service="s""#;
         assert_eq!(parse_challenges(both).len(), 2);
         assert!(parse_challenges("garbage ,,, =").is_empty());

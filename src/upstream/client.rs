@@ -83,7 +83,10 @@ pub fn tls_client_config(
             n += 1;
         }
         if n == 0 {
-            return Err(format!("ca_cert {}: no certificate in the file", path.display()));
+            return Err(format!(
+                "ca_cert {}: no certificate in the file",
+                path.display()
+            ));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -99,7 +102,9 @@ fn empty() -> ReqBody {
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 impl Upstream {
@@ -146,10 +151,19 @@ impl Upstream {
 
     /// Any request with a small body (pushes of signatures), authenticated
     /// for `scope` and retried once after a challenge.
-    pub async fn request(&self, method: Method, url: Url, headers: HeaderMap, scope: &str, body: Bytes) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn request(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        scope: &str,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         use http_body_util::Full;
-        self.send_authenticated(method, url, headers, scope, move || Full::new(body.clone()).map_err(|e| match e {}).boxed())
-            .await
+        self.send_authenticated(method, url, headers, scope, move || {
+            Full::new(body.clone()).map_err(|e| match e {}).boxed()
+        })
+        .await
     }
 
     /// How long a body may stall before the download is abandoned.
@@ -225,7 +239,13 @@ impl Upstream {
             auth = self.basic_header();
         }
         let resp = self
-            .send_following(method.clone(), url.clone(), headers.clone(), auth.clone(), body())
+            .send_following(
+                method.clone(),
+                url.clone(),
+                headers.clone(),
+                auth.clone(),
+                body(),
+            )
             .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
@@ -253,12 +273,14 @@ impl Upstream {
                 }
             }
             let token = self.fetch_token(realm, service.as_deref(), &scopes).await?;
-            let value = HeaderValue::from_str(&format!("Bearer {}", token.token)).map_err(|_| {
-                UpstreamError::Auth {
-                    upstream: self.name.clone(),
-                    message: "token server returned a token that is not a valid header value".into(),
-                }
-            })?;
+            let value =
+                HeaderValue::from_str(&format!("Bearer {}", token.token)).map_err(|_| {
+                    UpstreamError::Auth {
+                        upstream: self.name.clone(),
+                        message: "token server returned a token that is not a valid header value"
+                            .into(),
+                    }
+                })?;
             self.tokens.insert(scope.to_string(), token);
             value
         } else if challenges.contains(&Challenge::Basic) {
@@ -286,7 +308,9 @@ impl Upstream {
             self.tokens.remove(scope);
             return Err(UpstreamError::Auth {
                 upstream: self.name.clone(),
-                message: "still 401 after authenticating; check username/password_env for this upstream".into(),
+                message:
+                    "still 401 after authenticating; check username/password_env for this upstream"
+                        .into(),
             });
         }
         Ok(resp)
@@ -366,12 +390,12 @@ impl Upstream {
             if let Some(a) = &auth {
                 req = req.header(AUTHORIZATION, a);
             }
-            let req = req.body(std::mem::replace(&mut body, empty())).map_err(|e| {
-                UpstreamError::Protocol {
+            let req = req
+                .body(std::mem::replace(&mut body, empty()))
+                .map_err(|e| UpstreamError::Protocol {
                     upstream: self.name.clone(),
                     message: format!("bad request URL {url}: {e}"),
-                }
-            })?;
+                })?;
             let resp = tokio::time::timeout(self.idle_timeout, self.client.request(req))
                 .await
                 .map_err(|_| {
@@ -435,11 +459,15 @@ mod tests {
     fn builds_urls_under_a_path_prefix() {
         let u = upstream("http://127.0.0.1:5100/mirror/");
         assert_eq!(
-            u.url("library/alpine", "manifests/latest", Some("n=1")).as_str(),
+            u.url("library/alpine", "manifests/latest", Some("n=1"))
+                .as_str(),
             "http://127.0.0.1:5100/mirror/v2/library/alpine/manifests/latest?n=1"
         );
         let u = upstream("https://registry.example");
-        assert_eq!(u.url("a", "tags/list", None).as_str(), "https://registry.example/v2/a/tags/list");
+        assert_eq!(
+            u.url("a", "tags/list", None).as_str(),
+            "https://registry.example/v2/a/tags/list"
+        );
         assert_eq!(u.url("", "", None).as_str(), "https://registry.example/v2/");
     }
 
@@ -452,8 +480,17 @@ mod tests {
     #[test]
     fn origins() {
         let a = Url::parse("http://127.0.0.1:5000/v2/x").unwrap();
-        assert!(same_origin(&a, &Url::parse("http://127.0.0.1:5000/other").unwrap()));
-        assert!(!same_origin(&a, &Url::parse("http://127.0.0.1:5001/v2/x").unwrap()));
-        assert!(!same_origin(&a, &Url::parse("https://127.0.0.1:5000/v2/x").unwrap()));
+        assert!(same_origin(
+            &a,
+            &Url::parse("http://127.0.0.1:5000/other").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("http://127.0.0.1:5001/v2/x").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("https://127.0.0.1:5000/v2/x").unwrap()
+        ));
     }
 }

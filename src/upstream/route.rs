@@ -76,7 +76,8 @@ impl Router {
         if let Some((first, rest)) = name.split_first() {
             if let Some(u) = self.by_name(first) {
                 // `rest` is a suffix of a valid name, so it is valid too.
-                let path = RepoName::parse(rest).map_err(|_| RouteError::OnlyPrefix(first.into()))?;
+                let path =
+                    RepoName::parse(rest).map_err(|_| RouteError::OnlyPrefix(first.into()))?;
                 return Ok(make(u, path, None));
             }
         } else if self.by_name(name.as_str()).is_some() && self.default.is_none() {
@@ -116,14 +117,21 @@ mod tests {
 
     #[test]
     fn three_routing_forms() {
-        let r = Router::new(vec![(up("docker.io"), true), (up("models.internal"), false)]);
+        let r = Router::new(vec![
+            (up("docker.io"), true),
+            (up("models.internal"), false),
+        ]);
         // 1. ?ns=
-        let x = r.route(&n("acme/classifier"), Some("models.internal")).unwrap();
+        let x = r
+            .route(&n("acme/classifier"), Some("models.internal"))
+            .unwrap();
         assert_eq!(x.upstream.name, "models.internal");
         assert_eq!(x.canonical, "models.internal/acme/classifier");
         assert_eq!(x.ns.as_deref(), Some("models.internal"));
         // 2. path prefix, stripped
-        let x = r.route(&n("models.internal/acme/classifier"), None).unwrap();
+        let x = r
+            .route(&n("models.internal/acme/classifier"), None)
+            .unwrap();
         assert_eq!(x.upstream.name, "models.internal");
         assert_eq!(x.path.as_str(), "acme/classifier");
         assert_eq!(x.canonical, "models.internal/acme/classifier");
@@ -131,7 +139,9 @@ mod tests {
         let x = r.route(&n("library/alpine"), None).unwrap();
         assert_eq!(x.canonical, "docker.io/library/alpine");
         // ns wins over a path prefix
-        let x = r.route(&n("docker.io/library/alpine"), Some("models.internal")).unwrap();
+        let x = r
+            .route(&n("docker.io/library/alpine"), Some("models.internal"))
+            .unwrap();
         assert_eq!(x.canonical, "models.internal/docker.io/library/alpine");
     }
 
@@ -142,7 +152,10 @@ mod tests {
             r.route(&n("x/y"), Some("ghcr.io")),
             Err(RouteError::UnknownNamespace(..))
         ));
-        assert!(matches!(r.route(&n("x/y"), None), Err(RouteError::NoDefault(..))));
+        assert!(matches!(
+            r.route(&n("x/y"), None),
+            Err(RouteError::NoDefault(..))
+        ));
         assert!(matches!(
             r.route(&n("models.internal"), None),
             Err(RouteError::OnlyPrefix(..))

@@ -10,7 +10,11 @@ fn bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -26,11 +30,18 @@ fn bad_config_exits_2_naming_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("bad.toml");
     std::fs::write(&p, "[server]\nlisten = \"127.0.0.1:0\"\nlisten_typo = 1\n").unwrap();
-    let out = Command::new(bin()).args(["serve", "--config"]).arg(&p).output().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen_typo"), "{err}");
-    let out = Command::new(bin()).args(["serve", "--config", "/nonexistent/x.toml"]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config", "/nonexistent/x.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.toml"));
 }
@@ -38,7 +49,9 @@ fn bad_config_exits_2_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_pull_sigterm_then_cache_tools() {
     let up = Mock::start().await;
-    let blobs: Vec<_> = (0..3).map(|i| up.state.add_blob(data(100_000, i))).collect();
+    let blobs: Vec<_> = (0..3)
+        .map(|i| up.state.add_blob(data(100_000, i)))
+        .collect();
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let admin = free_port();
@@ -60,12 +73,19 @@ async fn serve_pull_sigterm_then_cache_tools() {
         .arg(&cfg)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(tmp.path().join("log")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(tmp.path().join("log")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let mut ready = false;
     for _ in 0..100 {
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), client().get(format!("http://127.0.0.1:{admin}/readyz").parse().unwrap())).await {
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            client().get(format!("http://127.0.0.1:{admin}/readyz").parse().unwrap()),
+        )
+        .await
+        {
             if r.status() == 200 {
                 ready = true;
                 break;
@@ -80,9 +100,18 @@ async fn serve_pull_sigterm_then_cache_tools() {
     }
     let metrics = get(&format!("http://127.0.0.1:{admin}/metrics")).await;
     let text = String::from_utf8_lossy(metrics.bytes()).to_string();
-    assert_eq!(metric_value(&text, "modelgate_cache_requests_total{kind=\"blob\",result=\"miss\"}"), 3.0);
+    assert_eq!(
+        metric_value(
+            &text,
+            "modelgate_cache_requests_total{kind=\"blob\",result=\"miss\"}"
+        ),
+        3.0
+    );
     // SIGTERM, by PID.
-    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let mut exited = None;
     for _ in 0..100 {
@@ -98,24 +127,49 @@ async fn serve_pull_sigterm_then_cache_tools() {
     };
     assert!(status.success(), "{status}");
     let log = std::fs::read_to_string(tmp.path().join("log")).unwrap();
-    assert!(log.lines().any(|l| l.starts_with('{') && l.contains("SIGTERM")), "json log: {log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with('{') && l.contains("SIGTERM")),
+        "json log: {log}"
+    );
 
     let run = |args: &[&str]| {
-        let out = Command::new(bin()).args(["cache"]).args(args).arg("--config").arg(&cfg).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+        let out = Command::new(bin())
+            .args(["cache"])
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (code, out) = run(&["stats"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("objects   3") && out.contains("bytes     300000"), "{out}");
+    assert!(
+        out.contains("objects   3") && out.contains("bytes     300000"),
+        "{out}"
+    );
     let (code, out) = run(&["verify"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("checked 3 objects"), "{out}");
     // Damage one blob: verify finds it, removes it, exits non-zero.
-    std::fs::write(tmp.path().join("cache/blobs/sha256").join(blobs[1].hex()), b"rot").unwrap();
+    std::fs::write(
+        tmp.path().join("cache/blobs/sha256").join(blobs[1].hex()),
+        b"rot",
+    )
+    .unwrap();
     let (code, out) = run(&["verify"]);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains(&format!("CORRUPT {}", blobs[1])), "{out}");
-    assert!(!tmp.path().join("cache/blobs/sha256").join(blobs[1].hex()).exists());
+    assert!(!tmp
+        .path()
+        .join("cache/blobs/sha256")
+        .join(blobs[1].hex())
+        .exists());
     // gc down to a smaller bound.
     write_cfg("150000");
     let (code, out) = run(&["gc"]);

@@ -22,15 +22,25 @@ async fn wrong_bytes_abort_the_response_and_cache_nothing() {
     let d = up.state.add_blob(real.clone());
     let mut evil = real.to_vec();
     evil[699_999] ^= 1; // one bit, in the very last byte
-    up.state.faults.lock().unwrap().insert(d.to_string(), Fault::WrongBytes(evil.into()));
+    up.state
+        .faults
+        .lock()
+        .unwrap()
+        .insert(d.to_string(), Fault::WrongBytes(evil.into()));
     let g = gate_for(&up).await;
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
-    assert!(client_saw_failure(&r), "client must not get a clean body of wrong bytes");
+    assert!(
+        client_saw_failure(&r),
+        "client must not get a clean body of wrong bytes"
+    );
     assert!(r.body.is_err(), "headers were sent, so the body must break");
     settle(&g).await;
     assert!(cached_blobs(&g).is_empty());
     assert_eq!(temp_files(&g), 0);
-    assert_eq!(g.metric("modelgate_digest_mismatches_total{upstream=\"local\"}"), 1.0);
+    assert_eq!(
+        g.metric("modelgate_digest_mismatches_total{upstream=\"local\"}"),
+        1.0
+    );
     // The next request goes upstream again (and, fixed, succeeds).
     up.state.faults.lock().unwrap().clear();
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
@@ -43,14 +53,21 @@ async fn wrong_bytes_abort_the_response_and_cache_nothing() {
 async fn truncated_chunked_body_is_a_failure() {
     let up = Mock::start().await;
     let d = up.state.add_blob(data(500_000, 2));
-    up.state.faults.lock().unwrap().insert(d.to_string(), Fault::ShortChunked(200_000));
+    up.state
+        .faults
+        .lock()
+        .unwrap()
+        .insert(d.to_string(), Fault::ShortChunked(200_000));
     let g = gate_for(&up).await;
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert!(r.body.is_err(), "a short body must not look complete");
     settle(&g).await;
     assert!(cached_blobs(&g).is_empty());
     assert_eq!(temp_files(&g), 0);
-    assert_eq!(g.metric("modelgate_digest_mismatches_total{upstream=\"local\"}"), 1.0);
+    assert_eq!(
+        g.metric("modelgate_digest_mismatches_total{upstream=\"local\"}"),
+        1.0
+    );
     g.stop().await;
 }
 
@@ -58,7 +75,11 @@ async fn truncated_chunked_body_is_a_failure() {
 async fn connection_dropped_mid_blob() {
     let up = Mock::start().await;
     let d = up.state.add_blob(data(900_000, 3));
-    up.state.faults.lock().unwrap().insert(d.to_string(), Fault::DropAfter(300_000));
+    up.state
+        .faults
+        .lock()
+        .unwrap()
+        .insert(d.to_string(), Fault::DropAfter(300_000));
     let g = gate_for(&up).await;
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -74,7 +95,13 @@ async fn slow_drip_still_arrives_whole() {
     let up = Mock::start().await;
     let blob = data(200_000, 4);
     let d = up.state.add_blob(blob.clone());
-    up.state.faults.lock().unwrap().insert(d.to_string(), Fault::Drip { chunk: 10_000, delay: Duration::from_millis(15) });
+    up.state.faults.lock().unwrap().insert(
+        d.to_string(),
+        Fault::Drip {
+            chunk: 10_000,
+            delay: Duration::from_millis(15),
+        },
+    );
     let g = gate_for(&up).await;
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert_eq!(r.bytes(), &blob);
@@ -87,7 +114,11 @@ async fn slow_drip_still_arrives_whole() {
 async fn stalled_upstream_is_abandoned_after_idle_timeout() {
     let up = Mock::start().await;
     let d = up.state.add_blob(data(600_000, 5));
-    up.state.faults.lock().unwrap().insert(d.to_string(), Fault::StallAfter(100_000));
+    up.state
+        .faults
+        .lock()
+        .unwrap()
+        .insert(d.to_string(), Fault::StallAfter(100_000));
     let g = gate_for(&up).await; // idle_timeout = 2s
     let started = std::time::Instant::now();
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
@@ -103,37 +134,90 @@ async fn stalled_upstream_is_abandoned_after_idle_timeout() {
 async fn bearer_token_dance_and_token_cache() {
     let up = Mock::start().await;
     *up.state.auth.lock().unwrap() = Auth::Bearer;
-    let (_, _, ls) = up.state.add_image("m/x", "v1", &[data(1000, 1), data(2000, 2)]);
+    let (_, _, ls) = up
+        .state
+        .add_image("m/x", "v1", &[data(1000, 1), data(2000, 2)]);
     let g = gate_for(&up).await;
-    assert_eq!(get(&g.url("/v2/m/x/manifests/v1")).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&g.url("/v2/m/x/manifests/v1")).await.status,
+        StatusCode::OK
+    );
     for l in &ls {
-        assert_eq!(get(&g.url(&format!("/v2/m/x/blobs/{l}"))).await.status, StatusCode::OK);
+        assert_eq!(
+            get(&g.url(&format!("/v2/m/x/blobs/{l}"))).await.status,
+            StatusCode::OK
+        );
     }
-    assert_eq!(up.state.tokens_issued.load(Ordering::SeqCst), 1, "one token, cached for its scope");
+    assert_eq!(
+        up.state.tokens_issued.load(Ordering::SeqCst),
+        1,
+        "one token, cached for its scope"
+    );
     let seen = up.state.seen.lock().unwrap().clone();
     let token_req = seen.iter().find(|s| s.path == "/token").unwrap();
     let q = token_req.query.clone().unwrap();
-    assert!(q.contains("service=mock") && q.contains("scope=repository%3Am%2Fx%3Apull"), "{q}");
-    assert!(token_req.authorization.is_none(), "anonymous token request without credentials");
+    assert!(
+        q.contains("service=mock") && q.contains("scope=repository%3Am%2Fx%3Apull"),
+        "{q}"
+    );
+    assert!(
+        token_req.authorization.is_none(),
+        "anonymous token request without credentials"
+    );
     g.stop().await;
 }
 
 #[tokio::test]
 async fn bearer_with_credentials_and_bad_credentials() {
     let up = Mock::start().await;
-    *up.state.auth.lock().unwrap() = Auth::Basic { user: "bot".into(), pass: "s3cret".into() };
+    *up.state.auth.lock().unwrap() = Auth::Basic {
+        user: "bot".into(),
+        pass: "s3cret".into(),
+    };
     up.state.add_image("m/x", "v1", &[data(10, 1)]);
     // Basic upstream, right credentials.
-    let g = Gate::start(&upstream_toml("local", &up.url(), true, "username = \"bot\"\npassword = \"s3cret\""), "").await;
-    assert_eq!(get(&g.url("/v2/m/x/manifests/v1")).await.status, StatusCode::OK);
-    assert_eq!(get(&g.url("/v2/m/x/manifests/v1?x=1")).await.status, StatusCode::OK);
+    let g = Gate::start(
+        &upstream_toml(
+            "local",
+            &up.url(),
+            true,
+            "username = \"bot\"\npassword = \"s3cret\"",
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(
+        get(&g.url("/v2/m/x/manifests/v1")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&g.url("/v2/m/x/manifests/v1?x=1")).await.status,
+        StatusCode::OK
+    );
     g.stop().await;
     // Wrong credentials: a clear error, not a 401 the client would answer.
-    let g = Gate::start(&upstream_toml("local", &up.url(), true, "username = \"bot\"\npassword = \"wrong\""), "").await;
-    let r = get(&g.url(&format!("/v2/m/x/manifests/{}", modelgate::oci::Digest::of(b"zz")))).await;
+    let g = Gate::start(
+        &upstream_toml(
+            "local",
+            &up.url(),
+            true,
+            "username = \"bot\"\npassword = \"wrong\"",
+        ),
+        "",
+    )
+    .await;
+    let r = get(&g.url(&format!(
+        "/v2/m/x/manifests/{}",
+        modelgate::oci::Digest::of(b"zz")
+    )))
+    .await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.code(), "UNAUTHORIZED");
-    assert!(r.message().contains("rejected") || r.message().contains("password"), "{}", r.message());
+    assert!(
+        r.message().contains("rejected") || r.message().contains("password"),
+        "{}",
+        r.message()
+    );
     g.stop().await;
     // No credentials at all.
     let g = gate_for(&up).await;
@@ -157,9 +241,18 @@ async fn redirect_to_storage_drops_authorization() {
     assert_eq!(r.bytes(), &blob);
     let seen = storage.state.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
-    assert!(seen[0].authorization.is_none(), "the token must not reach another host");
+    assert!(
+        seen[0].authorization.is_none(),
+        "the token must not reach another host"
+    );
     // ...while the registry itself got the token.
-    assert!(up.state.seen.lock().unwrap().iter().any(|s| s.authorization.as_deref() == Some("Bearer tok-123")));
+    assert!(up
+        .state
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.authorization.as_deref() == Some("Bearer tok-123")));
     g.stop().await;
 }
 
@@ -169,7 +262,13 @@ async fn concurrent_cold_requests_share_one_download_and_stream_early() {
     let blob = data(1_000_000, 8);
     let total = blob.len() as u64;
     let d = up.state.add_blob(blob.clone());
-    up.state.faults.lock().unwrap().insert(d.to_string(), Fault::Drip { chunk: 32_768, delay: Duration::from_millis(25) });
+    up.state.faults.lock().unwrap().insert(
+        d.to_string(),
+        Fault::Drip {
+            chunk: 32_768,
+            delay: Duration::from_millis(25),
+        },
+    );
     let g = gate_for(&up).await;
     let url = g.url(&format!("/v2/r/blobs/{d}"));
     // A follower that records how much the upstream had sent when its first
@@ -197,7 +296,10 @@ async fn concurrent_cold_requests_share_one_download_and_stream_early() {
         assert_eq!(leader.await.unwrap().bytes(), &blob);
         first.unwrap()
     };
-    assert!(first_frame_at < total, "follower got bytes when the upstream had sent {first_frame_at} of {total}");
+    assert!(
+        first_frame_at < total,
+        "follower got bytes when the upstream had sent {first_frame_at} of {total}"
+    );
     // Six more at once.
     let mut tasks = Vec::new();
     for _ in 0..6 {
@@ -207,7 +309,11 @@ async fn concurrent_cold_requests_share_one_download_and_stream_early() {
     for t in tasks {
         assert_eq!(t.await.unwrap().bytes(), &blob);
     }
-    assert_eq!(up.state.count("GET", "/blobs/"), 1, "exactly one upstream GET");
+    assert_eq!(
+        up.state.count("GET", "/blobs/"),
+        1,
+        "exactly one upstream GET"
+    );
     assert_eq!(g.metric("modelgate_upstream_fetches_coalesced_total"), 1.0);
     g.stop().await;
 }
@@ -217,10 +323,21 @@ async fn many_followers_coalesce() {
     let up = Mock::start().await;
     let blob = data(300_000, 9);
     let d = up.state.add_blob(blob.clone());
-    up.state.faults.lock().unwrap().insert(d.to_string(), Fault::Drip { chunk: 30_000, delay: Duration::from_millis(30) });
+    up.state.faults.lock().unwrap().insert(
+        d.to_string(),
+        Fault::Drip {
+            chunk: 30_000,
+            delay: Duration::from_millis(30),
+        },
+    );
     let g = gate_for(&up).await;
     let url = g.url(&format!("/v2/r/blobs/{d}"));
-    let tasks: Vec<_> = (0..8).map(|_| { let u = url.clone(); tokio::spawn(async move { get(&u).await }) }).collect();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let u = url.clone();
+            tokio::spawn(async move { get(&u).await })
+        })
+        .collect();
     for t in tasks {
         assert_eq!(t.await.unwrap().bytes(), &blob);
     }
@@ -239,12 +356,26 @@ async fn manifest_lies_are_refused() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.code(), "DIGEST_INVALID");
     assert!(g.app.store.size_of(&md).is_none());
-    assert_eq!(g.metric("modelgate_digest_mismatches_total{upstream=\"local\"}"), 1.0);
+    assert_eq!(
+        g.metric("modelgate_digest_mismatches_total{upstream=\"local\"}"),
+        1.0
+    );
     // By digest, with bytes that hash to something else.
     up.state.lie_manifest_digest.store(false, Ordering::SeqCst);
     let fake = modelgate::oci::Digest::of(b"other");
-    let bytes = up.state.manifests.lock().unwrap().get(&("m/x".to_string(), md.to_string())).cloned().unwrap();
-    up.state.manifests.lock().unwrap().insert(("m/x".into(), fake.to_string()), bytes);
+    let bytes = up
+        .state
+        .manifests
+        .lock()
+        .unwrap()
+        .get(&("m/x".to_string(), md.to_string()))
+        .cloned()
+        .unwrap();
+    up.state
+        .manifests
+        .lock()
+        .unwrap()
+        .insert(("m/x".into(), fake.to_string()), bytes);
     let r = get(&g.url(&format!("/v2/m/x/manifests/{fake}"))).await;
     assert_eq!(r.code(), "DIGEST_INVALID");
     assert!(g.app.store.size_of(&fake).is_none());
@@ -254,8 +385,16 @@ async fn manifest_lies_are_refused() {
 #[tokio::test]
 async fn oversized_manifest_is_refused() {
     let up = Mock::start().await;
-    let big = format!(r#"{{"schemaVersion":2,"annotations":{{"pad":"{}"}}}}"#, "x".repeat(4 * 1024 * 1024 + 10));
-    up.state.add_manifest("m/x", Some("big"), big, "application/vnd.oci.image.manifest.v1+json");
+    let big = format!(
+        r#"{{"schemaVersion":2,"annotations":{{"pad":"{}"}}}}"#,
+        "x".repeat(4 * 1024 * 1024 + 10)
+    );
+    up.state.add_manifest(
+        "m/x",
+        Some("big"),
+        big,
+        "application/vnd.oci.image.manifest.v1+json",
+    );
     let g = gate_for(&up).await;
     let r = get(&g.url("/v2/m/x/manifests/big")).await;
     assert_eq!(r.code(), "MANIFEST_INVALID");
@@ -273,7 +412,10 @@ async fn head_of_cold_blob_asks_upstream_without_downloading() {
     let r = send(Method::HEAD, &g.url(&format!("/v2/r/blobs/{d}")), &[]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-length"), Some("50000"));
-    assert_eq!(r.header("docker-content-digest"), Some(d.to_string().as_str()));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(d.to_string().as_str())
+    );
     assert_eq!(up.state.count("GET", "/blobs/"), 0);
     g.stop().await;
 }
@@ -287,12 +429,20 @@ async fn upstream_5xx_and_unreachable_are_clear_errors() {
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.code(), "UNAVAILABLE");
-    assert!(r.message().contains("upstream local answered 503"), "{}", r.message());
+    assert!(
+        r.message().contains("upstream local answered 503"),
+        "{}",
+        r.message()
+    );
     g.stop().await;
     let g = Gate::start(&upstream_toml("gone", "http://127.0.0.1:9", true, ""), "").await;
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.code(), "UNAVAILABLE");
-    assert!(r.message().contains("upstream gone is unreachable"), "{}", r.message());
+    assert!(
+        r.message().contains("upstream gone is unreachable"),
+        "{}",
+        r.message()
+    );
     g.stop().await;
 }

@@ -23,7 +23,11 @@ pub fn tool(name: &str, candidates: &[&str]) -> Option<PathBuf> {
     let found = candidates
         .iter()
         .map(PathBuf::from)
-        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>()))
+        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        }))
         .find(|p| p.is_file());
     if found.is_none() {
         let msg = format!("interop: `{name}` not found (apt-get install it, or run .ci/run)");
@@ -36,7 +40,11 @@ pub fn tool(name: &str, candidates: &[&str]) -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
 }
 
 /// A distribution registry on a free loopback port, stopped (by PID) on drop.
@@ -54,7 +62,11 @@ impl Drop for Registry {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Registry {
@@ -76,12 +88,23 @@ impl Registry {
             .arg(&cfg)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("registry.log")).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("registry.log")).unwrap(),
+            ))
             .spawn()
             .expect("start docker-registry");
-        let reg = Registry { addr, child, _dir: dir };
+        let reg = Registry {
+            addr,
+            child,
+            _dir: dir,
+        };
         for _ in 0..100 {
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), client().get(format!("http://{}/v2/", reg.addr).parse().unwrap())).await {
+            if let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                client().get(format!("http://{}/v2/", reg.addr).parse().unwrap()),
+            )
+            .await
+            {
                 if r.status().is_success() {
                     return reg;
                 }
@@ -122,12 +145,20 @@ pub async fn push_blob(base: &str, repo: &str, data: &Bytes) -> Digest {
     let d = Digest::of(data);
     let c = client();
     let resp = c
-        .request(http::Request::post(format!("{base}/v2/{repo}/blobs/uploads/")).body(http_body_util::Full::new(Bytes::new())).unwrap())
+        .request(
+            http::Request::post(format!("{base}/v2/{repo}/blobs/uploads/"))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), 202, "start upload");
     let loc = resp.headers()["location"].to_str().unwrap().to_string();
-    let loc = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{base}{loc}")
+    };
     let sep = if loc.contains('?') { '&' } else { '?' };
     let resp = c
         .request(
@@ -142,7 +173,13 @@ pub async fn push_blob(base: &str, repo: &str, data: &Bytes) -> Digest {
     d
 }
 
-pub async fn push_manifest(base: &str, repo: &str, reference: &str, bytes: &[u8], media_type: &str) -> Digest {
+pub async fn push_manifest(
+    base: &str,
+    repo: &str,
+    reference: &str,
+    bytes: &[u8],
+    media_type: &str,
+) -> Digest {
     let resp = client()
         .request(
             http::Request::put(format!("{base}/v2/{repo}/manifests/{reference}"))
@@ -157,7 +194,14 @@ pub async fn push_manifest(base: &str, repo: &str, reference: &str, bytes: &[u8]
 }
 
 /// Push a labeled OCI image with valid tar layers; returns (manifest digest, manifest bytes).
-pub async fn push_image(base: &str, repo: &str, tag: Option<&str>, layers: &[Bytes], labels: &serde_json::Value, arch: &str) -> (Digest, Vec<u8>) {
+pub async fn push_image(
+    base: &str,
+    repo: &str,
+    tag: Option<&str>,
+    layers: &[Bytes],
+    labels: &serde_json::Value,
+    arch: &str,
+) -> (Digest, Vec<u8>) {
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for l in layers {
@@ -179,8 +223,17 @@ pub async fn push_image(base: &str, repo: &str, tag: Option<&str>, layers: &[Byt
         "layers": descs,
     });
     let bytes = serde_json::to_vec(&m).unwrap();
-    let reference = tag.map(str::to_string).unwrap_or_else(|| Digest::of(&bytes).to_string());
-    let d = push_manifest(base, repo, &reference, &bytes, "application/vnd.oci.image.manifest.v1+json").await;
+    let reference = tag
+        .map(str::to_string)
+        .unwrap_or_else(|| Digest::of(&bytes).to_string());
+    let d = push_manifest(
+        base,
+        repo,
+        &reference,
+        &bytes,
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    .await;
     (d, bytes)
 }
 
@@ -191,17 +244,47 @@ pub fn model_labels() -> serde_json::Value {
 /// A multi-layer image and a two-platform index under models/*.
 async fn seed(reg: &Registry) -> (Digest, Digest) {
     let base = reg.url();
-    let layers: Vec<Bytes> = (0..3).map(|i| tar_layer(&format!("weights-{i}.bin"), &data(1_500_000 + i * 1000, i as u8))).collect();
-    let (small, _) = push_image(&base, "models/small", Some("v1"), &layers, &model_labels(), "amd64").await;
+    let layers: Vec<Bytes> = (0..3)
+        .map(|i| {
+            tar_layer(
+                &format!("weights-{i}.bin"),
+                &data(1_500_000 + i * 1000, i as u8),
+            )
+        })
+        .collect();
+    let (small, _) = push_image(
+        &base,
+        "models/small",
+        Some("v1"),
+        &layers,
+        &model_labels(),
+        "amd64",
+    )
+    .await;
     let shared = tar_layer("weights.bin", &data(800_000, 42));
     let mut children = Vec::new();
     for arch in ["amd64", "arm64"] {
         let extra = tar_layer(&format!("{arch}.bin"), &data(1000, arch.len() as u8));
-        let (d, bytes) = push_image(&base, "models/multi", None, &[shared.clone(), extra], &model_labels(), arch).await;
+        let (d, bytes) = push_image(
+            &base,
+            "models/multi",
+            None,
+            &[shared.clone(), extra],
+            &model_labels(),
+            arch,
+        )
+        .await;
         children.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d.to_string(), "size": bytes.len(), "platform": {"os": "linux", "architecture": arch}}));
     }
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": children});
-    let multi = push_manifest(&base, "models/multi", "v1", &serde_json::to_vec(&index).unwrap(), "application/vnd.oci.image.index.v1+json").await;
+    let multi = push_manifest(
+        &base,
+        "models/multi",
+        "v1",
+        &serde_json::to_vec(&index).unwrap(),
+        "application/vnd.oci.image.index.v1+json",
+    )
+    .await;
     (small, multi)
 }
 
@@ -210,7 +293,11 @@ async fn run(cmd: &mut tokio::process::Command) -> (bool, String) {
         .await
         .expect("command finished within 180s")
         .expect("command started");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -255,7 +342,11 @@ async fn skopeo_pulls_through_every_routing_form_byte_identical() {
     seed(&reg).await;
     let tmp = tempfile::tempdir().unwrap();
     let policy = tmp.path().join("policy.json");
-    std::fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
     let g = Gate::start(&upstream_toml("registry.test", &reg.url(), true, ""), "").await;
     let gate = g.addr.to_string();
 
@@ -267,7 +358,8 @@ async fn skopeo_pulls_through_every_routing_form_byte_identical() {
         if all {
             c.arg("--all");
         }
-        c.arg(format!("docker://{}/models/{name}:v1", reg.addr)).arg(format!("{fmt}:{}", dest.display()));
+        c.arg(format!("docker://{}/models/{name}:v1", reg.addr))
+            .arg(format!("{fmt}:{}", dest.display()));
         let (ok, out) = run(&mut c).await;
         assert!(ok, "direct skopeo copy failed: {out}");
     }
@@ -280,17 +372,22 @@ async fn skopeo_pulls_through_every_routing_form_byte_identical() {
             if all {
                 c.arg("--all");
             }
-            c.arg(format!("docker://{gate}/{prefix}models/{name}:v1")).arg(format!("{fmt}:{}", dest.display()));
+            c.arg(format!("docker://{gate}/{prefix}models/{name}:v1"))
+                .arg(format!("{fmt}:{}", dest.display()));
             let (ok, out) = run(&mut c).await;
             assert!(ok, "skopeo copy through modelgate ({form}) failed: {out}");
-            let n = same_tree(&tmp.path().join(format!("direct-{name}")), &dest).unwrap_or_else(|e| panic!("{form} {name}: {e}"));
+            let n = same_tree(&tmp.path().join(format!("direct-{name}")), &dest)
+                .unwrap_or_else(|e| panic!("{form} {name}: {e}"));
             assert!(n >= 3, "{form} {name}: only {n} files compared");
         }
     }
     // The second form found everything in the cache: one upstream GET per blob.
     let blob_gets = g.metric("modelgate_cache_requests_total{kind=\"blob\",result=\"miss\"}");
     let blob_hits = g.metric("modelgate_cache_requests_total{kind=\"blob\",result=\"hit\"}");
-    assert!(blob_hits >= blob_gets, "hits {blob_hits} misses {blob_gets}");
+    assert!(
+        blob_hits >= blob_gets,
+        "hits {blob_hits} misses {blob_gets}"
+    );
     g.stop().await;
 }
 
@@ -336,12 +433,18 @@ async fn containerd_pulls_through_modelgate_as_server_with_ns() {
         .arg(d.join("config.toml"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(d.join("containerd.log")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(d.join("containerd.log")).unwrap(),
+        ))
         .spawn()
         .expect("start containerd");
     let mut up = false;
     for _ in 0..100 {
-        let (ok, _) = run(tokio::process::Command::new(&ctr).arg("--address").arg(&sock).arg("version")).await;
+        let (ok, _) = run(tokio::process::Command::new(&ctr)
+            .arg("--address")
+            .arg(&sock)
+            .arg("version"))
+        .await;
         if ok {
             up = true;
             break;
@@ -352,19 +455,38 @@ async fn containerd_pulls_through_modelgate_as_server_with_ns() {
         run(tokio::process::Command::new(&ctr)
             .arg("--address")
             .arg(&sock)
-            .args(["-n", "modelgate-test", "images", "pull", "--plain-http", "--hosts-dir"])
+            .args([
+                "-n",
+                "modelgate-test",
+                "images",
+                "pull",
+                "--plain-http",
+                "--hosts-dir",
+            ])
             .arg(d.join("hosts"))
             .arg("registry.test/models/small:v1"))
         .await
     } else {
-        (false, std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default())
+        (
+            false,
+            std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default(),
+        )
     };
-    let listing = run(tokio::process::Command::new(&ctr).arg("--address").arg(&sock).args(["-n", "modelgate-test", "images", "ls"])).await.1;
+    let listing = run(tokio::process::Command::new(&ctr)
+        .arg("--address")
+        .arg(&sock)
+        .args(["-n", "modelgate-test", "images", "ls"]))
+    .await
+    .1;
     let _ = daemon.kill();
     let _ = daemon.wait();
     assert!(result.0, "ctr pull through modelgate failed: {}", result.1);
     assert!(listing.contains(&small.to_string()), "{listing}");
-    assert!(g.metric("modelgate_http_requests_total{method=\"HEAD\",endpoint=\"manifests\",code=\"200\"}") >= 1.0);
+    assert!(
+        g.metric(
+            "modelgate_http_requests_total{method=\"HEAD\",endpoint=\"manifests\",code=\"200\"}"
+        ) >= 1.0
+    );
     assert!(g.metric("modelgate_cache_requests_total{kind=\"blob\",result=\"miss\"}") >= 4.0);
     g.stop().await;
 }
@@ -399,7 +521,12 @@ async fn podman_pulls_through_a_location_remap() {
         .arg(tmp.path().join("root"))
         .arg("--runroot")
         .arg(tmp.path().join("run"))
-        .args(["--storage-driver", "vfs", "pull", "registry.test/models/small:v1"]))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "pull",
+            "registry.test/models/small:v1",
+        ]))
     .await;
     assert!(ok, "podman pull through modelgate failed: {out}");
     assert!(g.metric("modelgate_cache_requests_total{kind=\"blob\",result=\"miss\"}") >= 4.0);
@@ -425,37 +552,105 @@ async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
     unlabeled.as_object_mut().unwrap().remove("dataset.id");
     let mut badly = model_labels();
     badly["accuracy.test"] = "0.5".into();
-    push_image(&base, "models/signed", Some("v1.0.0"), &[layer.clone()], &model_labels(), "amd64").await;
-    push_image(&base, "models/unsigned", Some("v1.0.0"), &[layer.clone()], &model_labels(), "amd64").await;
-    push_image(&base, "models/unlabeled", Some("v1.0.0"), &[layer.clone()], &unlabeled, "amd64").await;
-    push_image(&base, "models/badlabel", Some("v1.0.0"), &[layer.clone()], &badly, "amd64").await;
+    push_image(
+        &base,
+        "models/signed",
+        Some("v1.0.0"),
+        std::slice::from_ref(&layer),
+        &model_labels(),
+        "amd64",
+    )
+    .await;
+    push_image(
+        &base,
+        "models/unsigned",
+        Some("v1.0.0"),
+        std::slice::from_ref(&layer),
+        &model_labels(),
+        "amd64",
+    )
+    .await;
+    push_image(
+        &base,
+        "models/unlabeled",
+        Some("v1.0.0"),
+        std::slice::from_ref(&layer),
+        &unlabeled,
+        "amd64",
+    )
+    .await;
+    push_image(
+        &base,
+        "models/badlabel",
+        Some("v1.0.0"),
+        std::slice::from_ref(&layer),
+        &badly,
+        "amd64",
+    )
+    .await;
     let tmp = tempfile::tempdir().unwrap();
     let prefix = tmp.path().join("release");
-    let out = Command::new(bin()).args(["keygen", "--algorithm", "ecdsa-p256", "--out"]).arg(&prefix).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["keygen", "--algorithm", "ecdsa-p256", "--out"])
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let other = tmp.path().join("other");
-    assert!(Command::new(bin()).args(["keygen", "--out"]).arg(&other).output().unwrap().status.success());
+    assert!(Command::new(bin())
+        .args(["keygen", "--out"])
+        .arg(&other)
+        .output()
+        .unwrap()
+        .status
+        .success());
     // Sign with modelgate sign, directly at the registry: legacy for two, bundle for one.
-    for (repo, key, format) in [("signed", &prefix, "legacy"), ("unlabeled", &prefix, "bundle"), ("badlabel", &prefix, "legacy"), ("unsigned", &other, "legacy")] {
+    for (repo, key, format) in [
+        ("signed", &prefix, "legacy"),
+        ("unlabeled", &prefix, "bundle"),
+        ("badlabel", &prefix, "legacy"),
+        ("unsigned", &other, "legacy"),
+    ] {
         let out = Command::new(bin())
             .args(["sign", "--plain-http", "--format", format, "--key"])
             .arg(key.with_extension("key"))
             .arg(format!("{}/models/{repo}:v1.0.0", reg.addr))
             .output()
             .unwrap();
-        assert!(out.status.success(), "sign {repo}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sign {repo}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let policy = format!(
         "default = \"allow\"\n[keys]\nrelease = \"{}\"\n[[rules]]\nname = \"models\"\nrepositories = [\"registry.test/models/**\"]\n[rules.signatures]\nkeys = [\"release\"]\n[rules.labels]\n\"model.version\" = {{ semver = true }}\n\"training.timestamp\" = {{ rfc3339 = true }}\n\"dataset.id\" = {{ regex = '^ds-[0-9]{{8}}$' }}\n\"accuracy.test\" = {{ min = 0.90 }}\n[rules.tags]\npattern = '^v[0-9]+\\.[0-9]+\\.[0-9]+$'\nimmutable = true\n",
         prefix.with_extension("pub").display()
     );
     std::fs::write(tmp.path().join("policy.toml"), &policy).unwrap();
-    let g = Gate::start_in(tmp.path(), &upstream_toml("registry.test", &reg.url(), true, ""), "", None).await;
+    let g = Gate::start_in(
+        tmp.path(),
+        &upstream_toml("registry.test", &reg.url(), true, ""),
+        "",
+        None,
+    )
+    .await;
     let pol = tmp.path().join("skopeo-policy.json");
     std::fs::write(&pol, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
     let pull = |repo: &str| {
         let mut c = skopeo_cmd(&skopeo, &pol);
-        c.arg("copy").arg("--src-tls-verify=false").arg(format!("docker://{}/models/{repo}:v1.0.0", g.addr)).arg(format!("dir:{}", tmp.path().join(format!("out-{repo}")).display()));
+        c.arg("copy")
+            .arg("--src-tls-verify=false")
+            .arg(format!("docker://{}/models/{repo}:v1.0.0", g.addr))
+            .arg(format!(
+                "dir:{}",
+                tmp.path().join(format!("out-{repo}")).display()
+            ));
         c
     };
     let (ok, out) = run(&mut pull("signed")).await;
@@ -467,7 +662,10 @@ async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
     ] {
         let (ok, out) = run(&mut pull(repo)).await;
         assert!(!ok, "{repo} was admitted");
-        assert!(out.contains("denied by rule") && out.contains("models") && out.contains(needle), "{repo}: skopeo said: {out}");
+        assert!(
+            out.contains("denied by rule") && out.contains("models") && out.contains(needle),
+            "{repo}: skopeo said: {out}"
+        );
     }
     // `modelgate check` explains each the same way, with the same exit codes.
     let cfg = tmp.path().join("modelgate.toml");
@@ -482,17 +680,37 @@ async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
         ),
     )
     .unwrap();
-    for (repo, code, needle) in [("signed", 0, "ADMITTED"), ("unsigned", 1, "no valid signature by [release]"), ("unlabeled", 1, "label dataset.id missing")] {
-        let out = Command::new(bin()).args(["check", "--config"]).arg(&cfg).arg(format!("registry.test/models/{repo}:v1.0.0")).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for (repo, code, needle) in [
+        ("signed", 0, "ADMITTED"),
+        ("unsigned", 1, "no valid signature by [release]"),
+        ("unlabeled", 1, "label dataset.id missing"),
+    ] {
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .arg(format!("registry.test/models/{repo}:v1.0.0"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "check {repo}: {text}");
         assert!(text.contains(needle), "check {repo}: {text}");
     }
-    let out = Command::new(bin()).args(["check", "--json", "--config"]).arg(&cfg).arg("registry.test/models/unsigned:v1.0.0").output().unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--json", "--config"])
+        .arg(&cfg)
+        .arg("registry.test/models/unsigned:v1.0.0")
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["decision"], "deny");
     assert_eq!(v["rule"], "models");
-    let out = Command::new(bin()).args(["check", "--config"]).arg(&cfg).arg("elsewhere.example/models/x:v1").output().unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .arg("elsewhere.example/models/x:v1")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     g.stop().await;
 }

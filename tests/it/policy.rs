@@ -13,18 +13,29 @@ const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 pub fn fx(rel: &str) -> Bytes {
-    Bytes::from(std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cosign").join(rel)).unwrap())
+    Bytes::from(
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/cosign")
+                .join(rel),
+        )
+        .unwrap(),
+    )
 }
 
 fn fx_str(rel: &str) -> String {
-    String::from_utf8(fx(rel).to_vec()).unwrap().trim().to_string()
+    String::from_utf8(fx(rel).to_vec())
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// The fixture image at `repo:tag`; returns its digest.
 fn seed_image(up: &Mock, repo: &str, tag: &str) -> Digest {
     up.state.add_blob(fx("image/config.json"));
     up.state.add_blob(fx("image/layer.bin"));
-    up.state.add_manifest(repo, Some(tag), fx("image/manifest.json"), OCI)
+    up.state
+        .add_manifest(repo, Some(tag), fx("image/manifest.json"), OCI)
 }
 
 /// A legacy `.sig` vector attached to the fixture image in `repo`.
@@ -32,7 +43,12 @@ fn seed_legacy(up: &Mock, repo: &str, vector: &str) {
     let v = format!("vectors/{vector}");
     up.state.add_blob(fx(&format!("{v}/payload.json")));
     up.state.add_blob(fx(&format!("{v}/sig-config.json")));
-    up.state.add_manifest(repo, Some(&fx_str(&format!("{v}/sig-tag.txt"))), fx(&format!("{v}/sig-manifest.json")), OCI);
+    up.state.add_manifest(
+        repo,
+        Some(&fx_str(&format!("{v}/sig-tag.txt"))),
+        fx(&format!("{v}/sig-manifest.json")),
+        OCI,
+    );
 }
 
 /// A referrer vector (oci11 or bundle) attached through the tag-schema index.
@@ -41,7 +57,10 @@ fn seed_referrer(up: &Mock, repo: &str, vector: &str, image: &Digest) {
     let m = fx(&format!("{v}/referrer-manifest.json"));
     let mv: serde_json::Value = serde_json::from_slice(&m).unwrap();
     for f in ["bundle.json", "payload.json", "referrer-config.json"] {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cosign").join(&v).join(f);
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/cosign")
+            .join(&v)
+            .join(f);
         if p.exists() {
             up.state.add_blob(fx(&format!("{v}/{f}")));
         }
@@ -53,7 +72,8 @@ fn seed_referrer(up: &Mock, repo: &str, vector: &str, image: &Digest) {
         m.len(),
         mv["artifactType"]
     );
-    up.state.add_manifest(repo, Some(&image.tag_schema()), index, INDEX);
+    up.state
+        .add_manifest(repo, Some(&image.tag_schema()), index, INDEX);
 }
 
 fn policy_text(extra_labels: &str, mode: &str) -> String {
@@ -84,19 +104,33 @@ immutable = true
 pub async fn gate_with_policy(up: &Mock, policy: &str) -> (Gate, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("policy.toml"), policy).unwrap();
-    let g = Gate::start_in(tmp.path(), &upstream_toml("local", &up.url(), true, ""), "tag_ttl = \"60s\"", None).await;
+    let g = Gate::start_in(
+        tmp.path(),
+        &upstream_toml("local", &up.url(), true, ""),
+        "tag_ttl = \"60s\"",
+        None,
+    )
+    .await;
     (g, tmp)
 }
 
 fn assert_denied(r: &Got, needle: &str) {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     assert_eq!(r.code(), "DENIED");
-    assert!(r.message().contains(needle), "message {:?} lacks {needle:?}", r.message());
+    assert!(
+        r.message().contains(needle),
+        "message {:?} lacks {needle:?}",
+        r.message()
+    );
 }
 
 #[tokio::test]
 async fn signed_labeled_image_is_admitted_in_every_signature_format() {
-    for (format, vector) in [("legacy", "ecdsa-p256-legacy-valid"), ("oci11", "ecdsa-p256-oci11-valid"), ("bundle", "ecdsa-p256-bundle-valid")] {
+    for (format, vector) in [
+        ("legacy", "ecdsa-p256-legacy-valid"),
+        ("oci11", "ecdsa-p256-oci11-valid"),
+        ("bundle", "ecdsa-p256-bundle-valid"),
+    ] {
         let up = Mock::start().await;
         let d = seed_image(&up, "models/demo", "v2.1.0");
         if format == "legacy" {
@@ -110,7 +144,12 @@ async fn signed_labeled_image_is_admitted_in_every_signature_format() {
         assert_eq!(r.bytes(), &fx("image/manifest.json"));
         // Its blobs are now open.
         let layer = Digest::of(&fx("image/layer.bin"));
-        assert_eq!(get(&g.url(&format!("/v2/models/demo/blobs/{layer}"))).await.bytes(), &fx("image/layer.bin"));
+        assert_eq!(
+            get(&g.url(&format!("/v2/models/demo/blobs/{layer}")))
+                .await
+                .bytes(),
+            &fx("image/layer.bin")
+        );
         let audit = g.audit();
         let rec = audit.iter().find(|a| a["reference"] == "v2.1.0").unwrap();
         assert_eq!(rec["decision"], "allow", "{format}");
@@ -124,8 +163,17 @@ async fn signed_labeled_image_is_admitted_in_every_signature_format() {
         assert!(g.metric("modelgate_signature_verifications_total{result=\"valid\"}") >= 1.0);
         // A cached verdict costs no upstream round trip.
         let before = up.state.seen.lock().unwrap().len();
-        assert_eq!(get(&g.url(&format!("/v2/models/demo/manifests/{d}"))).await.status, StatusCode::OK);
-        assert_eq!(up.state.seen.lock().unwrap().len(), before, "{format}: second decision went upstream");
+        assert_eq!(
+            get(&g.url(&format!("/v2/models/demo/manifests/{d}")))
+                .await
+                .status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            up.state.seen.lock().unwrap().len(),
+            before,
+            "{format}: second decision went upstream"
+        );
         g.stop().await;
     }
 }
@@ -136,19 +184,44 @@ async fn bypass_unsigned_by_digest_and_blob_without_manifest() {
     let d = seed_image(&up, "models/demo", "v2.1.0");
     let (g, _t) = gate_with_policy(&up, &policy_text("", "enforce")).await;
     let r = get(&g.url(&format!("/v2/models/demo/manifests/{d}"))).await;
-    assert_denied(&r, "denied by rule \"models\": no valid signature by [release]");
-    let h = send(Method::HEAD, &g.url(&format!("/v2/models/demo/manifests/{d}")), &[]).await;
+    assert_denied(
+        &r,
+        "denied by rule \"models\": no valid signature by [release]",
+    );
+    let h = send(
+        Method::HEAD,
+        &g.url(&format!("/v2/models/demo/manifests/{d}")),
+        &[],
+    )
+    .await;
     assert_eq!(h.status, StatusCode::FORBIDDEN);
     let layer = Digest::of(&fx("image/layer.bin"));
     let r = get(&g.url(&format!("/v2/models/demo/blobs/{layer}"))).await;
     assert_denied(&r, "is not referenced by any manifest modelgate admitted");
-    let r = send(Method::HEAD, &g.url(&format!("/v2/models/demo/blobs/{layer}")), &[]).await;
+    let r = send(
+        Method::HEAD,
+        &g.url(&format!("/v2/models/demo/blobs/{layer}")),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert_eq!(up.state.count("GET", "/blobs/sha256:f49cc"), 0, "a denied blob is not even fetched");
+    assert_eq!(
+        up.state.count("GET", "/blobs/sha256:f49cc"),
+        0,
+        "a denied blob is not even fetched"
+    );
     let audit = g.audit();
     assert_eq!(audit.last().unwrap()["decision"], "deny");
-    assert_eq!(audit.last().unwrap()["reasons"][0].as_str().unwrap(), "no valid signature by [release]");
-    assert_eq!(g.metric("modelgate_policy_decisions_total{action=\"pull\",decision=\"deny\",rule=\"models\"}"), 2.0);
+    assert_eq!(
+        audit.last().unwrap()["reasons"][0].as_str().unwrap(),
+        "no valid signature by [release]"
+    );
+    assert_eq!(
+        g.metric(
+            "modelgate_policy_decisions_total{action=\"pull\",decision=\"deny\",rule=\"models\"}"
+        ),
+        2.0
+    );
     g.stop().await;
 }
 
@@ -157,7 +230,10 @@ async fn bypass_bad_signatures_are_named() {
     for (vector, needle) in [
         ("ecdsa-p256-legacy-wrong-digest", "names sha256:ef35b706"),
         ("ecdsa-p256-legacy-wrong-key", "unlisted key or corrupted"),
-        ("ecdsa-p256-legacy-corrupt-signature", "unlisted key or corrupted"),
+        (
+            "ecdsa-p256-legacy-corrupt-signature",
+            "unlisted key or corrupted",
+        ),
         ("ecdsa-p256-legacy-wrong-type", "critical.type"),
     ] {
         let up = Mock::start().await;
@@ -175,7 +251,10 @@ async fn bypass_bad_signatures_are_named() {
     let d = seed_image(&up, "models/demo", "v2.1.0");
     seed_referrer(&up, "models/demo", "ecdsa-p256-bundle-wrong-digest", &d);
     let (g, _t) = gate_with_policy(&up, &policy_text("", "enforce")).await;
-    assert_denied(&get(&g.url("/v2/models/demo/manifests/v2.1.0")).await, "bundle: signed payload names sha256:ef35b706");
+    assert_denied(
+        &get(&g.url("/v2/models/demo/manifests/v2.1.0")).await,
+        "bundle: signed payload names sha256:ef35b706",
+    );
     g.stop().await;
 }
 
@@ -190,14 +269,21 @@ async fn bypass_signature_artifact_as_the_image() {
     let r = get(&g.url(&format!("/v2/models/demo/manifests/{sig_tag}"))).await;
     assert_eq!(r.status, StatusCode::OK);
     let payload = Digest::of(&fx("vectors/ecdsa-p256-legacy-valid/payload.json"));
-    assert_eq!(get(&g.url(&format!("/v2/models/demo/blobs/{payload}"))).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&g.url(&format!("/v2/models/demo/blobs/{payload}")))
+            .await
+            .status,
+        StatusCode::OK
+    );
     // ...but a model image dressed up as a signature (artifactType, subject) is not one.
     let disguised = format!(
         r#"{{"schemaVersion":2,"mediaType":"{OCI}","artifactType":"application/vnd.dev.cosign.artifact.sig.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":225,"digest":"{}"}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","size":896,"digest":"{}"}}],"subject":{{"mediaType":"{OCI}","digest":"{d}","size":396}}}}"#,
         Digest::of(&fx("image/config.json")),
         Digest::of(&fx("image/layer.bin"))
     );
-    let dd = up.state.add_manifest("models/demo", Some("v9.9.9"), disguised, OCI);
+    let dd = up
+        .state
+        .add_manifest("models/demo", Some("v9.9.9"), disguised, OCI);
     let r = get(&g.url("/v2/models/demo/manifests/v9.9.9")).await;
     assert_denied(&r, "no valid signature by [release]");
     let r = get(&g.url(&format!("/v2/models/demo/manifests/{dd}"))).await;
@@ -214,15 +300,31 @@ async fn bypass_tag_moved_after_admission_and_tag_pattern() {
     std::fs::write(tmp.path().join("policy.toml"), policy_text("", "enforce")).unwrap();
     let ups = upstream_toml("local", &up.url(), true, "");
     let g = Gate::start_in(tmp.path(), &ups, "tag_ttl = \"100ms\"", None).await;
-    assert_eq!(get(&g.url("/v2/models/demo/manifests/v2.1.0")).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&g.url("/v2/models/demo/manifests/v2.1.0")).await.status,
+        StatusCode::OK
+    );
     // Not a release tag.
-    up.state.add_manifest("models/demo", Some("latest"), fx("image/manifest.json"), OCI);
-    assert_denied(&get(&g.url("/v2/models/demo/manifests/latest")).await, "tag latest does not match");
+    up.state.add_manifest(
+        "models/demo",
+        Some("latest"),
+        fx("image/manifest.json"),
+        OCI,
+    );
+    assert_denied(
+        &get(&g.url("/v2/models/demo/manifests/latest")).await,
+        "tag latest does not match",
+    );
     g.stop().await;
     // The tag moves upstream to another (also signed-looking) manifest; even
     // after a restart modelgate remembers what v2.1.0 was.
-    let moved = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":225,"digest":"{}"}},"layers":[]}}"#, Digest::of(&fx("image/config.json")));
-    let md = up.state.add_manifest("models/demo", Some("v2.1.0"), moved, OCI);
+    let moved = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":225,"digest":"{}"}},"layers":[]}}"#,
+        Digest::of(&fx("image/config.json"))
+    );
+    let md = up
+        .state
+        .add_manifest("models/demo", Some("v2.1.0"), moved, OCI);
     let g = Gate::start_in(tmp.path(), &ups, "tag_ttl = \"100ms\"", None).await;
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     let r = get(&g.url("/v2/models/demo/manifests/v2.1.0")).await;
@@ -235,22 +337,37 @@ async fn bypass_label_only_as_annotation_and_missing_labels() {
     let up = Mock::start().await;
     // The fixture config has no accuracy.test label; put it in the manifest annotations instead.
     let m = String::from_utf8(fx("image/manifest.json").to_vec()).unwrap();
-    let annotated = m.trim_end_matches('}').to_string() + r#","annotations":{"accuracy.test":"0.99"}}"#;
+    let annotated =
+        m.trim_end_matches('}').to_string() + r#","annotations":{"accuracy.test":"0.99"}}"#;
     up.state.add_blob(fx("image/config.json"));
     up.state.add_blob(fx("image/layer.bin"));
-    let d = up.state.add_manifest("models/demo", Some("v2.1.0"), annotated, OCI);
-    let (g, _t) = gate_with_policy(&up, &policy_text(r#""accuracy.test" = { min = 0.9 }"#, "enforce")).await;
+    let d = up
+        .state
+        .add_manifest("models/demo", Some("v2.1.0"), annotated, OCI);
+    let (g, _t) = gate_with_policy(
+        &up,
+        &policy_text(r#""accuracy.test" = { min = 0.9 }"#, "enforce"),
+    )
+    .await;
     let r = get(&g.url(&format!("/v2/models/demo/manifests/{d}"))).await;
     assert_denied(&r, "label accuracy.test missing");
-    assert!(r.message().contains("no valid signature"), "every failed requirement is named: {}", r.message());
+    assert!(
+        r.message().contains("no valid signature"),
+        "every failed requirement is named: {}",
+        r.message()
+    );
     g.stop().await;
 }
 
 #[tokio::test]
 async fn bypass_oversized_manifest() {
     let up = Mock::start().await;
-    let big = format!(r#"{{"schemaVersion":2,"annotations":{{"pad":"{}"}}}}"#, "x".repeat(4 * 1024 * 1024 + 1));
-    up.state.add_manifest("models/demo", Some("v1.0.0"), big, OCI);
+    let big = format!(
+        r#"{{"schemaVersion":2,"annotations":{{"pad":"{}"}}}}"#,
+        "x".repeat(4 * 1024 * 1024 + 1)
+    );
+    up.state
+        .add_manifest("models/demo", Some("v1.0.0"), big, OCI);
     let (g, _t) = gate_with_policy(&up, &policy_text("", "enforce")).await;
     let r = get(&g.url("/v2/models/demo/manifests/v1.0.0")).await;
     assert_eq!(r.code(), "MANIFEST_INVALID");
@@ -259,48 +376,101 @@ async fn bypass_oversized_manifest() {
 }
 
 /// A two-platform index signed (legacy) with a key made here.
-fn seed_signed_index(up: &Mock, repo: &str, key: &modelgate::trust::PrivateKey, arm_labels: &str) -> (Digest, Vec<Digest>) {
+fn seed_signed_index(
+    up: &Mock,
+    repo: &str,
+    key: &modelgate::trust::PrivateKey,
+    arm_labels: &str,
+) -> (Digest, Vec<Digest>) {
     let mut children = Vec::new();
     let mut descs = Vec::new();
-    for (arch, labels) in [("amd64", r#"{"model.version":"v1.0.0","dataset.id":"ds-20240101"}"#), ("arm64", arm_labels)] {
-        let config = format!(r#"{{"architecture":"{arch}","os":"linux","config":{{"Labels":{labels}}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#);
+    for (arch, labels) in [
+        (
+            "amd64",
+            r#"{"model.version":"v1.0.0","dataset.id":"ds-20240101"}"#,
+        ),
+        ("arm64", arm_labels),
+    ] {
+        let config = format!(
+            r#"{{"architecture":"{arch}","os":"linux","config":{{"Labels":{labels}}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+        );
         let cd = up.state.add_blob(config.clone());
         let ld = up.state.add_blob(data(100, arch.len() as u8));
-        let m = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":100}}]}}"#, config.len());
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":100}}]}}"#,
+            config.len()
+        );
         let md = up.state.add_manifest(repo, None, m.clone(), OCI);
         descs.push(format!(r#"{{"mediaType":"{OCI}","digest":"{md}","size":{},"platform":{{"os":"linux","architecture":"{arch}"}}}}"#, m.len()));
         children.push(md);
     }
-    let index = format!(r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{}]}}"#, descs.join(","));
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{}]}}"#,
+        descs.join(",")
+    );
     let id = up.state.add_manifest(repo, Some("v1.0.0"), index, INDEX);
     let sig = modelgate::trust::sign::sign_legacy(key, &format!("local/{repo}"), &id);
     let (config, manifest) = modelgate::trust::sign::legacy_manifest(None, &sig);
     up.state.add_blob(sig.payload.clone());
     up.state.add_blob(config);
-    up.state.add_manifest(repo, Some(&format!("{}.sig", id.tag_schema())), manifest, OCI);
+    up.state.add_manifest(
+        repo,
+        Some(&format!("{}.sig", id.tag_schema())),
+        manifest,
+        OCI,
+    );
     (id, children)
 }
 
 fn policy_for_key(key: &modelgate::trust::PrivateKey) -> String {
-    policy_text("", "enforce").replacen(&fx_str("keys/ecdsa-p256.pub.pem"), key.public().to_pem().trim(), 1)
+    policy_text("", "enforce").replacen(
+        &fx_str("keys/ecdsa-p256.pub.pem"),
+        key.public().to_pem().trim(),
+        1,
+    )
 }
 
 #[tokio::test]
 async fn signed_index_admits_children_only_in_its_repository() {
-    let key = modelgate::trust::PrivateKey::generate(modelgate::trust::keys::Algorithm::Ed25519).unwrap();
+    let key =
+        modelgate::trust::PrivateKey::generate(modelgate::trust::keys::Algorithm::Ed25519).unwrap();
     let up = Mock::start().await;
-    let (id, children) = seed_signed_index(&up, "models/multi", &key, r#"{"model.version":"v1.0.0","dataset.id":"ds-20240101"}"#);
+    let (id, children) = seed_signed_index(
+        &up,
+        "models/multi",
+        &key,
+        r#"{"model.version":"v1.0.0","dataset.id":"ds-20240101"}"#,
+    );
     // The same children exist in another governed repository, unsigned there.
     for c in &children {
-        let bytes = up.state.manifests.lock().unwrap().get(&("models/multi".to_string(), c.to_string())).cloned().unwrap();
-        up.state.manifests.lock().unwrap().insert(("models/other".into(), c.to_string()), bytes);
+        let bytes = up
+            .state
+            .manifests
+            .lock()
+            .unwrap()
+            .get(&("models/multi".to_string(), c.to_string()))
+            .cloned()
+            .unwrap();
+        up.state
+            .manifests
+            .lock()
+            .unwrap()
+            .insert(("models/other".into(), c.to_string()), bytes);
     }
     let (g, _t) = gate_with_policy(&up, &policy_for_key(&key)).await;
     let r = get(&g.url("/v2/models/multi/manifests/v1.0.0")).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert_eq!(r.header("docker-content-digest"), Some(id.to_string().as_str()));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(id.to_string().as_str())
+    );
     for c in &children {
-        assert_eq!(get(&g.url(&format!("/v2/models/multi/manifests/{c}"))).await.status, StatusCode::OK);
+        assert_eq!(
+            get(&g.url(&format!("/v2/models/multi/manifests/{c}")))
+                .await
+                .status,
+            StatusCode::OK
+        );
         let r = get(&g.url(&format!("/v2/models/other/manifests/{c}"))).await;
         assert_denied(&r, "no valid signature by [release]");
     }
@@ -311,7 +481,12 @@ async fn signed_index_admits_children_only_in_its_repository() {
     let (g, _t) = gate_with_policy(&up, &policy_for_key(&key)).await;
     let r = get(&g.url("/v2/models/multi/manifests/v1.0.0")).await;
     assert_denied(&r, "linux/arm64: label dataset.id missing");
-    assert!(r.message().contains("linux/arm64: label model.version = \"latest\" is not a semantic version"), "{}", r.message());
+    assert!(
+        r.message()
+            .contains("linux/arm64: label model.version = \"latest\" is not a semantic version"),
+        "{}",
+        r.message()
+    );
     g.stop().await;
 }
 
@@ -320,10 +495,25 @@ async fn audit_mode_lets_through_and_counts() {
     let up = Mock::start().await;
     let d = seed_image(&up, "models/demo", "v2.1.0");
     let (g, _t) = gate_with_policy(&up, &policy_text("", "audit")).await;
-    assert_eq!(get(&g.url(&format!("/v2/models/demo/manifests/{d}"))).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&g.url(&format!("/v2/models/demo/manifests/{d}")))
+            .await
+            .status,
+        StatusCode::OK
+    );
     let layer = Digest::of(&fx("image/layer.bin"));
-    assert_eq!(get(&g.url(&format!("/v2/models/demo/blobs/{layer}"))).await.status, StatusCode::OK);
-    assert_eq!(g.metric("modelgate_policy_decisions_total{action=\"pull\",decision=\"audit\",rule=\"models\"}"), 1.0);
+    assert_eq!(
+        get(&g.url(&format!("/v2/models/demo/blobs/{layer}")))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        g.metric(
+            "modelgate_policy_decisions_total{action=\"pull\",decision=\"audit\",rule=\"models\"}"
+        ),
+        1.0
+    );
     assert_eq!(g.audit().last().unwrap()["decision"], "audit");
     g.stop().await;
 }
@@ -348,16 +538,26 @@ async fn hot_reload_redecides_and_a_broken_file_keeps_the_last_good_policy() {
     }
     assert!(ok, "the new policy was not picked up");
     assert_ne!(g.audit().last().unwrap()["policy_sha256"], sha1);
-    assert_eq!(g.metric("modelgate_policy_reloads_total{result=\"success\"}"), 1.0);
+    assert_eq!(
+        g.metric("modelgate_policy_reloads_total{result=\"success\"}"),
+        1.0
+    );
     // Broken file: the last good policy stays, the error is counted.
-    std::fs::write(tmp.path().join("policy.toml"), "default = \"allow\"\n[[rules]]\nnme = 1\n").unwrap();
+    std::fs::write(
+        tmp.path().join("policy.toml"),
+        "default = \"allow\"\n[[rules]]\nnme = 1\n",
+    )
+    .unwrap();
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         if g.metric("modelgate_policy_reloads_total{result=\"error\"}") >= 1.0 {
             break;
         }
     }
-    assert_eq!(g.metric("modelgate_policy_reloads_total{result=\"error\"}"), 1.0);
+    assert_eq!(
+        g.metric("modelgate_policy_reloads_total{result=\"error\"}"),
+        1.0
+    );
     assert_eq!(get(&url).await.status, StatusCode::OK);
     g.stop().await;
 }

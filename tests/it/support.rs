@@ -50,7 +50,10 @@ pub enum Auth {
     #[default]
     None,
     Bearer,
-    Basic { user: String, pass: String },
+    Basic {
+        user: String,
+        pass: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -102,11 +105,20 @@ impl MockState {
         d
     }
 
-    pub fn add_manifest(&self, repo: &str, tag: Option<&str>, bytes: impl Into<Bytes>, media_type: &str) -> Digest {
+    pub fn add_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        bytes: impl Into<Bytes>,
+        media_type: &str,
+    ) -> Digest {
         let bytes = bytes.into();
         let d = Digest::of(&bytes);
         let mut m = self.manifests.lock().unwrap();
-        m.insert((repo.into(), d.to_string()), (bytes.clone(), media_type.into()));
+        m.insert(
+            (repo.into(), d.to_string()),
+            (bytes.clone(), media_type.into()),
+        );
         if let Some(t) = tag {
             m.insert((repo.into(), t.into()), (bytes, media_type.into()));
         }
@@ -114,7 +126,12 @@ impl MockState {
     }
 
     /// Push an OCI image made of `layers`; returns (manifest digest, manifest bytes, layer digests).
-    pub fn add_image(&self, repo: &str, tag: &str, layers: &[Bytes]) -> (Digest, Bytes, Vec<Digest>) {
+    pub fn add_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        layers: &[Bytes],
+    ) -> (Digest, Bytes, Vec<Digest>) {
         let config = Bytes::from(format!(
             r#"{{"architecture":"amd64","os":"linux","config":{{"Labels":{{"model.version":"v1.0.0"}}}},"rootfs":{{"type":"layers","diff_ids":[]}},"tag":"{tag}"}}"#
         ));
@@ -134,7 +151,12 @@ impl MockState {
             config.len(),
             descs.join(",")
         );
-        let md = self.add_manifest(repo, Some(tag), m.clone(), "application/vnd.oci.image.manifest.v1+json");
+        let md = self.add_manifest(
+            repo,
+            Some(tag),
+            m.clone(),
+            "application/vnd.oci.image.manifest.v1+json",
+        );
         (md, Bytes::from(m), ls)
     }
 }
@@ -205,9 +227,12 @@ impl Drop for Mock {
 }
 
 fn oci_error(status: StatusCode, code: &str, msg: &str) -> Response<Body> {
-    let mut r = Response::new(full(format!(r#"{{"errors":[{{"code":"{code}","message":"{msg}"}}]}}"#)));
+    let mut r = Response::new(full(format!(
+        r#"{{"errors":[{{"code":"{code}","message":"{msg}"}}]}}"#
+    )));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
@@ -229,31 +254,43 @@ fn faulty_body(st: Arc<MockState>, data: Bytes, fault: Option<Fault>) -> (Body, 
         Some(Fault::ShortChunked(n)) => {
             let part = data.slice(..n);
             sent(n);
-            let s = stream::iter(vec![Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(part))]);
+            let s = stream::iter(vec![Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                Frame::data(part),
+            )]);
             (BodyExt::boxed(StreamBody::new(s)), None)
         }
         Some(Fault::DropAfter(n)) => {
             let part = data.slice(..n);
             sent(n);
             // Let the first part reach the wire before the connection breaks.
-            let s = stream::iter(vec![Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(part))]).chain(stream::once(async {
+            let s = stream::iter(vec![Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                Frame::data(part),
+            )])
+            .chain(stream::once(async {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                Err::<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>("connection dropped by test".into())
+                Err::<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>(
+                    "connection dropped by test".into(),
+                )
             }));
             (BodyExt::boxed(StreamBody::new(s)), Some(len))
         }
         Some(Fault::StallAfter(n)) => {
             let part = data.slice(..n);
             sent(n);
-            let s = stream::iter(vec![Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(part))])
-                .chain(stream::once(async {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    Err::<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>("never".into())
-                }));
+            let s = stream::iter(vec![Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                Frame::data(part),
+            )])
+            .chain(stream::once(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err::<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>("never".into())
+            }));
             (BodyExt::boxed(StreamBody::new(s)), Some(len))
         }
         Some(Fault::Drip { chunk, delay }) => {
-            let chunks: Vec<Bytes> = (0..data.len()).step_by(chunk).map(|i| data.slice(i..(i + chunk).min(data.len()))).collect();
+            let chunks: Vec<Bytes> = (0..data.len())
+                .step_by(chunk)
+                .map(|i| data.slice(i..(i + chunk).min(data.len())))
+                .collect();
             let s = stream::iter(chunks).then(move |c| {
                 let sent = sent.clone();
                 async move {
@@ -269,10 +306,17 @@ fn faulty_body(st: Arc<MockState>, data: Bytes, fault: Option<Fault>) -> (Body, 
 
 use futures_util::StreamExt;
 
-async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn mock_handle(
+    st: Arc<MockState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let auth_hdr = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let auth_hdr = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     st.seen.lock().unwrap().push(Seen {
         method: req.method().clone(),
         path: path.clone(),
@@ -280,7 +324,11 @@ async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Respo
         authorization: auth_hdr.clone(),
     });
     if st.down.load(Ordering::SeqCst) {
-        return Ok(oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "down for maintenance"));
+        return Ok(oci_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "down for maintenance",
+        ));
     }
     // Storage side of a redirect: no auth needed, serves blobs.
     if let Some(d) = path.strip_prefix("/blob/") {
@@ -302,12 +350,21 @@ async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Respo
         let auth = st.auth.lock().unwrap().clone();
         if let Auth::Basic { user, pass } = auth {
             use base64::Engine;
-            let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")));
+            let want = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            );
             if auth_hdr.as_deref() != Some(want.as_str()) {
-                return Ok(oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "bad credentials"));
+                return Ok(oci_error(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "bad credentials",
+                ));
             }
         }
-        return Ok(Response::new(full(r#"{"token":"tok-123","expires_in":300}"#)));
+        return Ok(Response::new(full(
+            r#"{"token":"tok-123","expires_in":300}"#,
+        )));
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Ok(oci_error(StatusCode::NOT_FOUND, "UNSUPPORTED", "no"));
@@ -318,20 +375,36 @@ async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Respo
         Auth::None => {}
         Auth::Bearer => {
             if auth_hdr.as_deref() != Some("Bearer tok-123") {
-                let mut r = oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required");
+                let mut r = oci_error(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "authentication required",
+                );
                 r.headers_mut().insert(
                     "www-authenticate",
-                    format!(r#"Bearer realm="{base}/token",service="mock",scope="repository:x:pull""#).parse().unwrap(),
+                    format!(
+                        r#"Bearer realm="{base}/token",service="mock",scope="repository:x:pull""#
+                    )
+                    .parse()
+                    .unwrap(),
                 );
                 return Ok(r);
             }
         }
         Auth::Basic { ref user, ref pass } => {
             use base64::Engine;
-            let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")));
+            let want = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            );
             if auth_hdr.as_deref() != Some(want.as_str()) {
-                let mut r = oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required");
-                r.headers_mut().insert("www-authenticate", r#"Basic realm="mock""#.parse().unwrap());
+                let mut r = oci_error(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "authentication required",
+                );
+                r.headers_mut()
+                    .insert("www-authenticate", r#"Basic realm="mock""#.parse().unwrap());
                 return Ok(r);
             }
         }
@@ -352,8 +425,11 @@ async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Respo
             .map(|(_, t)| t.clone())
             .collect();
         tags.sort();
-        let mut r = Response::new(full(serde_json::json!({"name": repo, "tags": tags}).to_string()));
-        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        let mut r = Response::new(full(
+            serde_json::json!({"name": repo, "tags": tags}).to_string(),
+        ));
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
         if let Some(l) = st.tags_link.lock().unwrap().clone() {
             r.headers_mut().insert("link", l.parse().unwrap());
         }
@@ -366,9 +442,18 @@ async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Respo
     let reference = segs[n - 1].to_string();
     match segs[n - 2] {
         "manifests" => {
-            let m = st.manifests.lock().unwrap().get(&(repo, reference)).cloned();
+            let m = st
+                .manifests
+                .lock()
+                .unwrap()
+                .get(&(repo, reference))
+                .cloned();
             let Some((bytes, mt)) = m else {
-                return Ok(oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown"));
+                return Ok(oci_error(
+                    StatusCode::NOT_FOUND,
+                    "MANIFEST_UNKNOWN",
+                    "manifest unknown",
+                ));
             };
             let digest = if st.lie_manifest_digest.load(Ordering::SeqCst) {
                 Digest::of(b"lie").to_string()
@@ -376,7 +461,11 @@ async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Respo
                 Digest::of(&bytes).to_string()
             };
             let len = bytes.len();
-            let mut r = Response::new(if req.method() == Method::HEAD { full(Bytes::new()) } else { full(bytes) });
+            let mut r = Response::new(if req.method() == Method::HEAD {
+                full(Bytes::new())
+            } else {
+                full(bytes)
+            });
             let h = r.headers_mut();
             h.insert("content-type", mt.parse().unwrap());
             h.insert("docker-content-digest", digest.parse().unwrap());
@@ -386,18 +475,26 @@ async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Respo
         "blobs" => {
             let data = st.blobs.lock().unwrap().get(&reference).cloned();
             let Some(data) = data else {
-                return Ok(oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry"));
+                return Ok(oci_error(
+                    StatusCode::NOT_FOUND,
+                    "BLOB_UNKNOWN",
+                    "blob unknown to registry",
+                ));
             };
             if req.method() == Method::HEAD {
                 let mut r = Response::new(full(Bytes::new()));
                 r.headers_mut().insert("content-length", data.len().into());
-                r.headers_mut().insert("docker-content-digest", reference.parse().unwrap());
+                r.headers_mut()
+                    .insert("docker-content-digest", reference.parse().unwrap());
                 return Ok(r);
             }
             if let Some(to) = st.redirect_blobs_to.lock().unwrap().clone() {
                 let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-                r.headers_mut().insert("location", format!("{to}/blob/{reference}").parse().unwrap());
+                r.headers_mut().insert(
+                    "location",
+                    format!("{to}/blob/{reference}").parse().unwrap(),
+                );
                 return Ok(r);
             }
             let fault = st.faults.lock().unwrap().get(&reference).cloned();
@@ -406,7 +503,8 @@ async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Respo
             if let Some(l) = len {
                 r.headers_mut().insert("content-length", l.into());
             }
-            r.headers_mut().insert("docker-content-digest", reference.parse().unwrap());
+            r.headers_mut()
+                .insert("docker-content-digest", reference.parse().unwrap());
             Ok(r)
         }
         "referrers" if st.referrers_api.load(Ordering::SeqCst) => {
@@ -424,10 +522,17 @@ async fn mock_handle(st: Arc<MockState>, req: Request<Incoming>) -> Result<Respo
                 })
                 .collect();
             let mut r = Response::new(full(serde_json::json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":list}).to_string()));
-            r.headers_mut().insert("content-type", "application/vnd.oci.image.index.v1+json".parse().unwrap());
+            r.headers_mut().insert(
+                "content-type",
+                "application/vnd.oci.image.index.v1+json".parse().unwrap(),
+            );
             Ok(r)
         }
-        _ => Ok(oci_error(StatusCode::NOT_FOUND, "UNSUPPORTED", "page not found")),
+        _ => Ok(oci_error(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            "page not found",
+        )),
     }
 }
 
@@ -457,9 +562,17 @@ impl Gate {
         g
     }
 
-    pub async fn start_in(dir: &std::path::Path, upstreams: &str, cache_extra: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Gate {
+    pub async fn start_in(
+        dir: &std::path::Path,
+        upstreams: &str,
+        cache_extra: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Gate {
         let policy = if dir.join("policy.toml").exists() {
-            format!("[policy]\nfile = \"{}\"\nreload_interval = \"200ms\"", dir.join("policy.toml").display())
+            format!(
+                "[policy]\nfile = \"{}\"\nreload_interval = \"200ms\"",
+                dir.join("policy.toml").display()
+            )
         } else {
             String::new()
         };
@@ -475,9 +588,15 @@ impl Gate {
         let addr = listener.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(app.clone(), listener, Some(admin), tls, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(server::run(
+            app.clone(),
+            listener,
+            Some(admin),
+            tls,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Gate {
             addr,
             admin: admin_addr,
@@ -539,7 +658,11 @@ impl Drop for Gate {
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -563,10 +686,16 @@ impl Got {
     }
     /// The OCI error code of the body.
     pub fn code(&self) -> String {
-        self.json()["errors"][0]["code"].as_str().unwrap_or_default().to_string()
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
     pub fn message(&self) -> String {
-        self.json()["errors"][0]["message"].as_str().unwrap_or_default().to_string()
+        self.json()["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -579,18 +708,26 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)]) -> Got {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = tokio::time::timeout(Duration::from_secs(60), client().request(req.body(Full::new(Bytes::new())).unwrap()))
-        .await
-        .expect("response headers within 60s")
-        .expect("request failed");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(60),
+        client().request(req.body(Full::new(Bytes::new())).unwrap()),
+    )
+    .await
+    .expect("response headers within 60s")
+    .expect("request failed");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = match tokio::time::timeout(Duration::from_secs(60), resp.into_body().collect()).await {
+    let body = match tokio::time::timeout(Duration::from_secs(60), resp.into_body().collect()).await
+    {
         Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("body timed out".into()),
     };
-    Got { status, headers, body }
+    Got {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub async fn get(url: &str) -> Got {
@@ -612,11 +749,17 @@ pub async fn settle(g: &Gate) {
 /// Files under the cache's blob directory.
 pub fn cached_blobs(g: &Gate) -> Vec<String> {
     std::fs::read_dir(g.dir.join("cache/blobs/sha256"))
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Files left in the cache's temp directory.
 pub fn temp_files(g: &Gate) -> usize {
-    std::fs::read_dir(g.dir.join("cache/tmp")).map(|rd| rd.count()).unwrap_or(0)
+    std::fs::read_dir(g.dir.join("cache/tmp"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
 }

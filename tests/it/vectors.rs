@@ -17,7 +17,12 @@ fn read(rel: &str) -> Vec<u8> {
 }
 
 /// Whether a legacy / OCI 1.1 signature manifest holds a valid signature.
-fn legacy_valid(manifest: &[u8], payload: &[u8], key: &PublicKey, image: &Digest) -> Result<(), String> {
+fn legacy_valid(
+    manifest: &[u8],
+    payload: &[u8],
+    key: &PublicKey,
+    image: &Digest,
+) -> Result<(), String> {
     let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
     let pd = Digest::of(payload).to_string();
     let mut errors = Vec::new();
@@ -38,12 +43,19 @@ fn legacy_valid(manifest: &[u8], payload: &[u8], key: &PublicKey, image: &Digest
 #[test]
 fn every_vector_gets_its_expected_result() {
     let manifest: serde_json::Value = serde_json::from_slice(&read("manifest.json")).unwrap();
-    let image: Digest = String::from_utf8(read("image/digest.txt")).unwrap().trim().parse().unwrap();
+    let image: Digest = String::from_utf8(read("image/digest.txt"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(Digest::of(&read("image/manifest.json")), image);
     let mut checked = 0;
     for v in manifest["vectors"].as_array().unwrap() {
         let id = v["id"].as_str().unwrap();
-        let key = PublicKey::from_pem(&String::from_utf8(read(v["public_key"].as_str().unwrap())).unwrap()).unwrap();
+        let key = PublicKey::from_pem(
+            &String::from_utf8(read(v["public_key"].as_str().unwrap())).unwrap(),
+        )
+        .unwrap();
         let files = &v["files"];
         let f = |k: &str| read(files[k].as_str().unwrap_or_else(|| panic!("{id}: no {k}")));
         let result = match v["format"].as_str().unwrap() {
@@ -70,13 +82,33 @@ fn every_vector_gets_its_expected_result() {
 
 #[test]
 fn reasons_are_specific() {
-    let image: Digest = String::from_utf8(read("image/digest.txt")).unwrap().trim().parse().unwrap();
-    let key = PublicKey::from_pem(&String::from_utf8(read("keys/ecdsa-p256.pub.pem")).unwrap()).unwrap();
-    let e = verify_bundle(&read("vectors/ecdsa-p256-bundle-wrong-digest/bundle.json"), &key, &image).unwrap_err();
+    let image: Digest = String::from_utf8(read("image/digest.txt"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let key =
+        PublicKey::from_pem(&String::from_utf8(read("keys/ecdsa-p256.pub.pem")).unwrap()).unwrap();
+    let e = verify_bundle(
+        &read("vectors/ecdsa-p256-bundle-wrong-digest/bundle.json"),
+        &key,
+        &image,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("names sha256:ef35b706"), "{e}");
-    let e = verify_bundle(&read("vectors/ecdsa-p256-bundle-wrong-payload-type/bundle.json"), &key, &image).unwrap_err();
+    let e = verify_bundle(
+        &read("vectors/ecdsa-p256-bundle-wrong-payload-type/bundle.json"),
+        &key,
+        &image,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("payloadType"), "{e}");
-    let e = verify_bundle(&read("vectors/ecdsa-p256-bundle-corrupt-signature/bundle.json"), &key, &image).unwrap_err();
+    let e = verify_bundle(
+        &read("vectors/ecdsa-p256-bundle-corrupt-signature/bundle.json"),
+        &key,
+        &image,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("does not verify"), "{e}");
     // The key hint of the vectors is cosign's: base64(SHA-256(SPKI DER)).
     assert_eq!(key.hint(), "Qk+bwMrwy/D3MmAxfRISZ5mVdy/DeFeqD94E+cfHGEI=");
