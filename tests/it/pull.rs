@@ -9,7 +9,9 @@ use modelgate::oci::Digest;
 async fn manifest_and_blobs_are_served_then_cached() {
     let up = Mock::start().await;
     let layer = data(300_000, 1);
-    let (md, mbytes, ls) = up.state.add_image("models/small", "v1", std::slice::from_ref(&layer));
+    let (md, mbytes, ls) = up
+        .state
+        .add_image("models/small", "v1", std::slice::from_ref(&layer));
     let g = Gate::start(&upstream_toml("local", &up.url(), true, ""), "").await;
 
     let base = get(&g.url("/v2/")).await;
