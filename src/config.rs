@@ -50,6 +50,14 @@ struct RawServer {
     log_format: String,
     /// How long a client may take to send request headers.
     header_timeout: Option<String>,
+    /// Upload sessions idle longer than this are dropped.
+    upload_timeout: Option<String>,
+    #[serde(default = "default_max_uploads")]
+    max_uploads: usize,
+}
+
+fn default_max_uploads() -> usize {
+    1024
 }
 
 fn default_max_connections() -> usize {
@@ -143,6 +151,8 @@ pub struct Config {
     pub max_connections: usize,
     pub log_json: bool,
     pub header_timeout: Duration,
+    pub upload_timeout: Duration,
+    pub max_uploads: usize,
     pub cache_dir: PathBuf,
     pub max_bytes: u64,
     pub tag_ttl: Duration,
@@ -314,6 +324,8 @@ impl Config {
                 "server.header_timeout",
                 s.header_timeout.as_deref().unwrap_or("30s"),
             )?,
+            upload_timeout: duration("server.upload_timeout", s.upload_timeout.as_deref().unwrap_or("10m"))?,
+            max_uploads: s.max_uploads.max(1),
             cache_dir: raw.cache.dir.clone(),
             max_bytes: parse_size(&raw.cache.max_bytes)
                 .map_err(|e| ConfigError::Invalid(format!("cache.max_bytes: {e}")))?,

@@ -28,6 +28,9 @@ pub struct Evidence {
     pub tag_moved: Option<(Digest, Digest)>,
     /// Problems gathering evidence (e.g. a config that could not be read).
     pub errors: Vec<String>,
+    /// A push by digest (staging): signatures are required when a tag is
+    /// set, not before.
+    pub signatures_deferred: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +156,7 @@ pub fn evaluate(policy: &Policy, repo: &str, ev: &Evidence) -> PolicyDecision {
         };
     };
     let mut reasons = ev.errors.clone();
-    if let Some(sig) = &rule.signatures {
+    if let Some(sig) = rule.signatures.as_ref().filter(|_| !ev.signatures_deferred) {
         let good: Vec<&String> = sig
             .keys
             .iter()

@@ -99,6 +99,18 @@ impl GateState {
         })
     }
 
+    pub fn seen_tag(&self, repo: &str, tag: &str) -> Option<Digest> {
+        self.seen_tags.get(repo, tag).map(|e| e.digest)
+    }
+
+    pub fn remember_tag(&self, repo: &str, tag: &str, d: &Digest, media_type: &str) {
+        if self.seen_tags.get(repo, tag).is_none() {
+            if let Err(e) = self.seen_tags.confirm(repo, tag, d, media_type) {
+                tracing::error!(error = %e, "cannot record tag {tag} of {repo} as seen");
+            }
+        }
+    }
+
     fn admit(&self, repo: &str, d: &Digest, generation: u64) {
         self.admitted
             .insert((repo.to_string(), d.clone()), generation);
@@ -139,16 +151,19 @@ async fn labels_of(
     Ok(string_map(&v["config"]["Labels"]))
 }
 
-/// Gather what the rule needs to know about `m` (cached per generation).
-async fn gather(
+/// Gather what the rule needs to know about `m`: cached per generation
+/// unless `fresh`; signatures only when `with_signatures`.
+pub async fn gather(
     app: &Arc<App>,
     r: &Route,
     m: &Manifest,
     rule: &Rule,
     loaded: &LoadedPolicy,
+    fresh: bool,
+    with_signatures: bool,
 ) -> Evidence {
     let key = (r.canonical.clone(), m.digest.clone());
-    if let Some(c) = app.gate.evidence.get(&key) {
+    if let Some(c) = app.gate.evidence.get(&key).filter(|_| !fresh && with_signatures) {
         // Evidence that lacks signatures is rechecked after tag_ttl: a
         // signature may have been pushed since.
         let complete = rule.signatures.as_ref().is_none_or(|s| {
@@ -213,6 +228,10 @@ async fn gather(
             }
         }
     }
+    if !with_signatures {
+        ev.signatures_deferred = true;
+        return ev;
+    }
     if let Some(sig) = &rule.signatures {
         let keys: Vec<_> = sig
             .keys
@@ -270,7 +289,7 @@ pub async fn decide(app: &Arc<App>, s: &Subject<'_>, loaded: &LoadedPolicy) -> O
     }
     let mut ev = match rule {
         Some(rule) if rule.requires_anything() => {
-            gather(app, s.route, s.manifest, rule, loaded).await
+            gather(app, s.route, s.manifest, rule, loaded, false, true).await
         }
         _ => Evidence::default(),
     };
@@ -294,9 +313,37 @@ pub async fn decide(app: &Arc<App>, s: &Subject<'_>, loaded: &LoadedPolicy) -> O
     }
 }
 
+/// Who asked, for the audit log.
+pub struct Requester<'a> {
+    pub client: &'a str,
+    pub user: Option<&'a str>,
+}
+
+/// Count and log one decision.
+pub fn record(app: &App, loaded: &LoadedPolicy, action: &'static str, route: &Route, reference: &str, digest: &Digest, d: &PolicyDecision, reasons: Vec<String>, who: &Requester<'_>) {
+    app.metrics
+        .policy_decisions
+        .get_or_create(&DecisionLabels { action, decision: d.decision.as_str(), rule: d.rule_label() })
+        .inc();
+    app.audit.record(&AuditRecord {
+        time: now_rfc3339(),
+        action,
+        client: who.client.to_string(),
+        user: who.user.map(str::to_string),
+        upstream: route.upstream.name.clone(),
+        repository: route.canonical.clone(),
+        reference: reference.to_string(),
+        digest: digest.to_string(),
+        decision: d.decision.as_str(),
+        rule: d.rule.clone(),
+        reasons,
+        policy_sha256: loaded.sha256.clone(),
+    });
+}
+
 /// Decide a manifest request, record it (audit, metrics, admissions) and
 /// refuse it with 403 DENIED when the policy says so.
-pub async fn admit_manifest(app: &Arc<App>, s: &Subject<'_>, client: &str) -> Result<(), OciError> {
+pub async fn admit_manifest(app: &Arc<App>, s: &Subject<'_>, who: &Requester<'_>) -> Result<(), OciError> {
     let loaded = app.policy.current();
     let out = decide(app, s, &loaded).await;
     let repo = &s.route.canonical;
@@ -336,31 +383,11 @@ pub async fn admit_manifest(app: &Arc<App>, s: &Subject<'_>, client: &str) -> Re
     if let Some((first, now)) = &out.evidence.tag_moved {
         tracing::warn!(repository = %repo, tag = ?out.evidence.tag, first = %first, now = %now, "tag mutation: an immutable tag moved upstream");
     }
-    app.metrics
-        .policy_decisions
-        .get_or_create(&DecisionLabels {
-            action: "pull",
-            decision: d.decision.as_str(),
-            rule: d.rule_label(),
-        })
-        .inc();
-    app.audit.record(&AuditRecord {
-        time: now_rfc3339(),
-        action: "pull",
-        client: client.to_string(),
-        user: None,
-        upstream: s.route.upstream.name.clone(),
-        repository: repo.clone(),
-        reference: s.reference.to_string(),
-        digest: s.manifest.digest.to_string(),
-        decision: d.decision.as_str(),
-        rule: d.rule.clone(),
-        reasons: match &out.exempt {
-            Some(e) => vec![e.clone()],
-            None => d.reasons.clone(),
-        },
-        policy_sha256: loaded.sha256.clone(),
-    });
+    let reasons = match &out.exempt {
+        Some(e) => vec![e.clone()],
+        None => d.reasons.clone(),
+    };
+    record(app, &loaded, "pull", s.route, &s.reference.to_string(), &s.manifest.digest, d, reasons, who);
     match d.decision {
         Decision::Deny => Err(OciError::new(
             StatusCode::FORBIDDEN,

@@ -3,9 +3,11 @@
 //! endpoints to the handlers in [`pull`].
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod gate;
 pub mod pull;
+pub mod push;
 pub mod router;
 pub mod signatures;
 
@@ -44,6 +46,8 @@ pub struct App {
     pub policy: Arc<crate::policy::PolicyHolder>,
     pub audit: crate::audit::AuditLog,
     pub gate: gate::GateState,
+    pub uploads: push::Uploads,
+    pub htpasswd: Option<auth::Htpasswd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,8 @@ pub enum StartError {
     Policy(#[from] crate::policy::PolicyError),
     #[error("audit log {0}: {1}")]
     Audit(String, std::io::Error),
+    #[error("{0}")]
+    Auth(String),
 }
 
 impl App {
@@ -80,7 +86,10 @@ impl App {
             .map_err(|e| StartError::Audit(config.audit_path.clone(), e))?;
         let gate = gate::GateState::open(dir.join("seen-tags"))
             .map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
+        let htpasswd = config.htpasswd.as_deref().map(auth::Htpasswd::load).transpose().map_err(StartError::Auth)?;
         Ok(Arc::new(App {
+            uploads: push::Uploads::new(config.max_uploads, config.upload_timeout),
+            htpasswd,
             policy,
             audit,
             gate,
@@ -233,7 +242,13 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let (endpoint_label, result) = match router::parse(&path) {
-        Ok(ep) => (ep.label(), pull::dispatch(&app, ep, req, peer).await),
+        Ok(ep) => {
+            let label = ep.label();
+            match authenticate(&app, &ep, &req) {
+                Ok(user) => (label, pull::dispatch(&app, ep, req, peer, user).await),
+                Err(e) => (label, Err(e)),
+            }
+        }
         Err(e) => ("invalid", Err(e)),
     };
     let head = method == Method::HEAD;
@@ -267,6 +282,28 @@ async fn handle(
         .observe(start.elapsed().as_secs_f64());
     tracing::debug!(%peer, %method, path, code, ms = start.elapsed().as_millis() as u64, "request");
     Ok(resp)
+}
+
+/// Who is asking, when the request needs credentials: push always (with
+/// an htpasswd file), pull with `pull_auth`, and `/v2/` so clients learn
+/// the challenge.
+fn authenticate(app: &App, ep: &router::Endpoint, req: &Request<Incoming>) -> Result<Option<String>, OciError> {
+    let Some(ht) = &app.htpasswd else { return Ok(None) };
+    let user = ht.user(req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD) || matches!(ep, router::Endpoint::Upload(..));
+    let needed = write || app.config.pull_auth || matches!(ep, router::Endpoint::Base);
+    match (needed, user) {
+        (_, Some(u)) => Ok(Some(u)),
+        (false, None) => Ok(None),
+        (true, None) => {
+            let anonymous = req.headers().get(http::header::AUTHORIZATION).is_none();
+            Err(OciError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                if anonymous { "authentication required: send Basic credentials of a user in modelgate's htpasswd" } else { "the user name or password is wrong" },
+            ))
+        }
+    }
 }
 
 /// 405 for methods an endpoint does not serve.

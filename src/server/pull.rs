@@ -27,7 +27,7 @@ const DIGEST_HEADER: &str = "Docker-Content-Digest";
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Query parameter `key`, percent-decoded.
-fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
@@ -38,6 +38,7 @@ pub async fn dispatch(
     ep: Endpoint,
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
+    user: Option<String>,
 ) -> Result<Response<RespBody>, OciError> {
     let method = req.method().clone();
     let query = req.uri().query().map(str::to_string);
@@ -63,6 +64,14 @@ pub async fn dispatch(
             r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(2));
             return Ok(r);
         }
+        Endpoint::Manifest(name, reference) if method == Method::PUT => {
+            let r = route(&name)?;
+            let client = peer.ip().to_string();
+            let who = super::gate::Requester { client: &client, user: user.as_deref() };
+            let mut resp = super::push::put_manifest(app, &r, &name, reference, req, query.as_deref(), &who).await?;
+            echo_ns(&mut resp, &r);
+            return Ok(resp);
+        }
         Endpoint::Manifest(name, reference) => {
             if !is_read {
                 return Err(method_not_allowed(&method, "manifests"));
@@ -83,7 +92,9 @@ pub async fn dispatch(
                 reference: &reference,
                 manifest: &m,
             };
-            super::gate::admit_manifest(app, &subject, &peer.ip().to_string()).await?;
+            let client = peer.ip().to_string();
+            let who = super::gate::Requester { client: &client, user: user.as_deref() };
+            super::gate::admit_manifest(app, &subject, &who).await?;
             let mut resp = manifest_response(&m, method == Method::HEAD);
             echo_ns(&mut resp, &r);
             resp
@@ -123,12 +134,11 @@ pub async fn dispatch(
             echo_ns(&mut resp, &r);
             resp
         }
-        Endpoint::Upload(..) => {
-            return Err(OciError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                ErrorCode::Unsupported,
-                "modelgate does not accept pushes",
-            ))
+        Endpoint::Upload(name, id) => {
+            let r = route(&name)?;
+            let mut resp = super::push::upload(app, r.clone(), name, id, req, query.as_deref()).await?;
+            echo_ns(&mut resp, &r);
+            return Ok(resp);
         }
     };
     if method == Method::HEAD {
@@ -183,7 +193,7 @@ fn cached_manifest(app: &App, d: &Digest) -> Option<Manifest> {
     })
 }
 
-async fn read_error_body(resp: Response<Incoming>, idle: Duration) -> (StatusCode, Bytes) {
+pub async fn read_error_body(resp: Response<Incoming>, idle: Duration) -> (StatusCode, Bytes) {
     let status = resp.status();
     let body = tokio::time::timeout(
         idle,

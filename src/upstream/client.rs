@@ -166,6 +166,24 @@ impl Upstream {
         .await
     }
 
+    /// Send once with whatever credentials are cached for `scope` (a
+    /// streamed body cannot be replayed after a challenge; callers start an
+    /// upload with [`Upstream::request`] first, which caches them).
+    pub async fn send_once(&self, method: Method, url: Url, headers: HeaderMap, scope: &str, body: ReqBody) -> Result<UpstreamResponse, UpstreamError> {
+        let mut auth = self.cached_token(scope);
+        if auth.is_none() && self.basic.load(Ordering::Relaxed) {
+            auth = self.basic_header();
+        }
+        let resp = self.send_following(method, url, headers, auth, body).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(UpstreamError::Auth {
+                upstream: self.name.clone(),
+                message: "the upstream asked for credentials in the middle of an upload (token expired?); retry the push".into(),
+            });
+        }
+        Ok(resp)
+    }
+
     /// How long a body may stall before the download is abandoned.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout

@@ -86,6 +86,9 @@ pub struct MockState {
     pub tags_link: Mutex<Option<String>>,
     pub tokens_issued: AtomicU64,
     pub base: Mutex<String>,
+    /// Upload sessions in progress: id -> (repo, bytes so far).
+    pub uploads: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    pub upload_seq: AtomicU64,
 }
 
 impl MockState {
@@ -306,6 +309,87 @@ fn faulty_body(st: Arc<MockState>, data: Bytes, fault: Option<Fault>) -> (Body, 
 
 use futures_util::StreamExt;
 
+type Responder = Box<dyn FnOnce(Bytes) -> Response<Body> + Send>;
+
+/// Blob uploads as the distribution registry does them: POST (optionally
+/// `mount`), PATCH appends, PUT `?digest=` finishes (checking the digest),
+/// GET status, DELETE cancels. Returns None when the path is not an upload.
+async fn mock_upload(st: &Arc<MockState>, req: &Request<Incoming>, segs: &[&str], query: &Option<String>) -> Option<Responder> {
+    let n = segs.len();
+    if n < 4 || segs[n - 3] != "blobs" || segs[n - 2] != "uploads" {
+        return None;
+    }
+    let repo = segs[..n - 3].join("/");
+    let id = segs[n - 1].to_string();
+    let q: HashMap<String, String> = query
+        .as_deref()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .unwrap_or_default();
+    let st = st.clone();
+    let method = req.method().clone();
+    Some(Box::new(move |body: Bytes| {
+        let loc = |id: &str| format!("/v2/{repo}/blobs/uploads/{id}");
+        let created = |d: &str| {
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::CREATED;
+            r.headers_mut().insert("location", format!("/v2/{repo}/blobs/{d}").parse().unwrap());
+            r.headers_mut().insert("docker-content-digest", d.parse().unwrap());
+            r
+        };
+        match (method, id.is_empty()) {
+            (Method::POST, true) => {
+                if let Some(m) = q.get("mount") {
+                    if st.blobs.lock().unwrap().contains_key(m) {
+                        return created(m);
+                    }
+                }
+                let id = format!("u{}", st.upload_seq.fetch_add(1, Ordering::SeqCst));
+                st.uploads.lock().unwrap().insert(id.clone(), (repo.clone(), Vec::new()));
+                let mut r = Response::new(full(Bytes::new()));
+                *r.status_mut() = StatusCode::ACCEPTED;
+                r.headers_mut().insert("location", loc(&id).parse().unwrap());
+                r.headers_mut().insert("range", "0-0".parse().unwrap());
+                r
+            }
+            (Method::PATCH, false) => {
+                let mut ups = st.uploads.lock().unwrap();
+                let Some(u) = ups.get_mut(&id) else { return oci_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no") };
+                u.1.extend_from_slice(&body);
+                let mut r = Response::new(full(Bytes::new()));
+                *r.status_mut() = StatusCode::ACCEPTED;
+                r.headers_mut().insert("location", loc(&id).parse().unwrap());
+                r.headers_mut().insert("range", format!("0-{}", u.1.len().saturating_sub(1)).parse().unwrap());
+                r
+            }
+            (Method::PUT, false) => {
+                let Some((_, mut data)) = st.uploads.lock().unwrap().remove(&id) else { return oci_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no") };
+                data.extend_from_slice(&body);
+                let d = Digest::of(&data).to_string();
+                if q.get("digest") != Some(&d) {
+                    return oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "digest mismatch");
+                }
+                st.blobs.lock().unwrap().insert(d.clone(), Bytes::from(data));
+                created(&d)
+            }
+            (Method::GET, false) => {
+                let ups = st.uploads.lock().unwrap();
+                let Some(u) = ups.get(&id) else { return oci_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no") };
+                let mut r = Response::new(full(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r.headers_mut().insert("range", format!("0-{}", u.1.len().saturating_sub(1)).parse().unwrap());
+                r
+            }
+            (Method::DELETE, false) => {
+                st.uploads.lock().unwrap().remove(&id);
+                let mut r = Response::new(full(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r
+            }
+            _ => oci_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "no"),
+        }
+    }))
+}
+
 async fn mock_handle(
     st: Arc<MockState>,
     req: Request<Incoming>,
@@ -434,6 +518,10 @@ async fn mock_handle(
             r.headers_mut().insert("link", l.parse().unwrap());
         }
         return Ok(r);
+    }
+    if let Some(r) = mock_upload(&st, &req, &segs, &query).await {
+        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        return Ok(r(body));
     }
     if n < 3 {
         return Ok(oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "no"));

@@ -1,0 +1,677 @@
+//! The write side: blob uploads proxied to the upstream with SHA-256
+//! computed in flight across chunks, and manifest PUTs decided by the policy
+//! before the upstream sees them.
+//!
+//! Invariants:
+//! - request bodies stream through (bounded channel), never buffered whole,
+//!   except manifests (4 MiB cap);
+//! - the last frame of a digest-completing body is held back until the
+//!   digest verified; on a mismatch the upstream request is aborted, so the
+//!   upstream never completes an upload whose bytes do not match its digest;
+//! - a tag appears upstream only after the policy admitted it;
+//! - upload sessions are bounded in number and expire when idle.
+
+use super::body::{empty, RespBody};
+use super::gate::{self, Requester};
+use super::pull::{fetch_small_blob, read_error_body, Manifest};
+use super::App;
+use crate::error::{upstream_status, Object};
+use crate::oci::media::{self, ManifestSummary, MAX_MANIFEST_BYTES};
+use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName, Sha256Hasher};
+use crate::policy::eval::evaluate;
+use crate::policy::Decision;
+use crate::upstream::client::{BoxError, ReqBody};
+use crate::upstream::{Route, UpstreamError};
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use url::Url;
+
+/// One upload in progress.
+pub struct UploadSession {
+    route: Route,
+    client_name: RepoName,
+    /// Where the upstream wants the next request of this upload.
+    upstream_url: Url,
+    offset: u64,
+    hasher: Sha256Hasher,
+    last_used: Instant,
+}
+
+/// Upload sessions, bounded in number, expiring when idle.
+pub struct Uploads {
+    map: DashMap<String, Arc<Mutex<UploadSession>>>,
+    max: usize,
+    idle: Duration,
+}
+
+fn err(status: StatusCode, code: ErrorCode, msg: impl Into<String>) -> OciError {
+    OciError::new(status, code, msg)
+}
+
+fn unknown_upload(id: &str) -> OciError {
+    err(StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown, format!("upload {id} is unknown or expired; start a new upload with POST .../blobs/uploads/"))
+}
+
+impl Uploads {
+    pub fn new(max: usize, idle: Duration) -> Uploads {
+        Uploads { map: DashMap::new(), max, idle }
+    }
+
+    fn insert(&self, s: UploadSession) -> Result<String, OciError> {
+        if self.map.len() >= self.max {
+            self.sweep();
+            if self.map.len() >= self.max {
+                return Err(err(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests, format!("{} uploads are in progress, the most modelgate keeps; retry later", self.max)));
+            }
+        }
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, format!("no randomness: {e}")))?;
+        let id = hex::encode(raw);
+        self.map.insert(id.clone(), Arc::new(Mutex::new(s)));
+        Ok(id)
+    }
+
+    async fn get(&self, id: &str, repo: &str) -> Result<Arc<Mutex<UploadSession>>, OciError> {
+        let s = self.map.get(id).map(|s| s.clone()).ok_or_else(|| unknown_upload(id))?;
+        {
+            let g = s.lock().await;
+            if g.route.canonical != repo {
+                return Err(unknown_upload(id));
+            }
+            if g.last_used.elapsed() > self.idle {
+                drop(g);
+                self.map.remove(id);
+                return Err(err(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::BlobUploadUnknown,
+                    format!("upload {id} expired after {} idle; start again", humantime::format_duration(self.idle)),
+                ));
+            }
+        }
+        Ok(s)
+    }
+
+    /// Drop idle sessions; returns how many.
+    pub fn sweep(&self) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, s| s.try_lock().map(|g| g.last_used.elapsed() <= self.idle).unwrap_or(true));
+        before - self.map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+fn push_scope(r: &Route) -> String {
+    format!("repository:{}:pull,push", r.path)
+}
+
+/// Our Location for an upload session, under the name the client used.
+fn session_location(name: &RepoName, id: &str, ns: Option<&str>) -> String {
+    match ns {
+        Some(ns) => format!("/v2/{name}/blobs/uploads/{id}?ns={ns}"),
+        None => format!("/v2/{name}/blobs/uploads/{id}"),
+    }
+}
+
+fn header(h: &mut HeaderMap, k: &'static str, v: &str) {
+    if let Ok(v) = HeaderValue::from_str(v) {
+        h.insert(k, v);
+    }
+}
+
+fn upload_response(status: StatusCode, name: &RepoName, id: &str, ns: Option<&str>, offset: u64) -> Response<RespBody> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    header(h, "location", &session_location(name, id, ns));
+    header(h, "range", &format!("0-{}", offset.saturating_sub(1)));
+    header(h, "docker-upload-uuid", id);
+    h.insert(CONTENT_LENGTH, HeaderValue::from(0));
+    r
+}
+
+fn blob_created(name: &RepoName, d: &Digest) -> Response<RespBody> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::CREATED;
+    let h = r.headers_mut();
+    header(h, "location", &format!("/v2/{name}/blobs/{d}"));
+    header(h, "docker-content-digest", &d.to_string());
+    h.insert(CONTENT_LENGTH, HeaderValue::from(0));
+    r
+}
+
+fn upstream_location(r: &Route, resp: &Response<Incoming>) -> Result<Url, OciError> {
+    let loc = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        err(StatusCode::BAD_GATEWAY, ErrorCode::BlobUploadInvalid, format!("upstream {} answered an upload without Location", r.upstream.name))
+    })?;
+    r.upstream.base_url().join(loc).map_err(|e| err(StatusCode::BAD_GATEWAY, ErrorCode::BlobUploadInvalid, format!("upstream {} upload Location {loc:?}: {e}", r.upstream.name)))
+}
+
+/// `start-end` or `bytes=start-end` (inclusive).
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let v = v.trim();
+    let v = v.strip_prefix("bytes=").or_else(|| v.strip_prefix("bytes ")).unwrap_or(v);
+    let v = v.split('/').next()?;
+    let (a, b) = v.split_once('-')?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (b >= a).then_some((a, b))
+}
+
+/// Stream a client body into an upstream request body, hashing it. With
+/// `hold`, the last frame waits for `release`: true sends it, false aborts
+/// the upstream request.
+struct Forward {
+    body: ReqBody,
+    done: oneshot::Receiver<Result<(Sha256Hasher, u64), String>>,
+    release: oneshot::Sender<bool>,
+}
+
+fn forward(mut client: Incoming, mut hasher: Sha256Hasher, hold: bool, idle: Duration) -> Forward {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(8);
+    let (done_tx, done) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel::<bool>();
+    tokio::spawn(async move {
+        let mut held: Option<Bytes> = None;
+        let mut n = 0u64;
+        loop {
+            let frame = match tokio::time::timeout(idle, client.frame()).await {
+                Err(_) => {
+                    let m = format!("the client sent nothing for {}", humantime::format_duration(idle));
+                    let _ = tx.send(Err(m.clone().into())).await;
+                    let _ = done_tx.send(Err(m));
+                    return;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let m = format!("the client's body broke off after {n} bytes: {e}");
+                    let _ = tx.send(Err(m.clone().into())).await;
+                    let _ = done_tx.send(Err(m));
+                    return;
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            hasher.update(&data);
+            n += data.len() as u64;
+            let out = if hold { held.replace(data) } else { Some(data) };
+            if let Some(b) = out {
+                if tx.send(Ok(b)).await.is_err() {
+                    let _ = done_tx.send(Err("the upstream stopped reading the upload".into()));
+                    return;
+                }
+            }
+        }
+        let _ = done_tx.send(Ok((hasher, n)));
+        if hold {
+            match release_rx.await {
+                Ok(true) => {
+                    if let Some(b) = held {
+                        let _ = tx.send(Ok(b)).await;
+                    }
+                }
+                _ => {
+                    let _ = tx.send(Err("digest mismatch: upload aborted by modelgate".into())).await;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x.map(Frame::data), rx)) });
+    Forward { body: BodyExt::boxed(StreamBody::new(stream)), done, release }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
+/// Send a streamed body upstream while the client's bytes flow; settle the
+/// held-back frame with `check` once the client's body ended.
+async fn stream_upstream(
+    r: &Route,
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    client: Incoming,
+    hasher: Sha256Hasher,
+    idle: Duration,
+    check: Option<&Digest>,
+) -> Result<(Response<Incoming>, Sha256Hasher, u64), OciError> {
+    let fw = forward(client, hasher, check.is_some(), idle);
+    let up = r.upstream.clone();
+    let scope = push_scope(r);
+    let task = tokio::spawn(async move { up.send_once(method, url, headers, &scope, fw.body).await });
+    let (hasher, n) = match fw.done.await {
+        Ok(Ok(x)) => x,
+        Ok(Err(m)) => {
+            task.abort();
+            return Err(err(StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid, m));
+        }
+        Err(_) => {
+            // The forwarder stopped because the upstream request ended early.
+            return match task.await {
+                Ok(Ok(resp)) => Err(upstream_failure(r, resp, Object::Blob).await),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(err(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, e.to_string())),
+            };
+        }
+    };
+    if let Some(want) = check {
+        let actual = hasher.clone().finish();
+        let ok = &actual == want;
+        let _ = fw.release.send(ok);
+        if !ok {
+            task.abort();
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::DigestInvalid,
+                format!("the uploaded bytes hash to {actual}, not {want}; the upload was not completed upstream"),
+            ));
+        }
+    }
+    match task.await {
+        Ok(Ok(resp)) => Ok((resp, hasher, n)),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(err(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, e.to_string())),
+    }
+}
+
+async fn upstream_failure(r: &Route, resp: Response<Incoming>, what: Object) -> OciError {
+    let (status, body) = read_error_body(resp, r.upstream.idle_timeout()).await;
+    upstream_status(&r.upstream.name, status, &body, what)
+}
+
+/// `/v2/<name>/blobs/uploads/[<id>]`, every method.
+pub async fn upload(app: &Arc<App>, r: Route, name: RepoName, id: Option<String>, req: Request<Incoming>, query: Option<&str>) -> Result<Response<RespBody>, OciError> {
+    let q = |k: &str| super::pull::query_param(query, k);
+    let idle = r.upstream.idle_timeout();
+    let method = req.method().clone();
+    match (method.clone(), id) {
+        (Method::POST, None) => {
+            let digest = q("digest").map(|d| d.parse::<Digest>().map_err(|e| err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string()))).transpose()?;
+            let up = &r.upstream;
+            // Cross-repository mount, when both names reach the same upstream.
+            let mut upstream_query = None;
+            if let (Some(m), Some(from)) = (q("mount"), q("from")) {
+                let md: Digest = m.parse().map_err(|e: crate::oci::DigestError| err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string()))?;
+                let from = RepoName::parse(&from).ok().and_then(|f| app.router.route(&f, r.ns.as_deref()).ok());
+                if let Some(from) = from.filter(|f| f.upstream.name == up.name) {
+                    upstream_query = Some(url::form_urlencoded::Serializer::new(String::new()).append_pair("mount", &md.to_string()).append_pair("from", from.path.as_str()).finish());
+                }
+            }
+            let url = up.url(r.path.as_str(), "blobs/uploads/", upstream_query.as_deref());
+            let resp = up.request(Method::POST, url, HeaderMap::new(), &push_scope(&r), Bytes::new()).await?;
+            if resp.status() == StatusCode::CREATED {
+                let d: Digest = q("mount").and_then(|m| m.parse().ok()).ok_or_else(|| err(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "upstream created a blob without a mount"))?;
+                return Ok(blob_created(&name, &d));
+            }
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(upstream_failure(&r, resp, Object::Repository).await);
+            }
+            let upstream_url = upstream_location(&r, &resp)?;
+            let ns = r.ns.clone();
+            let session = UploadSession { route: r, client_name: name.clone(), upstream_url, offset: 0, hasher: Sha256Hasher::new(), last_used: Instant::now() };
+            match digest {
+                None => {
+                    let id = app.uploads.insert(session)?;
+                    Ok(upload_response(StatusCode::ACCEPTED, &name, &id, ns.as_deref(), 0))
+                }
+                // Monolithic upload: the body is the whole blob.
+                Some(d) => finish(app, session, &d, req).await,
+            }
+        }
+        (_, None) => Err(super::method_not_allowed(&method, "blobs/uploads/")),
+        (m, Some(id)) => {
+            let s = app.uploads.get(&id, &r.canonical).await?;
+            let mut g = s.lock().await;
+            g.last_used = Instant::now();
+            match m {
+                Method::GET => Ok(upload_response(StatusCode::NO_CONTENT, &g.client_name, &id, g.route.ns.as_deref(), g.offset)),
+                Method::DELETE => {
+                    let url = g.upstream_url.clone();
+                    let _ = g.route.upstream.request(Method::DELETE, url, HeaderMap::new(), &push_scope(&g.route), Bytes::new()).await;
+                    drop(g);
+                    app.uploads.map.remove(&id);
+                    let mut resp = Response::new(empty());
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                    Ok(resp)
+                }
+                Method::PATCH => {
+                    let range = req.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    let len = content_length(req.headers());
+                    if let Some(rg) = &range {
+                        let Some((a, b)) = parse_content_range(rg) else {
+                            return Err(err(StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid, format!("Content-Range {rg:?} is not start-end")));
+                        };
+                        if a != g.offset || len.is_some_and(|l| l != b - a + 1) {
+                            let mut e = super::body::error_response(
+                                &err(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid, format!("chunk {a}-{b} is out of order: the upload has {} bytes, the next chunk starts at {}", g.offset, g.offset)),
+                                false,
+                            );
+                            header(e.headers_mut(), "location", &session_location(&g.client_name, &id, g.route.ns.as_deref()));
+                            header(e.headers_mut(), "range", &format!("0-{}", g.offset.saturating_sub(1)));
+                            return Ok(e);
+                        }
+                    }
+                    let mut h = HeaderMap::new();
+                    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    if let Some(l) = len {
+                        h.insert(CONTENT_LENGTH, HeaderValue::from(l));
+                        if l > 0 {
+                            header(&mut h, "content-range", &format!("{}-{}", g.offset, g.offset + l - 1));
+                        }
+                    }
+                    let url = g.upstream_url.clone();
+                    let hasher = g.hasher.clone();
+                    let result = stream_upstream(&g.route, Method::PATCH, url, h, req.into_body(), hasher, idle, None).await;
+                    let (resp, hasher, n) = match result {
+                        Ok(x) => x,
+                        Err(e) => {
+                            drop(g);
+                            app.uploads.map.remove(&id);
+                            return Err(e);
+                        }
+                    };
+                    if resp.status() != StatusCode::ACCEPTED {
+                        let e = upstream_failure(&g.route, resp, Object::Blob).await;
+                        drop(g);
+                        app.uploads.map.remove(&id);
+                        return Err(e);
+                    }
+                    g.upstream_url = upstream_location(&g.route, &resp)?;
+                    g.hasher = hasher;
+                    g.offset += n;
+                    Ok(upload_response(StatusCode::ACCEPTED, &g.client_name, &id, g.route.ns.as_deref(), g.offset))
+                }
+                Method::PUT => {
+                    let d: Digest = q("digest")
+                        .ok_or_else(|| err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, "PUT needs ?digest=<digest of the whole blob>"))?
+                        .parse()
+                        .map_err(|e: crate::oci::DigestError| err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string()))?;
+                    if let Some(rg) = req.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()) {
+                        if parse_content_range(rg).is_some_and(|(a, _)| a != g.offset) {
+                            return Err(err(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid, format!("final chunk {rg} is out of order: the next chunk starts at {}", g.offset)));
+                        }
+                    }
+                    let session = UploadSession {
+                        route: g.route.clone(),
+                        client_name: g.client_name.clone(),
+                        upstream_url: g.upstream_url.clone(),
+                        offset: g.offset,
+                        hasher: g.hasher.clone(),
+                        last_used: g.last_used,
+                    };
+                    drop(g);
+                    app.uploads.map.remove(&id);
+                    finish(app, session, &d, req).await
+                }
+                other => Err(super::method_not_allowed(&other, "an upload session")),
+            }
+        }
+    }
+}
+
+/// Complete an upload with `req`'s body as the final chunk, refusing it
+/// (and cancelling it upstream) if the bytes do not hash to `d`.
+async fn finish(app: &Arc<App>, s: UploadSession, d: &Digest, req: Request<Incoming>) -> Result<Response<RespBody>, OciError> {
+    let _ = app;
+    let r = &s.route;
+    let len = content_length(req.headers());
+    let mut url = s.upstream_url.clone();
+    url.query_pairs_mut().append_pair("digest", &d.to_string());
+    let scope = push_scope(r);
+    let cancel = |url: Url| {
+        let up = r.upstream.clone();
+        let scope = scope.clone();
+        async move {
+            let _ = up.request(Method::DELETE, url, HeaderMap::new(), &scope, Bytes::new()).await;
+        }
+    };
+    let resp = if len == Some(0) || (len.is_none() && req.headers().get("transfer-encoding").is_none()) {
+        let actual = s.hasher.clone().finish();
+        if &actual != d {
+            cancel(s.upstream_url.clone()).await;
+            return Err(err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, format!("the uploaded bytes hash to {actual}, not {d}; the upload was cancelled")));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from(0));
+        r.upstream.request(Method::PUT, url, h, &scope, Bytes::new()).await?
+    } else {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        if let Some(l) = len {
+            h.insert(CONTENT_LENGTH, HeaderValue::from(l));
+            if s.offset > 0 {
+                header(&mut h, "content-range", &format!("{}-{}", s.offset, s.offset + l - 1));
+            }
+        }
+        match stream_upstream(r, Method::PUT, url, h, req.into_body(), s.hasher.clone(), r.upstream.idle_timeout(), Some(d)).await {
+            Ok((resp, _, _)) => resp,
+            Err(e) => {
+                cancel(s.upstream_url.clone()).await;
+                return Err(e);
+            }
+        }
+    };
+    if resp.status() != StatusCode::CREATED {
+        return Err(upstream_failure(r, resp, Object::Blob).await);
+    }
+    Ok(blob_created(&s.client_name, d))
+}
+
+const PUSHABLE: [&str; 4] = [media::OCI_MANIFEST, media::OCI_INDEX, media::DOCKER_MANIFEST, media::DOCKER_LIST];
+
+/// `PUT /v2/<name>/manifests/<reference>[?tag=...]`: validate, decide, forward.
+pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference: Reference, req: Request<Incoming>, query: Option<&str>, who: &Requester<'_>) -> Result<Response<RespBody>, OciError> {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, m);
+    let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|t| t.split(';').next().unwrap_or("").trim().to_string());
+    if content_length(req.headers()).is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
+        return Err(err(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ManifestInvalid, format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes")));
+    }
+    let bytes = tokio::time::timeout(r.upstream.idle_timeout(), Limited::new(req.into_body(), MAX_MANIFEST_BYTES).collect())
+        .await
+        .map_err(|_| bad("the client did not finish sending the manifest".into()))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                err(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ManifestInvalid, format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"))
+            } else {
+                bad(format!("manifest body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest is not valid JSON: {e}")))?;
+    let summary = ManifestSummary::parse(&bytes).map_err(bad)?;
+    let inner = doc["mediaType"].as_str().map(str::to_string);
+    let media_type = match (&ct, &inner) {
+        (Some(c), Some(i)) if c != i => return Err(bad(format!("Content-Type {c} does not match the manifest's mediaType {i}"))),
+        (Some(c), _) if !c.is_empty() => c.clone(),
+        (_, Some(i)) => i.clone(),
+        _ => media::content_type_for(None, &bytes),
+    };
+    if !PUSHABLE.contains(&media_type.as_str()) {
+        return Err(bad(format!("media type {media_type} is not a manifest modelgate accepts ({})", PUSHABLE.join(", "))));
+    }
+    if doc["schemaVersion"] != 2 {
+        return Err(bad("schemaVersion must be 2".into()));
+    }
+    let digest = Digest::of(&bytes);
+    if let Reference::Digest(want) = &reference {
+        if want != &digest {
+            return Err(err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, format!("manifest bytes hash to {digest}, not {want}")));
+        }
+    }
+    let mut tags: Vec<String> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).filter(|(k, _)| k == "tag").map(|(_, v)| v.into_owned()).collect();
+    if let Reference::Tag(t) = &reference {
+        tags.insert(0, t.clone());
+    }
+    for t in &tags {
+        Reference::parse(t).map_err(OciError::from)?;
+    }
+    // Everything it references must be upstream already.
+    let up = &r.upstream;
+    let mut missing = Vec::new();
+    let checks: Vec<(String, Digest)> = summary
+        .config
+        .iter()
+        .chain(summary.layers.iter())
+        .map(|d| (format!("blobs/{d}"), d.clone()))
+        .chain(summary.manifests.iter().map(|d| (format!("manifests/{d}"), d.clone())))
+        .collect();
+    for (suffix, d) in checks {
+        if app.store.size_of(&d).is_some() {
+            continue;
+        }
+        let resp = up.request(Method::HEAD, up.url(r.path.as_str(), &suffix, None), HeaderMap::new(), &push_scope(r), Bytes::new()).await?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => missing.push(d.to_string()),
+            _ => return Err(upstream_failure(r, resp, Object::Blob).await),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(err(StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown, format!("the manifest references {} that the upstream does not have; push them first", missing.join(", "))));
+    }
+    let m = Manifest { bytes: bytes.clone(), digest: digest.clone(), media_type: media_type.clone() };
+    let loaded = app.policy.current();
+    let signature = gate::is_signature_artifact(&bytes);
+    let reference_text = match tags.is_empty() {
+        true => digest.to_string(),
+        false => tags.join(","),
+    };
+    let decision = if signature {
+        let d = crate::policy::PolicyDecision { decision: Decision::Allow, rule: None, reasons: vec![] };
+        gate::record(app, &loaded, "push", r, &reference_text, &digest, &d, vec!["signature artifact".into()], who);
+        d
+    } else {
+        let rule = loaded.policy.rule_for(&r.canonical);
+        let mut decision = None;
+        let mut all_reasons = Vec::new();
+        let ev = match rule {
+            Some(rule) if rule.requires_anything() => gate::gather(app, r, &m, rule, &loaded, true, !tags.is_empty()).await,
+            _ => Default::default(),
+        };
+        // Each tag is checked on its own (pattern, immutability); a PUT by digest once.
+        let tag_list: Vec<Option<String>> = if tags.is_empty() { vec![None] } else { tags.iter().cloned().map(Some).collect() };
+        for t in tag_list {
+            let mut ev = ev.clone();
+            ev.tag = t.clone();
+            if let (Some(t), Some(rule)) = (&t, rule) {
+                if rule.tags.as_ref().is_some_and(|x| x.immutable) {
+                    let upstream_now = head_manifest(r, t).await?;
+                    let first = app.gate.seen_tag(&r.canonical, t).or(upstream_now);
+                    if let Some(first) = first.filter(|f| f != &digest) {
+                        ev.tag_moved = Some((first, digest.clone()));
+                    }
+                }
+            }
+            let d = evaluate(&loaded.policy, &r.canonical, &ev);
+            for reason in &d.reasons {
+                if !all_reasons.contains(reason) {
+                    all_reasons.push(reason.clone());
+                }
+            }
+            decision = Some(match decision {
+                Some(prev) if prev_is_worse(&prev, &d) => prev,
+                _ => d,
+            });
+        }
+        let mut d = decision.unwrap_or(crate::policy::PolicyDecision { decision: Decision::Allow, rule: None, reasons: vec![] });
+        d.reasons = all_reasons;
+        if let Some((first, now)) = &ev.tag_moved {
+            tracing::warn!(repository = %r.canonical, first = %first, now = %now, "tag mutation refused");
+        }
+        gate::record(app, &loaded, "push", r, &reference_text, &digest, &d, d.reasons.clone(), who);
+        d
+    };
+    if decision.decision == Decision::Deny {
+        return Err(err(StatusCode::FORBIDDEN, ErrorCode::Denied, decision.message()));
+    }
+    if decision.decision == Decision::Audit {
+        tracing::warn!(repository = %r.canonical, "{}", decision.message());
+    }
+    // Forward exactly these bytes.
+    let mut h = HeaderMap::new();
+    header(&mut h, "content-type", &media_type);
+    let q = match &reference {
+        Reference::Digest(_) if !tags.is_empty() => Some(url::form_urlencoded::Serializer::new(String::new()).extend_pairs(tags.iter().map(|t| ("tag", t.as_str()))).finish()),
+        _ => None,
+    };
+    let url = up.url(r.path.as_str(), &format!("manifests/{reference}"), q.as_deref());
+    let resp = up.request(Method::PUT, url, h, &push_scope(r), bytes.clone()).await?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(upstream_failure(r, resp, Object::Manifest).await);
+    }
+    let subject = resp.headers().get("oci-subject").cloned();
+    // The upstream has it now: so do the cache and the tag memory.
+    if let Err(e) = app.store.put_bytes(&digest, &bytes, Some(&media_type)) {
+        tracing::warn!(error = %e, "cannot cache pushed manifest {digest}");
+    }
+    let immutable = loaded.policy.rule_for(&r.canonical).and_then(|x| x.tags.as_ref()).is_some_and(|t| t.immutable);
+    for t in &tags {
+        let _ = app.tags.confirm(&r.canonical, t, &digest, &media_type);
+        if immutable {
+            app.gate.remember_tag(&r.canonical, t, &digest, &media_type);
+        }
+    }
+    let mut out = Response::new(empty());
+    *out.status_mut() = StatusCode::CREATED;
+    let h = out.headers_mut();
+    header(h, "location", &format!("/v2/{name}/manifests/{digest}"));
+    header(h, "docker-content-digest", &digest.to_string());
+    h.insert(CONTENT_LENGTH, HeaderValue::from(0));
+    if let Some(s) = subject {
+        h.insert("oci-subject", s);
+    }
+    if !tags.is_empty() && matches!(reference, Reference::Digest(_)) {
+        header(h, "oci-tag", &tags.join(","));
+    }
+    let _ = fetch_small_blob;
+    Ok(out)
+}
+
+fn prev_is_worse(prev: &crate::policy::PolicyDecision, new: &crate::policy::PolicyDecision) -> bool {
+    let rank = |d: Decision| match d {
+        Decision::Deny => 2,
+        Decision::Audit => 1,
+        Decision::Allow => 0,
+    };
+    rank(prev.decision) >= rank(new.decision)
+}
+
+/// What `tag` points at upstream now, if anything.
+async fn head_manifest(r: &Route, tag: &str) -> Result<Option<Digest>, OciError> {
+    let up = &r.upstream;
+    let mut h = HeaderMap::new();
+    header(&mut h, "accept", media::DEFAULT_MANIFEST_ACCEPT);
+    let resp = up.request(Method::HEAD, up.url(r.path.as_str(), &format!("manifests/{tag}"), None), h, &push_scope(r), Bytes::new()).await?;
+    match resp.status() {
+        StatusCode::OK => Ok(resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())),
+        StatusCode::NOT_FOUND => Ok(None),
+        s => Err(OciError::from(UpstreamError::Protocol { upstream: up.name.clone(), message: format!("HEAD of tag {tag} answered {s}") })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("0-99"), Some((0, 99)));
+        assert_eq!(parse_content_range("bytes=100-199"), Some((100, 199)));
+        assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, 199)));
+        assert_eq!(parse_content_range("9-3"), None);
+        assert_eq!(parse_content_range("x"), None);
+    }
+}
