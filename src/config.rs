@@ -324,7 +324,10 @@ impl Config {
                 "server.header_timeout",
                 s.header_timeout.as_deref().unwrap_or("30s"),
             )?,
-            upload_timeout: duration("server.upload_timeout", s.upload_timeout.as_deref().unwrap_or("10m"))?,
+            upload_timeout: duration(
+                "server.upload_timeout",
+                s.upload_timeout.as_deref().unwrap_or("10m"),
+            )?,
             max_uploads: s.max_uploads.max(1),
             cache_dir: raw.cache.dir.clone(),
             max_bytes: parse_size(&raw.cache.max_bytes)

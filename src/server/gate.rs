@@ -163,7 +163,12 @@ pub async fn gather(
     with_signatures: bool,
 ) -> Evidence {
     let key = (r.canonical.clone(), m.digest.clone());
-    if let Some(c) = app.gate.evidence.get(&key).filter(|_| !fresh && with_signatures) {
+    if let Some(c) = app
+        .gate
+        .evidence
+        .get(&key)
+        .filter(|_| !fresh && with_signatures)
+    {
         // Evidence that lacks signatures is rechecked after tag_ttl: a
         // signature may have been pushed since.
         let complete = rule.signatures.as_ref().is_none_or(|s| {
@@ -319,11 +324,35 @@ pub struct Requester<'a> {
     pub user: Option<&'a str>,
 }
 
+/// One decision about one manifest, as recorded.
+pub struct Decided<'a> {
+    pub action: &'static str,
+    pub route: &'a Route,
+    pub reference: &'a str,
+    pub digest: &'a Digest,
+    pub decision: &'a PolicyDecision,
+    /// What the audit log gives as reasons (the failed requirements, or
+    /// why no decision was needed).
+    pub reasons: Vec<String>,
+}
+
 /// Count and log one decision.
-pub fn record(app: &App, loaded: &LoadedPolicy, action: &'static str, route: &Route, reference: &str, digest: &Digest, d: &PolicyDecision, reasons: Vec<String>, who: &Requester<'_>) {
+pub fn record(app: &App, loaded: &LoadedPolicy, x: Decided<'_>, who: &Requester<'_>) {
+    let Decided {
+        action,
+        route,
+        reference,
+        digest,
+        decision: d,
+        reasons,
+    } = x;
     app.metrics
         .policy_decisions
-        .get_or_create(&DecisionLabels { action, decision: d.decision.as_str(), rule: d.rule_label() })
+        .get_or_create(&DecisionLabels {
+            action,
+            decision: d.decision.as_str(),
+            rule: d.rule_label(),
+        })
         .inc();
     app.audit.record(&AuditRecord {
         time: now_rfc3339(),
@@ -343,7 +372,11 @@ pub fn record(app: &App, loaded: &LoadedPolicy, action: &'static str, route: &Ro
 
 /// Decide a manifest request, record it (audit, metrics, admissions) and
 /// refuse it with 403 DENIED when the policy says so.
-pub async fn admit_manifest(app: &Arc<App>, s: &Subject<'_>, who: &Requester<'_>) -> Result<(), OciError> {
+pub async fn admit_manifest(
+    app: &Arc<App>,
+    s: &Subject<'_>,
+    who: &Requester<'_>,
+) -> Result<(), OciError> {
     let loaded = app.policy.current();
     let out = decide(app, s, &loaded).await;
     let repo = &s.route.canonical;
@@ -387,7 +420,16 @@ pub async fn admit_manifest(app: &Arc<App>, s: &Subject<'_>, who: &Requester<'_>
         Some(e) => vec![e.clone()],
         None => d.reasons.clone(),
     };
-    record(app, &loaded, "pull", s.route, &s.reference.to_string(), &s.manifest.digest, d, reasons, who);
+    let reference = s.reference.to_string();
+    let x = Decided {
+        action: "pull",
+        route: s.route,
+        reference: &reference,
+        digest: &s.manifest.digest,
+        decision: d,
+        reasons,
+    };
+    record(app, &loaded, x, who);
     match d.decision {
         Decision::Deny => Err(OciError::new(
             StatusCode::FORBIDDEN,

@@ -86,7 +86,12 @@ impl App {
             .map_err(|e| StartError::Audit(config.audit_path.clone(), e))?;
         let gate = gate::GateState::open(dir.join("seen-tags"))
             .map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
-        let htpasswd = config.htpasswd.as_deref().map(auth::Htpasswd::load).transpose().map_err(StartError::Auth)?;
+        let htpasswd = config
+            .htpasswd
+            .as_deref()
+            .map(auth::Htpasswd::load)
+            .transpose()
+            .map_err(StartError::Auth)?;
         Ok(Arc::new(App {
             uploads: push::Uploads::new(config.max_uploads, config.upload_timeout),
             htpasswd,
@@ -287,10 +292,21 @@ async fn handle(
 /// Who is asking, when the request needs credentials: push always (with
 /// an htpasswd file), pull with `pull_auth`, and `/v2/` so clients learn
 /// the challenge.
-fn authenticate(app: &App, ep: &router::Endpoint, req: &Request<Incoming>) -> Result<Option<String>, OciError> {
-    let Some(ht) = &app.htpasswd else { return Ok(None) };
-    let user = ht.user(req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
-    let write = !matches!(*req.method(), Method::GET | Method::HEAD) || matches!(ep, router::Endpoint::Upload(..));
+fn authenticate(
+    app: &App,
+    ep: &router::Endpoint,
+    req: &Request<Incoming>,
+) -> Result<Option<String>, OciError> {
+    let Some(ht) = &app.htpasswd else {
+        return Ok(None);
+    };
+    let user = ht.user(
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD)
+        || matches!(ep, router::Endpoint::Upload(..));
     let needed = write || app.config.pull_auth || matches!(ep, router::Endpoint::Base);
     match (needed, user) {
         (_, Some(u)) => Ok(Some(u)),
@@ -300,7 +316,11 @@ fn authenticate(app: &App, ep: &router::Endpoint, req: &Request<Incoming>) -> Re
             Err(OciError::new(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,
-                if anonymous { "authentication required: send Basic credentials of a user in modelgate's htpasswd" } else { "the user name or password is wrong" },
+                if anonymous {
+                    "authentication required: send Basic credentials of a user in modelgate's htpasswd"
+                } else {
+                    "the user name or password is wrong"
+                },
             ))
         }
     }

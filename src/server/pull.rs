@@ -67,8 +67,13 @@ pub async fn dispatch(
         Endpoint::Manifest(name, reference) if method == Method::PUT => {
             let r = route(&name)?;
             let client = peer.ip().to_string();
-            let who = super::gate::Requester { client: &client, user: user.as_deref() };
-            let mut resp = super::push::put_manifest(app, &r, &name, reference, req, query.as_deref(), &who).await?;
+            let who = super::gate::Requester {
+                client: &client,
+                user: user.as_deref(),
+            };
+            let mut resp =
+                super::push::put_manifest(app, &r, &name, reference, req, query.as_deref(), &who)
+                    .await?;
             echo_ns(&mut resp, &r);
             return Ok(resp);
         }
@@ -93,7 +98,10 @@ pub async fn dispatch(
                 manifest: &m,
             };
             let client = peer.ip().to_string();
-            let who = super::gate::Requester { client: &client, user: user.as_deref() };
+            let who = super::gate::Requester {
+                client: &client,
+                user: user.as_deref(),
+            };
             super::gate::admit_manifest(app, &subject, &who).await?;
             let mut resp = manifest_response(&m, method == Method::HEAD);
             echo_ns(&mut resp, &r);
@@ -136,7 +144,8 @@ pub async fn dispatch(
         }
         Endpoint::Upload(name, id) => {
             let r = route(&name)?;
-            let mut resp = super::push::upload(app, r.clone(), name, id, req, query.as_deref()).await?;
+            let mut resp =
+                super::push::upload(app, r.clone(), name, id, req, query.as_deref()).await?;
             echo_ns(&mut resp, &r);
             return Ok(resp);
         }

@@ -12,7 +12,7 @@
 //! - upload sessions are bounded in number and expire when idle.
 
 use super::body::{empty, RespBody};
-use super::gate::{self, Requester};
+use super::gate::{self, Decided, Requester};
 use super::pull::{fetch_small_blob, read_error_body, Manifest};
 use super::App;
 use crate::error::{upstream_status, Object};
@@ -56,30 +56,57 @@ fn err(status: StatusCode, code: ErrorCode, msg: impl Into<String>) -> OciError 
 }
 
 fn unknown_upload(id: &str) -> OciError {
-    err(StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown, format!("upload {id} is unknown or expired; start a new upload with POST .../blobs/uploads/"))
+    err(
+        StatusCode::NOT_FOUND,
+        ErrorCode::BlobUploadUnknown,
+        format!(
+            "upload {id} is unknown or expired; start a new upload with POST .../blobs/uploads/"
+        ),
+    )
 }
 
 impl Uploads {
     pub fn new(max: usize, idle: Duration) -> Uploads {
-        Uploads { map: DashMap::new(), max, idle }
+        Uploads {
+            map: DashMap::new(),
+            max,
+            idle,
+        }
     }
 
     fn insert(&self, s: UploadSession) -> Result<String, OciError> {
         if self.map.len() >= self.max {
             self.sweep();
             if self.map.len() >= self.max {
-                return Err(err(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests, format!("{} uploads are in progress, the most modelgate keeps; retry later", self.max)));
+                return Err(err(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::TooManyRequests,
+                    format!(
+                        "{} uploads are in progress, the most modelgate keeps; retry later",
+                        self.max
+                    ),
+                ));
             }
         }
         let mut raw = [0u8; 16];
-        getrandom::fill(&mut raw).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, format!("no randomness: {e}")))?;
+        getrandom::fill(&mut raw).map_err(|e| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Unknown,
+                format!("no randomness: {e}"),
+            )
+        })?;
         let id = hex::encode(raw);
         self.map.insert(id.clone(), Arc::new(Mutex::new(s)));
         Ok(id)
     }
 
     async fn get(&self, id: &str, repo: &str) -> Result<Arc<Mutex<UploadSession>>, OciError> {
-        let s = self.map.get(id).map(|s| s.clone()).ok_or_else(|| unknown_upload(id))?;
+        let s = self
+            .map
+            .get(id)
+            .map(|s| s.clone())
+            .ok_or_else(|| unknown_upload(id))?;
         {
             let g = s.lock().await;
             if g.route.canonical != repo {
@@ -91,7 +118,10 @@ impl Uploads {
                 return Err(err(
                     StatusCode::NOT_FOUND,
                     ErrorCode::BlobUploadUnknown,
-                    format!("upload {id} expired after {} idle; start again", humantime::format_duration(self.idle)),
+                    format!(
+                        "upload {id} expired after {} idle; start again",
+                        humantime::format_duration(self.idle)
+                    ),
                 ));
             }
         }
@@ -101,7 +131,11 @@ impl Uploads {
     /// Drop idle sessions; returns how many.
     pub fn sweep(&self) -> usize {
         let before = self.map.len();
-        self.map.retain(|_, s| s.try_lock().map(|g| g.last_used.elapsed() <= self.idle).unwrap_or(true));
+        self.map.retain(|_, s| {
+            s.try_lock()
+                .map(|g| g.last_used.elapsed() <= self.idle)
+                .unwrap_or(true)
+        });
         before - self.map.len()
     }
 
@@ -132,7 +166,13 @@ fn header(h: &mut HeaderMap, k: &'static str, v: &str) {
     }
 }
 
-fn upload_response(status: StatusCode, name: &RepoName, id: &str, ns: Option<&str>, offset: u64) -> Response<RespBody> {
+fn upload_response(
+    status: StatusCode,
+    name: &RepoName,
+    id: &str,
+    ns: Option<&str>,
+    offset: u64,
+) -> Response<RespBody> {
     let mut r = Response::new(empty());
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -154,16 +194,36 @@ fn blob_created(name: &RepoName, d: &Digest) -> Response<RespBody> {
 }
 
 fn upstream_location(r: &Route, resp: &Response<Incoming>) -> Result<Url, OciError> {
-    let loc = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-        err(StatusCode::BAD_GATEWAY, ErrorCode::BlobUploadInvalid, format!("upstream {} answered an upload without Location", r.upstream.name))
-    })?;
-    r.upstream.base_url().join(loc).map_err(|e| err(StatusCode::BAD_GATEWAY, ErrorCode::BlobUploadInvalid, format!("upstream {} upload Location {loc:?}: {e}", r.upstream.name)))
+    let loc = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            err(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::BlobUploadInvalid,
+                format!(
+                    "upstream {} answered an upload without Location",
+                    r.upstream.name
+                ),
+            )
+        })?;
+    r.upstream.base_url().join(loc).map_err(|e| {
+        err(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::BlobUploadInvalid,
+            format!("upstream {} upload Location {loc:?}: {e}", r.upstream.name),
+        )
+    })
 }
 
 /// `start-end` or `bytes=start-end` (inclusive).
 fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     let v = v.trim();
-    let v = v.strip_prefix("bytes=").or_else(|| v.strip_prefix("bytes ")).unwrap_or(v);
+    let v = v
+        .strip_prefix("bytes=")
+        .or_else(|| v.strip_prefix("bytes "))
+        .unwrap_or(v);
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
     let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
@@ -189,7 +249,10 @@ fn forward(mut client: Incoming, mut hasher: Sha256Hasher, hold: bool, idle: Dur
         loop {
             let frame = match tokio::time::timeout(idle, client.frame()).await {
                 Err(_) => {
-                    let m = format!("the client sent nothing for {}", humantime::format_duration(idle));
+                    let m = format!(
+                        "the client sent nothing for {}",
+                        humantime::format_duration(idle)
+                    );
                     let _ = tx.send(Err(m.clone().into())).await;
                     let _ = done_tx.send(Err(m));
                     return;
@@ -203,7 +266,9 @@ fn forward(mut client: Incoming, mut hasher: Sha256Hasher, hold: bool, idle: Dur
                 }
                 Ok(Some(Ok(f))) => f,
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             hasher.update(&data);
             n += data.len() as u64;
             let out = if hold { held.replace(data) } else { Some(data) };
@@ -223,17 +288,27 @@ fn forward(mut client: Incoming, mut hasher: Sha256Hasher, hold: bool, idle: Dur
                     }
                 }
                 _ => {
-                    let _ = tx.send(Err("digest mismatch: upload aborted by modelgate".into())).await;
+                    let _ = tx
+                        .send(Err("digest mismatch: upload aborted by modelgate".into()))
+                        .await;
                 }
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x.map(Frame::data), rx)) });
-    Forward { body: BodyExt::boxed(StreamBody::new(stream)), done, release }
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|x| (x.map(Frame::data), rx))
+    });
+    Forward {
+        body: BodyExt::boxed(StreamBody::new(stream)),
+        done,
+        release,
+    }
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    h.get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Send a streamed body upstream while the client's bytes flow; settle the
@@ -245,25 +320,33 @@ async fn stream_upstream(
     headers: HeaderMap,
     client: Incoming,
     hasher: Sha256Hasher,
-    idle: Duration,
     check: Option<&Digest>,
 ) -> Result<(Response<Incoming>, Sha256Hasher, u64), OciError> {
-    let fw = forward(client, hasher, check.is_some(), idle);
+    let fw = forward(client, hasher, check.is_some(), r.upstream.idle_timeout());
     let up = r.upstream.clone();
     let scope = push_scope(r);
-    let task = tokio::spawn(async move { up.send_once(method, url, headers, &scope, fw.body).await });
+    let task =
+        tokio::spawn(async move { up.send_once(method, url, headers, &scope, fw.body).await });
     let (hasher, n) = match fw.done.await {
         Ok(Ok(x)) => x,
         Ok(Err(m)) => {
             task.abort();
-            return Err(err(StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid, m));
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BlobUploadInvalid,
+                m,
+            ));
         }
         Err(_) => {
             // The forwarder stopped because the upstream request ended early.
             return match task.await {
                 Ok(Ok(resp)) => Err(upstream_failure(r, resp, Object::Blob).await),
                 Ok(Err(e)) => Err(e.into()),
-                Err(e) => Err(err(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, e.to_string())),
+                Err(e) => Err(err(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::Unknown,
+                    e.to_string(),
+                )),
             };
         }
     };
@@ -283,7 +366,11 @@ async fn stream_upstream(
     match task.await {
         Ok(Ok(resp)) => Ok((resp, hasher, n)),
         Ok(Err(e)) => Err(e.into()),
-        Err(e) => Err(err(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, e.to_string())),
+        Err(e) => Err(err(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::Unknown,
+            e.to_string(),
+        )),
     }
 }
 
@@ -293,27 +380,70 @@ async fn upstream_failure(r: &Route, resp: Response<Incoming>, what: Object) -> 
 }
 
 /// `/v2/<name>/blobs/uploads/[<id>]`, every method.
-pub async fn upload(app: &Arc<App>, r: Route, name: RepoName, id: Option<String>, req: Request<Incoming>, query: Option<&str>) -> Result<Response<RespBody>, OciError> {
+pub async fn upload(
+    app: &Arc<App>,
+    r: Route,
+    name: RepoName,
+    id: Option<String>,
+    req: Request<Incoming>,
+    query: Option<&str>,
+) -> Result<Response<RespBody>, OciError> {
     let q = |k: &str| super::pull::query_param(query, k);
-    let idle = r.upstream.idle_timeout();
     let method = req.method().clone();
     match (method.clone(), id) {
         (Method::POST, None) => {
-            let digest = q("digest").map(|d| d.parse::<Digest>().map_err(|e| err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string()))).transpose()?;
+            let digest = q("digest")
+                .map(|d| {
+                    d.parse::<Digest>().map_err(|e| {
+                        err(
+                            StatusCode::BAD_REQUEST,
+                            ErrorCode::DigestInvalid,
+                            e.to_string(),
+                        )
+                    })
+                })
+                .transpose()?;
             let up = &r.upstream;
             // Cross-repository mount, when both names reach the same upstream.
             let mut upstream_query = None;
             if let (Some(m), Some(from)) = (q("mount"), q("from")) {
-                let md: Digest = m.parse().map_err(|e: crate::oci::DigestError| err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string()))?;
-                let from = RepoName::parse(&from).ok().and_then(|f| app.router.route(&f, r.ns.as_deref()).ok());
+                let md: Digest = m.parse().map_err(|e: crate::oci::DigestError| {
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::DigestInvalid,
+                        e.to_string(),
+                    )
+                })?;
+                let from = RepoName::parse(&from)
+                    .ok()
+                    .and_then(|f| app.router.route(&f, r.ns.as_deref()).ok());
                 if let Some(from) = from.filter(|f| f.upstream.name == up.name) {
-                    upstream_query = Some(url::form_urlencoded::Serializer::new(String::new()).append_pair("mount", &md.to_string()).append_pair("from", from.path.as_str()).finish());
+                    upstream_query = Some(
+                        url::form_urlencoded::Serializer::new(String::new())
+                            .append_pair("mount", &md.to_string())
+                            .append_pair("from", from.path.as_str())
+                            .finish(),
+                    );
                 }
             }
             let url = up.url(r.path.as_str(), "blobs/uploads/", upstream_query.as_deref());
-            let resp = up.request(Method::POST, url, HeaderMap::new(), &push_scope(&r), Bytes::new()).await?;
+            let resp = up
+                .request(
+                    Method::POST,
+                    url,
+                    HeaderMap::new(),
+                    &push_scope(&r),
+                    Bytes::new(),
+                )
+                .await?;
             if resp.status() == StatusCode::CREATED {
-                let d: Digest = q("mount").and_then(|m| m.parse().ok()).ok_or_else(|| err(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "upstream created a blob without a mount"))?;
+                let d: Digest = q("mount").and_then(|m| m.parse().ok()).ok_or_else(|| {
+                    err(
+                        StatusCode::BAD_GATEWAY,
+                        ErrorCode::Unknown,
+                        "upstream created a blob without a mount",
+                    )
+                })?;
                 return Ok(blob_created(&name, &d));
             }
             if resp.status() != StatusCode::ACCEPTED {
@@ -321,11 +451,24 @@ pub async fn upload(app: &Arc<App>, r: Route, name: RepoName, id: Option<String>
             }
             let upstream_url = upstream_location(&r, &resp)?;
             let ns = r.ns.clone();
-            let session = UploadSession { route: r, client_name: name.clone(), upstream_url, offset: 0, hasher: Sha256Hasher::new(), last_used: Instant::now() };
+            let session = UploadSession {
+                route: r,
+                client_name: name.clone(),
+                upstream_url,
+                offset: 0,
+                hasher: Sha256Hasher::new(),
+                last_used: Instant::now(),
+            };
             match digest {
                 None => {
                     let id = app.uploads.insert(session)?;
-                    Ok(upload_response(StatusCode::ACCEPTED, &name, &id, ns.as_deref(), 0))
+                    Ok(upload_response(
+                        StatusCode::ACCEPTED,
+                        &name,
+                        &id,
+                        ns.as_deref(),
+                        0,
+                    ))
                 }
                 // Monolithic upload: the body is the whole blob.
                 Some(d) => finish(app, session, &d, req).await,
@@ -337,10 +480,26 @@ pub async fn upload(app: &Arc<App>, r: Route, name: RepoName, id: Option<String>
             let mut g = s.lock().await;
             g.last_used = Instant::now();
             match m {
-                Method::GET => Ok(upload_response(StatusCode::NO_CONTENT, &g.client_name, &id, g.route.ns.as_deref(), g.offset)),
+                Method::GET => Ok(upload_response(
+                    StatusCode::NO_CONTENT,
+                    &g.client_name,
+                    &id,
+                    g.route.ns.as_deref(),
+                    g.offset,
+                )),
                 Method::DELETE => {
                     let url = g.upstream_url.clone();
-                    let _ = g.route.upstream.request(Method::DELETE, url, HeaderMap::new(), &push_scope(&g.route), Bytes::new()).await;
+                    let _ = g
+                        .route
+                        .upstream
+                        .request(
+                            Method::DELETE,
+                            url,
+                            HeaderMap::new(),
+                            &push_scope(&g.route),
+                            Bytes::new(),
+                        )
+                        .await;
                     drop(g);
                     app.uploads.map.remove(&id);
                     let mut resp = Response::new(empty());
@@ -348,33 +507,65 @@ pub async fn upload(app: &Arc<App>, r: Route, name: RepoName, id: Option<String>
                     Ok(resp)
                 }
                 Method::PATCH => {
-                    let range = req.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    let range = req
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
                     let len = content_length(req.headers());
                     if let Some(rg) = &range {
                         let Some((a, b)) = parse_content_range(rg) else {
-                            return Err(err(StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid, format!("Content-Range {rg:?} is not start-end")));
+                            return Err(err(
+                                StatusCode::BAD_REQUEST,
+                                ErrorCode::BlobUploadInvalid,
+                                format!("Content-Range {rg:?} is not start-end"),
+                            ));
                         };
                         if a != g.offset || len.is_some_and(|l| l != b - a + 1) {
                             let mut e = super::body::error_response(
                                 &err(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid, format!("chunk {a}-{b} is out of order: the upload has {} bytes, the next chunk starts at {}", g.offset, g.offset)),
                                 false,
                             );
-                            header(e.headers_mut(), "location", &session_location(&g.client_name, &id, g.route.ns.as_deref()));
-                            header(e.headers_mut(), "range", &format!("0-{}", g.offset.saturating_sub(1)));
+                            header(
+                                e.headers_mut(),
+                                "location",
+                                &session_location(&g.client_name, &id, g.route.ns.as_deref()),
+                            );
+                            header(
+                                e.headers_mut(),
+                                "range",
+                                &format!("0-{}", g.offset.saturating_sub(1)),
+                            );
                             return Ok(e);
                         }
                     }
                     let mut h = HeaderMap::new();
-                    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    h.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
                     if let Some(l) = len {
                         h.insert(CONTENT_LENGTH, HeaderValue::from(l));
                         if l > 0 {
-                            header(&mut h, "content-range", &format!("{}-{}", g.offset, g.offset + l - 1));
+                            header(
+                                &mut h,
+                                "content-range",
+                                &format!("{}-{}", g.offset, g.offset + l - 1),
+                            );
                         }
                     }
                     let url = g.upstream_url.clone();
                     let hasher = g.hasher.clone();
-                    let result = stream_upstream(&g.route, Method::PATCH, url, h, req.into_body(), hasher, idle, None).await;
+                    let result = stream_upstream(
+                        &g.route,
+                        Method::PATCH,
+                        url,
+                        h,
+                        req.into_body(),
+                        hasher,
+                        None,
+                    )
+                    .await;
                     let (resp, hasher, n) = match result {
                         Ok(x) => x,
                         Err(e) => {
@@ -392,16 +583,45 @@ pub async fn upload(app: &Arc<App>, r: Route, name: RepoName, id: Option<String>
                     g.upstream_url = upstream_location(&g.route, &resp)?;
                     g.hasher = hasher;
                     g.offset += n;
-                    Ok(upload_response(StatusCode::ACCEPTED, &g.client_name, &id, g.route.ns.as_deref(), g.offset))
+                    Ok(upload_response(
+                        StatusCode::ACCEPTED,
+                        &g.client_name,
+                        &id,
+                        g.route.ns.as_deref(),
+                        g.offset,
+                    ))
                 }
                 Method::PUT => {
                     let d: Digest = q("digest")
-                        .ok_or_else(|| err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, "PUT needs ?digest=<digest of the whole blob>"))?
+                        .ok_or_else(|| {
+                            err(
+                                StatusCode::BAD_REQUEST,
+                                ErrorCode::DigestInvalid,
+                                "PUT needs ?digest=<digest of the whole blob>",
+                            )
+                        })?
                         .parse()
-                        .map_err(|e: crate::oci::DigestError| err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string()))?;
-                    if let Some(rg) = req.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()) {
+                        .map_err(|e: crate::oci::DigestError| {
+                            err(
+                                StatusCode::BAD_REQUEST,
+                                ErrorCode::DigestInvalid,
+                                e.to_string(),
+                            )
+                        })?;
+                    if let Some(rg) = req
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                    {
                         if parse_content_range(rg).is_some_and(|(a, _)| a != g.offset) {
-                            return Err(err(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid, format!("final chunk {rg} is out of order: the next chunk starts at {}", g.offset)));
+                            return Err(err(
+                                StatusCode::RANGE_NOT_SATISFIABLE,
+                                ErrorCode::BlobUploadInvalid,
+                                format!(
+                                    "final chunk {rg} is out of order: the next chunk starts at {}",
+                                    g.offset
+                                ),
+                            ));
                         }
                     }
                     let session = UploadSession {
@@ -424,7 +644,12 @@ pub async fn upload(app: &Arc<App>, r: Route, name: RepoName, id: Option<String>
 
 /// Complete an upload with `req`'s body as the final chunk, refusing it
 /// (and cancelling it upstream) if the bytes do not hash to `d`.
-async fn finish(app: &Arc<App>, s: UploadSession, d: &Digest, req: Request<Incoming>) -> Result<Response<RespBody>, OciError> {
+async fn finish(
+    app: &Arc<App>,
+    s: UploadSession,
+    d: &Digest,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, OciError> {
     let _ = app;
     let r = &s.route;
     let len = content_length(req.headers());
@@ -435,28 +660,55 @@ async fn finish(app: &Arc<App>, s: UploadSession, d: &Digest, req: Request<Incom
         let up = r.upstream.clone();
         let scope = scope.clone();
         async move {
-            let _ = up.request(Method::DELETE, url, HeaderMap::new(), &scope, Bytes::new()).await;
+            let _ = up
+                .request(Method::DELETE, url, HeaderMap::new(), &scope, Bytes::new())
+                .await;
         }
     };
-    let resp = if len == Some(0) || (len.is_none() && req.headers().get("transfer-encoding").is_none()) {
+    let resp = if len == Some(0)
+        || (len.is_none() && req.headers().get("transfer-encoding").is_none())
+    {
         let actual = s.hasher.clone().finish();
         if &actual != d {
             cancel(s.upstream_url.clone()).await;
-            return Err(err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, format!("the uploaded bytes hash to {actual}, not {d}; the upload was cancelled")));
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::DigestInvalid,
+                format!("the uploaded bytes hash to {actual}, not {d}; the upload was cancelled"),
+            ));
         }
         let mut h = HeaderMap::new();
         h.insert(CONTENT_LENGTH, HeaderValue::from(0));
-        r.upstream.request(Method::PUT, url, h, &scope, Bytes::new()).await?
+        r.upstream
+            .request(Method::PUT, url, h, &scope, Bytes::new())
+            .await?
     } else {
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
         if let Some(l) = len {
             h.insert(CONTENT_LENGTH, HeaderValue::from(l));
             if s.offset > 0 {
-                header(&mut h, "content-range", &format!("{}-{}", s.offset, s.offset + l - 1));
+                header(
+                    &mut h,
+                    "content-range",
+                    &format!("{}-{}", s.offset, s.offset + l - 1),
+                );
             }
         }
-        match stream_upstream(r, Method::PUT, url, h, req.into_body(), s.hasher.clone(), r.upstream.idle_timeout(), Some(d)).await {
+        match stream_upstream(
+            r,
+            Method::PUT,
+            url,
+            h,
+            req.into_body(),
+            s.hasher.clone(),
+            Some(d),
+        )
+        .await
+        {
             Ok((resp, _, _)) => resp,
             Err(e) => {
                 cancel(s.upstream_url.clone()).await;
@@ -470,37 +722,73 @@ async fn finish(app: &Arc<App>, s: UploadSession, d: &Digest, req: Request<Incom
     Ok(blob_created(&s.client_name, d))
 }
 
-const PUSHABLE: [&str; 4] = [media::OCI_MANIFEST, media::OCI_INDEX, media::DOCKER_MANIFEST, media::DOCKER_LIST];
+const PUSHABLE: [&str; 4] = [
+    media::OCI_MANIFEST,
+    media::OCI_INDEX,
+    media::DOCKER_MANIFEST,
+    media::DOCKER_LIST,
+];
 
 /// `PUT /v2/<name>/manifests/<reference>[?tag=...]`: validate, decide, forward.
-pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference: Reference, req: Request<Incoming>, query: Option<&str>, who: &Requester<'_>) -> Result<Response<RespBody>, OciError> {
+pub async fn put_manifest(
+    app: &Arc<App>,
+    r: &Route,
+    name: &RepoName,
+    reference: Reference,
+    req: Request<Incoming>,
+    query: Option<&str>,
+    who: &Requester<'_>,
+) -> Result<Response<RespBody>, OciError> {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, m);
-    let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|t| t.split(';').next().unwrap_or("").trim().to_string());
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_string());
     if content_length(req.headers()).is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
-        return Err(err(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ManifestInvalid, format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes")));
+        return Err(err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::ManifestInvalid,
+            format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+        ));
     }
-    let bytes = tokio::time::timeout(r.upstream.idle_timeout(), Limited::new(req.into_body(), MAX_MANIFEST_BYTES).collect())
-        .await
-        .map_err(|_| bad("the client did not finish sending the manifest".into()))?
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                err(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ManifestInvalid, format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"))
-            } else {
-                bad(format!("manifest body: {e}"))
-            }
-        })?
-        .to_bytes();
-    let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest is not valid JSON: {e}")))?;
+    let bytes = tokio::time::timeout(
+        r.upstream.idle_timeout(),
+        Limited::new(req.into_body(), MAX_MANIFEST_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| bad("the client did not finish sending the manifest".into()))?
+    .map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::ManifestInvalid,
+                format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+            )
+        } else {
+            bad(format!("manifest body: {e}"))
+        }
+    })?
+    .to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(format!("manifest is not valid JSON: {e}")))?;
     let summary = ManifestSummary::parse(&bytes).map_err(bad)?;
     let inner = doc["mediaType"].as_str().map(str::to_string);
     let media_type = match (&ct, &inner) {
-        (Some(c), Some(i)) if c != i => return Err(bad(format!("Content-Type {c} does not match the manifest's mediaType {i}"))),
+        (Some(c), Some(i)) if c != i => {
+            return Err(bad(format!(
+                "Content-Type {c} does not match the manifest's mediaType {i}"
+            )))
+        }
         (Some(c), _) if !c.is_empty() => c.clone(),
         (_, Some(i)) => i.clone(),
         _ => media::content_type_for(None, &bytes),
     };
     if !PUSHABLE.contains(&media_type.as_str()) {
-        return Err(bad(format!("media type {media_type} is not a manifest modelgate accepts ({})", PUSHABLE.join(", "))));
+        return Err(bad(format!(
+            "media type {media_type} is not a manifest modelgate accepts ({})",
+            PUSHABLE.join(", ")
+        )));
     }
     if doc["schemaVersion"] != 2 {
         return Err(bad("schemaVersion must be 2".into()));
@@ -508,10 +796,17 @@ pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference:
     let digest = Digest::of(&bytes);
     if let Reference::Digest(want) = &reference {
         if want != &digest {
-            return Err(err(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, format!("manifest bytes hash to {digest}, not {want}")));
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::DigestInvalid,
+                format!("manifest bytes hash to {digest}, not {want}"),
+            ));
         }
     }
-    let mut tags: Vec<String> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).filter(|(k, _)| k == "tag").map(|(_, v)| v.into_owned()).collect();
+    let mut tags: Vec<String> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.into_owned())
+        .collect();
     if let Reference::Tag(t) = &reference {
         tags.insert(0, t.clone());
     }
@@ -526,13 +821,26 @@ pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference:
         .iter()
         .chain(summary.layers.iter())
         .map(|d| (format!("blobs/{d}"), d.clone()))
-        .chain(summary.manifests.iter().map(|d| (format!("manifests/{d}"), d.clone())))
+        .chain(
+            summary
+                .manifests
+                .iter()
+                .map(|d| (format!("manifests/{d}"), d.clone())),
+        )
         .collect();
     for (suffix, d) in checks {
         if app.store.size_of(&d).is_some() {
             continue;
         }
-        let resp = up.request(Method::HEAD, up.url(r.path.as_str(), &suffix, None), HeaderMap::new(), &push_scope(r), Bytes::new()).await?;
+        let resp = up
+            .request(
+                Method::HEAD,
+                up.url(r.path.as_str(), &suffix, None),
+                HeaderMap::new(),
+                &push_scope(r),
+                Bytes::new(),
+            )
+            .await?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => missing.push(d.to_string()),
@@ -540,9 +848,20 @@ pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference:
         }
     }
     if !missing.is_empty() {
-        return Err(err(StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown, format!("the manifest references {} that the upstream does not have; push them first", missing.join(", "))));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ManifestBlobUnknown,
+            format!(
+                "the manifest references {} that the upstream does not have; push them first",
+                missing.join(", ")
+            ),
+        ));
     }
-    let m = Manifest { bytes: bytes.clone(), digest: digest.clone(), media_type: media_type.clone() };
+    let m = Manifest {
+        bytes: bytes.clone(),
+        digest: digest.clone(),
+        media_type: media_type.clone(),
+    };
     let loaded = app.policy.current();
     let signature = gate::is_signature_artifact(&bytes);
     let reference_text = match tags.is_empty() {
@@ -550,19 +869,38 @@ pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference:
         false => tags.join(","),
     };
     let decision = if signature {
-        let d = crate::policy::PolicyDecision { decision: Decision::Allow, rule: None, reasons: vec![] };
-        gate::record(app, &loaded, "push", r, &reference_text, &digest, &d, vec!["signature artifact".into()], who);
+        let d = crate::policy::PolicyDecision {
+            decision: Decision::Allow,
+            rule: None,
+            reasons: vec![],
+        };
+        let reasons = vec!["signature artifact".into()];
+        let x = Decided {
+            action: "push",
+            route: r,
+            reference: &reference_text,
+            digest: &digest,
+            decision: &d,
+            reasons,
+        };
+        gate::record(app, &loaded, x, who);
         d
     } else {
         let rule = loaded.policy.rule_for(&r.canonical);
         let mut decision = None;
         let mut all_reasons = Vec::new();
         let ev = match rule {
-            Some(rule) if rule.requires_anything() => gate::gather(app, r, &m, rule, &loaded, true, !tags.is_empty()).await,
+            Some(rule) if rule.requires_anything() => {
+                gate::gather(app, r, &m, rule, &loaded, true, !tags.is_empty()).await
+            }
             _ => Default::default(),
         };
         // Each tag is checked on its own (pattern, immutability); a PUT by digest once.
-        let tag_list: Vec<Option<String>> = if tags.is_empty() { vec![None] } else { tags.iter().cloned().map(Some).collect() };
+        let tag_list: Vec<Option<String>> = if tags.is_empty() {
+            vec![None]
+        } else {
+            tags.iter().cloned().map(Some).collect()
+        };
         for t in tag_list {
             let mut ev = ev.clone();
             ev.tag = t.clone();
@@ -586,16 +924,32 @@ pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference:
                 _ => d,
             });
         }
-        let mut d = decision.unwrap_or(crate::policy::PolicyDecision { decision: Decision::Allow, rule: None, reasons: vec![] });
+        let mut d = decision.unwrap_or(crate::policy::PolicyDecision {
+            decision: Decision::Allow,
+            rule: None,
+            reasons: vec![],
+        });
         d.reasons = all_reasons;
         if let Some((first, now)) = &ev.tag_moved {
             tracing::warn!(repository = %r.canonical, first = %first, now = %now, "tag mutation refused");
         }
-        gate::record(app, &loaded, "push", r, &reference_text, &digest, &d, d.reasons.clone(), who);
+        let x = Decided {
+            action: "push",
+            route: r,
+            reference: &reference_text,
+            digest: &digest,
+            decision: &d,
+            reasons: d.reasons.clone(),
+        };
+        gate::record(app, &loaded, x, who);
         d
     };
     if decision.decision == Decision::Deny {
-        return Err(err(StatusCode::FORBIDDEN, ErrorCode::Denied, decision.message()));
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            decision.message(),
+        ));
     }
     if decision.decision == Decision::Audit {
         tracing::warn!(repository = %r.canonical, "{}", decision.message());
@@ -604,11 +958,21 @@ pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference:
     let mut h = HeaderMap::new();
     header(&mut h, "content-type", &media_type);
     let q = match &reference {
-        Reference::Digest(_) if !tags.is_empty() => Some(url::form_urlencoded::Serializer::new(String::new()).extend_pairs(tags.iter().map(|t| ("tag", t.as_str()))).finish()),
+        Reference::Digest(_) if !tags.is_empty() => Some(
+            url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(tags.iter().map(|t| ("tag", t.as_str())))
+                .finish(),
+        ),
         _ => None,
     };
-    let url = up.url(r.path.as_str(), &format!("manifests/{reference}"), q.as_deref());
-    let resp = up.request(Method::PUT, url, h, &push_scope(r), bytes.clone()).await?;
+    let url = up.url(
+        r.path.as_str(),
+        &format!("manifests/{reference}"),
+        q.as_deref(),
+    );
+    let resp = up
+        .request(Method::PUT, url, h, &push_scope(r), bytes.clone())
+        .await?;
     if resp.status() != StatusCode::CREATED {
         return Err(upstream_failure(r, resp, Object::Manifest).await);
     }
@@ -617,7 +981,11 @@ pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference:
     if let Err(e) = app.store.put_bytes(&digest, &bytes, Some(&media_type)) {
         tracing::warn!(error = %e, "cannot cache pushed manifest {digest}");
     }
-    let immutable = loaded.policy.rule_for(&r.canonical).and_then(|x| x.tags.as_ref()).is_some_and(|t| t.immutable);
+    let immutable = loaded
+        .policy
+        .rule_for(&r.canonical)
+        .and_then(|x| x.tags.as_ref())
+        .is_some_and(|t| t.immutable);
     for t in &tags {
         let _ = app.tags.confirm(&r.canonical, t, &digest, &media_type);
         if immutable {
@@ -640,7 +1008,10 @@ pub async fn put_manifest(app: &Arc<App>, r: &Route, name: &RepoName, reference:
     Ok(out)
 }
 
-fn prev_is_worse(prev: &crate::policy::PolicyDecision, new: &crate::policy::PolicyDecision) -> bool {
+fn prev_is_worse(
+    prev: &crate::policy::PolicyDecision,
+    new: &crate::policy::PolicyDecision,
+) -> bool {
     let rank = |d: Decision| match d {
         Decision::Deny => 2,
         Decision::Audit => 1,
@@ -654,11 +1025,26 @@ async fn head_manifest(r: &Route, tag: &str) -> Result<Option<Digest>, OciError>
     let up = &r.upstream;
     let mut h = HeaderMap::new();
     header(&mut h, "accept", media::DEFAULT_MANIFEST_ACCEPT);
-    let resp = up.request(Method::HEAD, up.url(r.path.as_str(), &format!("manifests/{tag}"), None), h, &push_scope(r), Bytes::new()).await?;
+    let resp = up
+        .request(
+            Method::HEAD,
+            up.url(r.path.as_str(), &format!("manifests/{tag}"), None),
+            h,
+            &push_scope(r),
+            Bytes::new(),
+        )
+        .await?;
     match resp.status() {
-        StatusCode::OK => Ok(resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())),
+        StatusCode::OK => Ok(resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())),
         StatusCode::NOT_FOUND => Ok(None),
-        s => Err(OciError::from(UpstreamError::Protocol { upstream: up.name.clone(), message: format!("HEAD of tag {tag} answered {s}") })),
+        s => Err(OciError::from(UpstreamError::Protocol {
+            upstream: up.name.clone(),
+            message: format!("HEAD of tag {tag} answered {s}"),
+        })),
     }
 }
 

@@ -169,12 +169,21 @@ impl Upstream {
     /// Send once with whatever credentials are cached for `scope` (a
     /// streamed body cannot be replayed after a challenge; callers start an
     /// upload with [`Upstream::request`] first, which caches them).
-    pub async fn send_once(&self, method: Method, url: Url, headers: HeaderMap, scope: &str, body: ReqBody) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn send_once(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        scope: &str,
+        body: ReqBody,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let mut auth = self.cached_token(scope);
         if auth.is_none() && self.basic.load(Ordering::Relaxed) {
             auth = self.basic_header();
         }
-        let resp = self.send_following(method, url, headers, auth, body).await?;
+        let resp = self
+            .send_following(method, url, headers, auth, body)
+            .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(UpstreamError::Auth {
                 upstream: self.name.clone(),

@@ -15,3 +15,5 @@ mod cli;
 mod vectors;
 // The gate: policy decisions and the bypass suite.
 mod policy;
+// Pushing through the gate.
+mod push;

@@ -101,6 +101,11 @@ immutable = true
     )
 }
 
+/// The test policy, with `pem` as the release key.
+pub fn policy_text_for(pem: &str) -> String {
+    policy_text("", "enforce").replacen(&fx_str("keys/ecdsa-p256.pub.pem"), pem.trim(), 1)
+}
+
 pub async fn gate_with_policy(up: &Mock, policy: &str) -> (Gate, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("policy.toml"), policy).unwrap();

@@ -89,6 +89,8 @@ pub struct MockState {
     /// Upload sessions in progress: id -> (repo, bytes so far).
     pub uploads: Mutex<HashMap<String, (String, Vec<u8>)>>,
     pub upload_seq: AtomicU64,
+    /// Upload requests whose body broke off (the proxy aborted them).
+    pub aborted_bodies: AtomicU64,
 }
 
 impl MockState {
@@ -314,7 +316,12 @@ type Responder = Box<dyn FnOnce(Bytes) -> Response<Body> + Send>;
 /// Blob uploads as the distribution registry does them: POST (optionally
 /// `mount`), PATCH appends, PUT `?digest=` finishes (checking the digest),
 /// GET status, DELETE cancels. Returns None when the path is not an upload.
-async fn mock_upload(st: &Arc<MockState>, req: &Request<Incoming>, segs: &[&str], query: &Option<String>) -> Option<Responder> {
+async fn mock_upload(
+    st: &Arc<MockState>,
+    req: &Request<Incoming>,
+    segs: &[&str],
+    query: &Option<String>,
+) -> Option<Responder> {
     let n = segs.len();
     if n < 4 || segs[n - 3] != "blobs" || segs[n - 2] != "uploads" {
         return None;
@@ -323,7 +330,11 @@ async fn mock_upload(st: &Arc<MockState>, req: &Request<Incoming>, segs: &[&str]
     let id = segs[n - 1].to_string();
     let q: HashMap<String, String> = query
         .as_deref()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
         .unwrap_or_default();
     let st = st.clone();
     let method = req.method().clone();
@@ -332,8 +343,10 @@ async fn mock_upload(st: &Arc<MockState>, req: &Request<Incoming>, segs: &[&str]
         let created = |d: &str| {
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::CREATED;
-            r.headers_mut().insert("location", format!("/v2/{repo}/blobs/{d}").parse().unwrap());
-            r.headers_mut().insert("docker-content-digest", d.parse().unwrap());
+            r.headers_mut()
+                .insert("location", format!("/v2/{repo}/blobs/{d}").parse().unwrap());
+            r.headers_mut()
+                .insert("docker-content-digest", d.parse().unwrap());
             r
         };
         match (method, id.is_empty()) {
@@ -344,39 +357,63 @@ async fn mock_upload(st: &Arc<MockState>, req: &Request<Incoming>, segs: &[&str]
                     }
                 }
                 let id = format!("u{}", st.upload_seq.fetch_add(1, Ordering::SeqCst));
-                st.uploads.lock().unwrap().insert(id.clone(), (repo.clone(), Vec::new()));
+                st.uploads
+                    .lock()
+                    .unwrap()
+                    .insert(id.clone(), (repo.clone(), Vec::new()));
                 let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = StatusCode::ACCEPTED;
-                r.headers_mut().insert("location", loc(&id).parse().unwrap());
+                r.headers_mut()
+                    .insert("location", loc(&id).parse().unwrap());
                 r.headers_mut().insert("range", "0-0".parse().unwrap());
                 r
             }
             (Method::PATCH, false) => {
                 let mut ups = st.uploads.lock().unwrap();
-                let Some(u) = ups.get_mut(&id) else { return oci_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no") };
+                let Some(u) = ups.get_mut(&id) else {
+                    return oci_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no");
+                };
                 u.1.extend_from_slice(&body);
                 let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = StatusCode::ACCEPTED;
-                r.headers_mut().insert("location", loc(&id).parse().unwrap());
-                r.headers_mut().insert("range", format!("0-{}", u.1.len().saturating_sub(1)).parse().unwrap());
+                r.headers_mut()
+                    .insert("location", loc(&id).parse().unwrap());
+                r.headers_mut().insert(
+                    "range",
+                    format!("0-{}", u.1.len().saturating_sub(1))
+                        .parse()
+                        .unwrap(),
+                );
                 r
             }
             (Method::PUT, false) => {
-                let Some((_, mut data)) = st.uploads.lock().unwrap().remove(&id) else { return oci_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no") };
+                let Some((_, mut data)) = st.uploads.lock().unwrap().remove(&id) else {
+                    return oci_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no");
+                };
                 data.extend_from_slice(&body);
                 let d = Digest::of(&data).to_string();
                 if q.get("digest") != Some(&d) {
                     return oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "digest mismatch");
                 }
-                st.blobs.lock().unwrap().insert(d.clone(), Bytes::from(data));
+                st.blobs
+                    .lock()
+                    .unwrap()
+                    .insert(d.clone(), Bytes::from(data));
                 created(&d)
             }
             (Method::GET, false) => {
                 let ups = st.uploads.lock().unwrap();
-                let Some(u) = ups.get(&id) else { return oci_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no") };
+                let Some(u) = ups.get(&id) else {
+                    return oci_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no");
+                };
                 let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
-                r.headers_mut().insert("range", format!("0-{}", u.1.len().saturating_sub(1)).parse().unwrap());
+                r.headers_mut().insert(
+                    "range",
+                    format!("0-{}", u.1.len().saturating_sub(1))
+                        .parse()
+                        .unwrap(),
+                );
                 r
             }
             (Method::DELETE, false) => {
@@ -520,8 +557,17 @@ async fn mock_handle(
         return Ok(r);
     }
     if let Some(r) = mock_upload(&st, &req, &segs, &query).await {
-        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-        return Ok(r(body));
+        return Ok(match req.into_body().collect().await {
+            Ok(c) => r(c.to_bytes()),
+            Err(_) => {
+                st.aborted_bodies.fetch_add(1, Ordering::SeqCst);
+                oci_error(
+                    StatusCode::BAD_REQUEST,
+                    "BLOB_UPLOAD_INVALID",
+                    "request body broke off",
+                )
+            }
+        });
     }
     if n < 3 {
         return Ok(oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "no"));
@@ -529,6 +575,50 @@ async fn mock_handle(
     let repo = segs[..n - 2].join("/");
     let reference = segs[n - 1].to_string();
     match segs[n - 2] {
+        "manifests" if req.method() == Method::PUT => {
+            let mt = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let tags: Vec<String> = query
+                .as_deref()
+                .map(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .filter(|(k, _)| k == "tag")
+                        .map(|(_, v)| v.into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let d = Digest::of(&body);
+            let mut m = st.manifests.lock().unwrap();
+            m.insert((repo.clone(), d.to_string()), (body.clone(), mt.clone()));
+            if !reference.starts_with("sha256:") {
+                m.insert(
+                    (repo.clone(), reference.clone()),
+                    (body.clone(), mt.clone()),
+                );
+            }
+            for t in tags {
+                m.insert((repo.clone(), t), (body.clone(), mt.clone()));
+            }
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::CREATED;
+            r.headers_mut().insert(
+                "location",
+                format!("/v2/{repo}/manifests/{d}").parse().unwrap(),
+            );
+            r.headers_mut()
+                .insert("docker-content-digest", d.to_string().parse().unwrap());
+            Ok(r)
+        }
         "manifests" => {
             let m = st
                 .manifests
@@ -656,6 +746,17 @@ impl Gate {
         cache_extra: &str,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Gate {
+        Gate::start_with(dir, upstreams, cache_extra, "", tls).await
+    }
+
+    /// Start with extra `[server]` settings too.
+    pub async fn start_with(
+        dir: &std::path::Path,
+        upstreams: &str,
+        cache_extra: &str,
+        server_extra: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Gate {
         let policy = if dir.join("policy.toml").exists() {
             format!(
                 "[policy]\nfile = \"{}\"\nreload_interval = \"200ms\"",
@@ -665,7 +766,7 @@ impl Gate {
             String::new()
         };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[audit]\npath = \"{}\"\n{policy}\n[cache]\ndir = \"{}\"\n{cache_extra}\n{upstreams}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server_extra}\n[audit]\npath = \"{}\"\n{policy}\n[cache]\ndir = \"{}\"\n{cache_extra}\n{upstreams}",
             dir.join("audit.log").display(),
             dir.join("cache").display()
         );
@@ -811,6 +912,39 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)]) -> Got {
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("body timed out".into()),
     };
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A request with a body.
+pub async fn send_body(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Got {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(60),
+        client().request(req.body(Full::new(body.into())).unwrap()),
+    )
+    .await
+    .expect("response headers within 60s")
+    .expect("request failed");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
     Got {
         status,
         headers,
