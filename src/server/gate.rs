@@ -111,6 +111,11 @@ impl GateState {
         }
     }
 
+    /// A signature for `d` arrived: decide it afresh next time.
+    pub fn forget_evidence(&self, repo: &str, d: &Digest) {
+        self.evidence.remove(&(repo.to_string(), d.clone()));
+    }
+
     fn admit(&self, repo: &str, d: &Digest, generation: u64) {
         self.admitted
             .insert((repo.to_string(), d.clone()), generation);

@@ -112,7 +112,11 @@ pub async fn dispatch(
                 return Err(method_not_allowed(&method, "blobs"));
             }
             let r = route(&name)?;
-            super::gate::blob_allowed(app, &r, &digest)?;
+            // HEAD tells existence and size only (pushing clients need it);
+            // bytes are served only for admitted manifests.
+            if method == Method::GET {
+                super::gate::blob_allowed(app, &r, &digest)?;
+            }
             let range = req
                 .headers()
                 .get(RANGE)

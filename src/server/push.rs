@@ -977,6 +977,20 @@ pub async fn put_manifest(
         return Err(upstream_failure(r, resp, Object::Manifest).await);
     }
     let subject = resp.headers().get("oci-subject").cloned();
+    if signature {
+        // A new signature: the image it signs is decided afresh.
+        let signed = tags
+            .iter()
+            .filter_map(|t| {
+                t.strip_prefix("sha256-")
+                    .map(|h| h.trim_end_matches(".sig"))
+            })
+            .filter_map(|h| format!("sha256:{h}").parse::<Digest>().ok())
+            .chain(summary.subject.clone());
+        for d in signed {
+            app.gate.forget_evidence(&r.canonical, &d);
+        }
+    }
     // The upstream has it now: so do the cache and the tag memory.
     if let Err(e) = app.store.put_bytes(&digest, &bytes, Some(&media_type)) {
         tracing::warn!(error = %e, "cannot cache pushed manifest {digest}");

@@ -714,3 +714,245 @@ async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
     assert_eq!(out.status.code(), Some(2));
     g.stop().await;
 }
+
+/// The tags the registry itself lists for `repo` (not through modelgate).
+async fn upstream_tags(reg: &Registry, repo: &str) -> Vec<String> {
+    let r = get(&format!("{}/v2/{repo}/tags/list", reg.url())).await;
+    if r.status != 200 {
+        return vec![];
+    }
+    r.json()["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An OCI layout made from an image in the registry; returns (dir, manifest digest).
+async fn layout_of(
+    skopeo: &Path,
+    pol: &Path,
+    reg: &Registry,
+    repo: &str,
+    dir: &Path,
+) -> (PathBuf, Digest) {
+    let mut c = skopeo_cmd(skopeo, pol);
+    c.args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/{repo}:v1", reg.addr))
+        .arg(format!("oci:{}:v1", dir.display()));
+    let (ok, out) = run(&mut c).await;
+    assert!(ok, "layout of {repo}: {out}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    (
+        dir.to_path_buf(),
+        index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_flows_through_the_gate_with_skopeo() {
+    let (Some(registry), Some(skopeo)) = (
+        tool("docker-registry", &["/usr/bin/docker-registry"]),
+        tool("skopeo", &["/usr/bin/skopeo"]),
+    ) else {
+        return;
+    };
+    let reg = Registry::start(&registry).await;
+    let base = reg.url();
+    let mut unlabeled = model_labels();
+    unlabeled.as_object_mut().unwrap().remove("model.version");
+    // Source images live in an ungoverned scratch repository; each release differs.
+    for (i, repo) in ["scratch/a", "scratch/b", "scratch/c"].iter().enumerate() {
+        let layer = tar_layer("weights.bin", &data(300_000, i as u8 + 10));
+        push_image(&base, repo, Some("v1"), &[layer], &model_labels(), "amd64").await;
+    }
+    push_image(
+        &base,
+        "scratch/unlabeled",
+        Some("v1"),
+        &[tar_layer("w.bin", &data(1000, 99))],
+        &unlabeled,
+        "amd64",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("release");
+    assert!(Command::new(bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let policy = format!(
+        "default = \"allow\"\n[keys]\nrelease = \"{}\"\n[[rules]]\nname = \"models\"\nrepositories = [\"registry.test/models/**\"]\n[rules.signatures]\nkeys = [\"release\"]\n[rules.labels]\n\"model.version\" = {{ semver = true }}\n\"dataset.id\" = {{ regex = '^ds-[0-9]{{8}}$' }}\n[rules.tags]\npattern = '^v[0-9]+\\.[0-9]+\\.[0-9]+$'\nimmutable = true\n",
+        key.with_extension("pub").display()
+    );
+    std::fs::write(tmp.path().join("policy.toml"), &policy).unwrap();
+    let g = Gate::start_in(
+        tmp.path(),
+        &upstream_toml("registry.test", &reg.url(), true, ""),
+        "",
+        None,
+    )
+    .await;
+    let gate = g.addr.to_string();
+    let pol = tmp.path().join("skopeo-policy.json");
+    std::fs::write(&pol, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    let copy = |src: String, dst: String| {
+        let mut c = skopeo_cmd(&skopeo, &pol);
+        c.args([
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg(src)
+        .arg(dst);
+        c
+    };
+    let sign = |args: &[String]| {
+        let out = Command::new(bin())
+            .args(["sign", "--plain-http", "--key"])
+            .arg(key.with_extension("key"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sign {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    // (a) push by digest -> sign the digest (through modelgate) -> tag it.
+    let (la, da) = layout_of(&skopeo, &pol, &reg, "scratch/a", &tmp.path().join("la")).await;
+    let (ok, out) = run(&mut copy(
+        format!("oci:{}:v1", la.display()),
+        format!("docker://{gate}/models/rel@{da}"),
+    ))
+    .await;
+    assert!(ok, "staging push by digest: {out}");
+    assert!(
+        upstream_tags(&reg, "models/rel").await.is_empty(),
+        "staging sets no tag"
+    );
+    // Tagging the still unsigned digest is refused.
+    let (ok, out) = run(&mut copy(
+        format!("oci:{}:v1", la.display()),
+        format!("docker://{gate}/models/rel:v1.2.0"),
+    ))
+    .await;
+    assert!(
+        !ok && out.contains("no valid signature by [release]"),
+        "unsigned tag push: {out}"
+    );
+    assert!(!upstream_tags(&reg, "models/rel")
+        .await
+        .contains(&"v1.2.0".to_string()));
+    sign(&[format!("{gate}/models/rel@{da}")]);
+    let (ok, out) = run(&mut copy(
+        format!("docker://{gate}/models/rel@{da}"),
+        format!("docker://{gate}/models/rel:v1.2.0"),
+    ))
+    .await;
+    assert!(ok, "tagging the signed digest: {out}");
+    assert!(upstream_tags(&reg, "models/rel")
+        .await
+        .contains(&"v1.2.0".to_string()));
+
+    // (b) sign first (the digest from a local OCI layout) -> push the tag.
+    let (lb, db) = layout_of(&skopeo, &pol, &reg, "scratch/b", &tmp.path().join("lb")).await;
+    sign(&[
+        "--digest".to_string(),
+        db.to_string(),
+        format!("{gate}/models/relb"),
+    ]);
+    let (ok, out) = run(&mut copy(
+        format!("oci:{}:v1", lb.display()),
+        format!("docker://{gate}/models/relb:v2.0.0"),
+    ))
+    .await;
+    assert!(ok, "flow (b): {out}");
+    assert!(upstream_tags(&reg, "models/relb")
+        .await
+        .contains(&"v2.0.0".to_string()));
+    // And it pulls back through the gate.
+    let (ok, out) = run(&mut copy(
+        format!("docker://{gate}/models/relb:v2.0.0"),
+        format!("dir:{}", tmp.path().join("pulled-b").display()),
+    ))
+    .await;
+    assert!(ok, "pull of the release: {out}");
+
+    // Unlabeled: refused with a readable message, no tag upstream.
+    let (lu, du) = layout_of(
+        &skopeo,
+        &pol,
+        &reg,
+        "scratch/unlabeled",
+        &tmp.path().join("lu"),
+    )
+    .await;
+    sign(&[
+        "--digest".to_string(),
+        du.to_string(),
+        format!("{gate}/models/unl"),
+    ]);
+    let (ok, out) = run(&mut copy(
+        format!("oci:{}:v1", lu.display()),
+        format!("docker://{gate}/models/unl:v1.0.0"),
+    ))
+    .await;
+    assert!(
+        !ok && out.contains("label model.version missing"),
+        "unlabeled push: {out}"
+    );
+    assert!(!upstream_tags(&reg, "models/unl")
+        .await
+        .contains(&"v1.0.0".to_string()));
+
+    // Moving an immutable tag: another signed image to v1.2.0 is refused.
+    let (lc, dc) = layout_of(&skopeo, &pol, &reg, "scratch/c", &tmp.path().join("lc")).await;
+    sign(&[
+        "--digest".to_string(),
+        dc.to_string(),
+        format!("{gate}/models/rel"),
+    ]);
+    let (ok, out) = run(&mut copy(
+        format!("oci:{}:v1", lc.display()),
+        format!("docker://{gate}/models/rel:v1.2.0"),
+    ))
+    .await;
+    assert!(
+        !ok && out.contains("moved upstream"),
+        "moving v1.2.0: {out}"
+    );
+    let now = send(
+        http::Method::HEAD,
+        &format!("{}/v2/models/rel/manifests/v1.2.0", reg.url()),
+        &[("accept", "application/vnd.oci.image.manifest.v1+json")],
+    )
+    .await;
+    assert_eq!(
+        now.header("docker-content-digest"),
+        Some(da.to_string().as_str()),
+        "v1.2.0 still points at the first release"
+    );
+    let pushes = g
+        .audit()
+        .into_iter()
+        .filter(|a| a["action"] == "push")
+        .count();
+    assert!(pushes >= 6, "push decisions audited: {pushes}");
+    g.stop().await;
+}
