@@ -6,7 +6,9 @@
 # A 1 GiB single-layer image is pushed to the upstream, then pulled
 #   - blob with curl: cold (fresh cache each run) and warm, through peer and modelgate, and direct;
 #   - whole image with skopeo: cold and warm, through peer and modelgate, and direct;
-#   - manifest GET by tag with wrk (modelgate within tag_ttl vs the peer).
+#   - manifest GET by tag with wrk (modelgate within tag_ttl vs the peer);
+#   - the cost of a policy decision (signature + labels): cold (upstream round trips) and cached;
+#   - push of the same image with skopeo: directly to the upstream and through modelgate.
 # Prints medians, ratios, upstream blob GET counts per cold pull and modelgate's peak RSS.
 #
 #   benches/e2e-pull.sh            (RUNS=3 WRK_SECONDS=5 SIZE_MIB=1024 to tune)
@@ -129,6 +131,40 @@ ACCEPT='application/vnd.oci.image.manifest.v1+json'
 wrk_rps() { curl -sf -o /dev/null -H "Accept: $ACCEPT" "http://127.0.0.1:$1/v2/$REPO/manifests/$TAG"
   wrk -t2 -c32 -d"${WRK_SECONDS}s" -H "Accept: $ACCEPT" "http://127.0.0.1:$1/v2/$REPO/manifests/$TAG" | awk '/Requests\/sec/{print $2}'; }
 RPS_PEER=$(wrk_rps "$PEER_PORT"); RPS_MG=$(wrk_rps "$MG_PORT"); RPS_UP=$(wrk_rps "$UP_PORT")
+
+# --- policy decision cost ---------------------------------------------------------
+rm -f "$W/mg/release.key" "$W/mg/release.pub"
+"$BIN" keygen --out "$W/mg/release" >/dev/null
+"$BIN" sign --plain-http --key "$W/mg/release.key" "127.0.0.1:$UP_PORT/$REPO:$TAG" >/dev/null
+cat > "$W/mg/policy.toml" <<POL
+[keys]
+release = "release.pub"
+[[rules]]
+name = "bench"
+repositories = ["bench.local/bench/**"]
+[rules.signatures]
+keys = ["release"]
+[rules.labels]
+"model.version" = { semver = true }
+POL
+printf '[policy]\nfile = "%s"\n[audit]\npath = "%s"\n' "$W/mg/policy.toml" "$W/mg/audit.log" >> "$W/mg/modelgate.toml"
+DECIDE_COLD=""; DECIDE_WARM=""
+for i in $(seq "$RUNS"); do
+  start_mg_fresh
+  DECIDE_COLD+="$(curl -sf -o /dev/null -w '%{time_total}\n' -H "Accept: $ACCEPT" "http://127.0.0.1:$MG_PORT/v2/$REPO/manifests/$TAG") "
+  DECIDE_WARM+="$(curl -sf -o /dev/null -w '%{time_total}\n' -H "Accept: $ACCEPT" "http://127.0.0.1:$MG_PORT/v2/$REPO/manifests/$TAG") "
+done
+RPS_MG_POLICY=$(wrk_rps "$MG_PORT")
+
+# --- push -----------------------------------------------------------------------------
+skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://127.0.0.1:$UP_PORT/$REPO:$TAG" "oci:$W/pulls/layout:v1"
+skopeo_push() { local s e; s=$(date +%s.%N)
+  skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci:$W/pulls/layout:v1" "docker://127.0.0.1:$1/push/$2:v1"; e=$(date +%s.%N); echo "$e - $s" | bc; }
+for i in $(seq "$RUNS"); do
+  T[push_direct]+="$(skopeo_push "$UP_PORT" "direct$i") "
+  T[push_mg]+="$(skopeo_push "$MG_PORT" "mg$i") "
+done
+rm -rf "$W/pulls/layout"
 echo "CPU idle after: $(idle)%"
 
 m() { echo "${T[$1]}" | tr ' ' '\n' | grep . | median; }
@@ -145,7 +181,9 @@ cat <<OUT
 | skopeo image cold | $(m sk_direct) s | $(m sk_peer_cold) s | $(m sk_mg_cold) s | $(r "$(m sk_peer_cold)" "$(m sk_mg_cold)")x |
 | skopeo image warm | | $(m sk_peer_warm) s | $(m sk_mg_warm) s | $(r "$(m sk_peer_warm)" "$(m sk_mg_warm)")x |
 | manifest GET by tag (wrk -t2 -c32 -d${WRK_SECONDS}s) | $RPS_UP req/s | $RPS_PEER req/s | $RPS_MG req/s | modelgate/peer $(r "$RPS_MG" "$RPS_PEER")x |
+| skopeo push of the image (new repository each run) | $(m push_direct) s | | $(m push_mg) s | modelgate/direct time $(r "$(m push_mg)" "$(m push_direct)")x |
 
+- policy decision (signature + label, manifest GET by tag): cold $(echo "$DECIDE_COLD" | tr ' ' '\n' | grep . | median) s (fresh modelgate: manifest, .sig tag, payload, referrers, config fetched from upstream), cached $(echo "$DECIDE_WARM" | tr ' ' '\n' | grep . | median) s; wrk by tag with the policy: $RPS_MG_POLICY req/s (without: $RPS_MG)
 - upstream blob GETs per cold curl pull: peer ${PEER_COLD_GETS[*]}; modelgate ${MG_COLD_GETS[*]}
 - modelgate peak RSS (VmHWM): $((MG_HWM / 1024)) MiB during cold 1 GiB pulls, $((MG_WARM_HWM / 1024)) MiB during a warm one
 OUT
