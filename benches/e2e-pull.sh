@@ -96,11 +96,14 @@ CONFIG="sha256:$(sha256sum "$W/config.json" | cut -d' ' -f1)"; push_blob "$W/con
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%s}]}' \
   "$CONFIG" "$(stat -c %s "$W/config.json")" "$LAYER" "$LSIZE" > "$W/manifest.json"
 curl -sf -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @"$W/manifest.json" "http://127.0.0.1:$UP_PORT/v2/$REPO/manifests/$TAG" -o /dev/null
-rm -f "$W/layer.bin"
 echo "image $REPO:$TAG layer $LAYER ($LSIZE bytes)"
 start_peer_fresh; start_mg_fresh
 idle() { local a b; a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat)); local ta=0 tb=0 i; for i in 1 2 3 4 5 6 7 8; do ta=$((ta+a[i])); tb=$((tb+b[i])); done; echo $((100*(b[4]-a[4])/(tb-ta))); }
 echo "CPU idle before: $(idle)%"
+
+# The peer keeps working after its client is served (it fetches the blob
+# again to cache it): wait until the machine is quiet before the next case.
+settle() { for _ in $(seq 10); do [ "$(idle)" -ge 90 ] && return 0; done; }
 
 # --- blob with curl -------------------------------------------------------------
 curl_blob() { curl -sf -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$1/v2/$REPO/blobs/$LAYER"; }
@@ -108,7 +111,7 @@ declare -A T
 for i in $(seq "$RUNS"); do T[direct]+="$(curl_blob "$UP_PORT") "; done
 PEER_COLD_GETS=(); MG_COLD_GETS=(); MG_HWM=0
 for i in $(seq "$RUNS"); do
-  start_peer_fresh; g0=$(up_blob_gets); T[peer_cold]+="$(curl_blob "$PEER_PORT") "; sleep 0.5; PEER_COLD_GETS+=($(( $(up_blob_gets) - g0 )))
+  start_peer_fresh; g0=$(up_blob_gets); T[peer_cold]+="$(curl_blob "$PEER_PORT") "; settle; PEER_COLD_GETS+=($(( $(up_blob_gets) - g0 )))
   start_mg_fresh; reset_hwm "$MG_PID"; g0=$(up_blob_gets); T[mg_cold]+="$(curl_blob "$MG_PORT") "; MG_COLD_GETS+=($(( $(up_blob_gets) - g0 )))
   h=$(hwm_kb "$MG_PID"); [ "$h" -gt "$MG_HWM" ] && MG_HWM=$h
 done
@@ -120,7 +123,7 @@ skopeo_pull() { local d="$W/pulls/p"; rm -rf "$d"; local s e; s=$(date +%s.%N)
   skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://127.0.0.1:$1/$REPO:$TAG" "dir:$d"; e=$(date +%s.%N); echo "$e - $s" | bc; }
 for i in $(seq "$RUNS"); do
   T[sk_direct]+="$(skopeo_pull "$UP_PORT") "
-  start_peer_fresh; T[sk_peer_cold]+="$(skopeo_pull "$PEER_PORT") "
+  start_peer_fresh; T[sk_peer_cold]+="$(skopeo_pull "$PEER_PORT") "; settle
   start_mg_fresh; T[sk_mg_cold]+="$(skopeo_pull "$MG_PORT") "
   T[sk_peer_warm]+="$(skopeo_pull "$PEER_PORT") "; T[sk_mg_warm]+="$(skopeo_pull "$MG_PORT") "
 done
@@ -157,14 +160,21 @@ done
 RPS_MG_POLICY=$(wrk_rps "$MG_PORT")
 
 # --- push -----------------------------------------------------------------------------
-skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://127.0.0.1:$UP_PORT/$REPO:$TAG" "oci:$W/pulls/layout:v1"
-skopeo_push() { local s e; s=$(date +%s.%N)
-  skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci:$W/pulls/layout:v1" "docker://127.0.0.1:$1/push/$2:v1"; e=$(date +%s.%N); echo "$e - $s" | bc; }
+# The layer pushed with curl (POST, then one streamed PUT ?digest=) into a new
+# repository each time, so nothing is mounted or skipped: every byte travels.
+# (skopeo would mount the blob from where it saw it before and push nothing.)
+push_blob_to() { # port repo -> seconds
+  local loc s e; s=$(date +%s.%N)
+  loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$1/v2/$2/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
+  case "$loc" in http*) ;; *) loc="http://127.0.0.1:$1$loc";; esac
+  case "$loc" in *\?*) loc="$loc&digest=$LAYER";; *) loc="$loc?digest=$LAYER";; esac
+  curl -sf -X PUT -H 'Content-Type: application/octet-stream' -T "$W/layer.bin" "$loc" -o /dev/null
+  e=$(date +%s.%N); echo "$e - $s" | bc; }
 for i in $(seq "$RUNS"); do
-  T[push_direct]+="$(skopeo_push "$UP_PORT" "direct$i") "
-  T[push_mg]+="$(skopeo_push "$MG_PORT" "mg$i") "
+  T[push_direct]+="$(push_blob_to "$UP_PORT" "push/direct$i") "
+  T[push_mg]+="$(push_blob_to "$MG_PORT" "push/mg$i") "
 done
-rm -rf "$W/pulls/layout"
+rm -f "$W/layer.bin"
 echo "CPU idle after: $(idle)%"
 
 m() { echo "${T[$1]}" | tr ' ' '\n' | grep . | median; }
@@ -181,7 +191,7 @@ cat <<OUT
 | skopeo image cold | $(m sk_direct) s | $(m sk_peer_cold) s | $(m sk_mg_cold) s | $(r "$(m sk_peer_cold)" "$(m sk_mg_cold)")x |
 | skopeo image warm | | $(m sk_peer_warm) s | $(m sk_mg_warm) s | $(r "$(m sk_peer_warm)" "$(m sk_mg_warm)")x |
 | manifest GET by tag (wrk -t2 -c32 -d${WRK_SECONDS}s) | $RPS_UP req/s | $RPS_PEER req/s | $RPS_MG req/s | modelgate/peer $(r "$RPS_MG" "$RPS_PEER")x |
-| skopeo push of the image (new repository each run) | $(m push_direct) s | | $(m push_mg) s | modelgate/direct time $(r "$(m push_mg)" "$(m push_direct)")x |
+| push of the ${SIZE_MIB} MiB layer, curl POST + PUT (new repository each run) | $(m push_direct) s | | $(m push_mg) s | modelgate/direct time $(r "$(m push_mg)" "$(m push_direct)")x |
 
 - policy decision (signature + label, manifest GET by tag): cold $(echo "$DECIDE_COLD" | tr ' ' '\n' | grep . | median) s (fresh modelgate: manifest, .sig tag, payload, referrers, config fetched from upstream), cached $(echo "$DECIDE_WARM" | tr ' ' '\n' | grep . | median) s; wrk by tag with the policy: $RPS_MG_POLICY req/s (without: $RPS_MG)
 - upstream blob GETs per cold curl pull: peer ${PEER_COLD_GETS[*]}; modelgate ${MG_COLD_GETS[*]}

@@ -187,6 +187,14 @@ impl Metrics {
             .inc();
     }
 
+    pub fn digest_mismatch(&self, upstream: &str) {
+        self.digest_mismatches
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_string(),
+            })
+            .inc();
+    }
+
     pub fn cache(&self, kind: &'static str, hit: bool) {
         self.cache_requests
             .get_or_create(&CacheLabels {

@@ -20,7 +20,7 @@
 //!   blob size.
 
 use super::store::BlobStore;
-use crate::metrics::{Metrics, UpstreamLabels};
+use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode, OciError, Sha256Hasher};
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
@@ -214,12 +214,7 @@ impl Download {
                 let n = hasher.len();
                 let actual = hasher.finish();
                 if actual != self.digest {
-                    self.metrics
-                        .digest_mismatches
-                        .get_or_create(&UpstreamLabels {
-                            upstream: self.upstream.clone(),
-                        })
-                        .inc();
+                    self.metrics.digest_mismatch(&self.upstream);
                     tracing::error!(
                         upstream = %self.upstream, digest = %self.digest, actual = %actual, bytes = n,
                         "digest mismatch: upstream sent bytes that do not match the requested digest; response aborted, nothing cached"

@@ -220,6 +220,35 @@ pub async fn read_error_body(resp: Response<Incoming>, idle: Duration) -> (Statu
     (status, body)
 }
 
+/// Read a whole upstream body of at most `max` bytes (`what` names it in
+/// errors): a stall or a broken connection is `UNAVAILABLE`, a larger body
+/// is `too_big()`.
+async fn read_upstream_body(
+    up: &crate::upstream::Upstream,
+    resp: Response<Incoming>,
+    max: usize,
+    what: &str,
+    too_big: impl FnOnce() -> OciError,
+) -> Result<Bytes, OciError> {
+    let unavailable = |message: String| {
+        OciError::from(UpstreamError::Unreachable {
+            upstream: up.name.clone(),
+            message,
+        })
+    };
+    match tokio::time::timeout(
+        up.idle_timeout(),
+        Limited::new(resp.into_body(), max).collect(),
+    )
+    .await
+    {
+        Err(_) => Err(unavailable(format!("{what} timed out"))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
+        Ok(Err(e)) => Err(unavailable(format!("{what}: {e}"))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
 /// Resolve and return a manifest by tag or digest (DESIGN §2, issue: tags
 /// trusted for `tag_ttl`, then revalidated with a HEAD; upstream down →
 /// last known mapping).
@@ -401,36 +430,11 @@ async fn fetch_manifest(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let bytes = tokio::time::timeout(
-        up.idle_timeout(),
-        Limited::new(resp.into_body(), MAX_MANIFEST_BYTES).collect(),
-    )
-    .await
-    .map_err(|_| {
-        OciError::from(UpstreamError::Unreachable {
-            upstream: up.name.clone(),
-            message: format!("manifest {reference} body timed out"),
-        })
-    })?
-    .map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            too_big()
-        } else {
-            OciError::from(UpstreamError::Unreachable {
-                upstream: up.name.clone(),
-                message: format!("manifest {reference} body: {e}"),
-            })
-        }
-    })?
-    .to_bytes();
+    let what = format!("manifest {reference}");
+    let bytes = read_upstream_body(up, resp, MAX_MANIFEST_BYTES, &what, too_big).await?;
     let digest = Digest::of(&bytes);
     let mismatch = |claimed: &str| {
-        app.metrics
-            .digest_mismatches
-            .get_or_create(&UpstreamLabels {
-                upstream: up.name.clone(),
-            })
-            .inc();
+        app.metrics.digest_mismatch(&up.name);
         tracing::error!(upstream = %up.name, repository = %r.canonical, reference = %reference, claimed, actual = %digest,
             "digest mismatch on a manifest; refused, nothing cached");
         OciError::new(
@@ -760,24 +764,18 @@ async fn tags_list(
         .get(LINK)
         .and_then(|v| v.to_str().ok())
         .and_then(|l| rewrite_link(l, client_name, r.ns.as_deref()));
-    let body = tokio::time::timeout(
-        up.idle_timeout(),
-        Limited::new(resp.into_body(), 16 * MAX_MANIFEST_BYTES).collect(),
-    )
-    .await
-    .map_err(|_| {
-        OciError::from(UpstreamError::Unreachable {
-            upstream: up.name.clone(),
-            message: "tags list timed out".into(),
-        })
-    })?
-    .map_err(|e| {
-        OciError::from(UpstreamError::Unreachable {
-            upstream: up.name.clone(),
-            message: format!("tags list: {e}"),
-        })
-    })?
-    .to_bytes();
+    let max = 16 * MAX_MANIFEST_BYTES;
+    let too_big = || {
+        OciError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::Unknown,
+            format!(
+                "upstream {} tags list is larger than {max} bytes; page with ?n=",
+                up.name
+            ),
+        )
+    };
+    let body = read_upstream_body(up, resp, max, "tags list", too_big).await?;
     let mut out = Response::new(full(body.clone()));
     out.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -864,19 +862,8 @@ pub async fn referrers_index(
         .unwrap_or(false);
     if resp.status() == StatusCode::OK && is_index {
         let applied = resp.headers().get("OCI-Filters-Applied").is_some();
-        let body = tokio::time::timeout(
-            up.idle_timeout(),
-            Limited::new(resp.into_body(), MAX_MANIFEST_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| {
-            OciError::from(UpstreamError::Unreachable {
-                upstream: up.name.clone(),
-                message: "referrers timed out".into(),
-            })
-        })?
-        .map_err(|e| bad(e.to_string()))?
-        .to_bytes();
+        let too_big = || bad(format!("larger than {MAX_MANIFEST_BYTES} bytes"));
+        let body = read_upstream_body(up, resp, MAX_MANIFEST_BYTES, "referrers", too_big).await?;
         if applied || artifact_type.is_none() {
             return Ok((body.to_vec(), applied));
         }
@@ -942,32 +929,16 @@ pub async fn fetch_small_blob(
         let (status, body) = read_error_body(resp, up.idle_timeout()).await;
         return Err(upstream_status(&up.name, status, &body, Object::Blob));
     }
-    let bytes = tokio::time::timeout(
-        up.idle_timeout(),
-        Limited::new(resp.into_body(), max).collect(),
-    )
-    .await
-    .map_err(|_| {
-        OciError::from(UpstreamError::Unreachable {
-            upstream: up.name.clone(),
-            message: format!("blob {d} timed out"),
-        })
-    })?
-    .map_err(|e| {
+    let too_big = || {
         OciError::new(
             StatusCode::BAD_GATEWAY,
             ErrorCode::BlobUnknown,
-            format!("upstream {} blob {d}: {e} (limit {max} bytes)", up.name),
+            format!("upstream {} blob {d} is larger than {max} bytes", up.name),
         )
-    })?
-    .to_bytes();
+    };
+    let bytes = read_upstream_body(up, resp, max, &format!("blob {d}"), too_big).await?;
     if Digest::of(&bytes) != *d {
-        app.metrics
-            .digest_mismatches
-            .get_or_create(&UpstreamLabels {
-                upstream: up.name.clone(),
-            })
-            .inc();
+        app.metrics.digest_mismatch(&up.name);
         tracing::error!(upstream = %up.name, digest = %d, "digest mismatch on a small blob; refused, nothing cached");
         return Err(OciError::new(
             StatusCode::BAD_GATEWAY,

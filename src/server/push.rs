@@ -305,6 +305,26 @@ fn forward(mut client: Incoming, mut hasher: Sha256Hasher, hold: bool, idle: Dur
     }
 }
 
+/// Headers of a chunk of `len` bytes starting at `offset`.
+fn chunk_headers(len: Option<u64>, offset: u64, with_range: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(l) = len {
+        h.insert(CONTENT_LENGTH, HeaderValue::from(l));
+        if l > 0 && with_range {
+            header(
+                &mut h,
+                "content-range",
+                &format!("{}-{}", offset, offset + l - 1),
+            );
+        }
+    }
+    h
+}
+
 fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -539,21 +559,7 @@ pub async fn upload(
                             return Ok(e);
                         }
                     }
-                    let mut h = HeaderMap::new();
-                    h.insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static("application/octet-stream"),
-                    );
-                    if let Some(l) = len {
-                        h.insert(CONTENT_LENGTH, HeaderValue::from(l));
-                        if l > 0 {
-                            header(
-                                &mut h,
-                                "content-range",
-                                &format!("{}-{}", g.offset, g.offset + l - 1),
-                            );
-                        }
-                    }
+                    let h = chunk_headers(len, g.offset, true);
                     let url = g.upstream_url.clone();
                     let hasher = g.hasher.clone();
                     let result = stream_upstream(
@@ -683,21 +689,8 @@ async fn finish(
             .request(Method::PUT, url, h, &scope, Bytes::new())
             .await?
     } else {
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        if let Some(l) = len {
-            h.insert(CONTENT_LENGTH, HeaderValue::from(l));
-            if s.offset > 0 {
-                header(
-                    &mut h,
-                    "content-range",
-                    &format!("{}-{}", s.offset, s.offset + l - 1),
-                );
-            }
-        }
+        // A final chunk after earlier ones says where it goes.
+        let h = chunk_headers(len, s.offset, s.offset > 0);
         match stream_upstream(
             r,
             Method::PUT,
