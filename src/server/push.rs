@@ -671,9 +671,9 @@ async fn finish(
                 .await;
         }
     };
-    let resp = if len == Some(0)
-        || (len.is_none() && req.headers().get("transfer-encoding").is_none())
-    {
+    // No final chunk (HTTP/1 without length or chunking, or an HTTP/2
+    // stream that ended with its headers): the digest can be checked now.
+    let resp = if len == Some(0) || hyper::body::Body::is_end_stream(req.body()) {
         let actual = s.hasher.clone().finish();
         if &actual != d {
             cancel(s.upstream_url.clone()).await;
