@@ -5,76 +5,51 @@
 
 use http::StatusCode;
 
-/// Error codes of the distribution spec (plus `UNAVAILABLE`, used by the
-/// reference registry for 503s).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    BlobUnknown,
-    BlobUploadInvalid,
-    BlobUploadUnknown,
-    DigestInvalid,
-    ManifestBlobUnknown,
-    ManifestInvalid,
-    ManifestUnknown,
-    NameInvalid,
-    NameUnknown,
-    SizeInvalid,
-    Unauthorized,
-    Denied,
-    Unsupported,
-    TooManyRequests,
-    RangeInvalid,
-    Unavailable,
-    Unknown,
+/// One table makes the enum, its wire names and the parser.
+macro_rules! error_codes {
+    ($($variant:ident => $code:literal,)*) => {
+        /// Error codes of the distribution spec (plus `UNAVAILABLE`, used by
+        /// the reference registry for 503s, and `RANGE_INVALID`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<ErrorCode> {
+                match s {
+                    $($code => Some(ErrorCode::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
-            ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
-            ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
-            ErrorCode::DigestInvalid => "DIGEST_INVALID",
-            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
-            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
-            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
-            ErrorCode::NameInvalid => "NAME_INVALID",
-            ErrorCode::NameUnknown => "NAME_UNKNOWN",
-            ErrorCode::SizeInvalid => "SIZE_INVALID",
-            ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::Denied => "DENIED",
-            ErrorCode::Unsupported => "UNSUPPORTED",
-            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
-            ErrorCode::RangeInvalid => "RANGE_INVALID",
-            ErrorCode::Unavailable => "UNAVAILABLE",
-            ErrorCode::Unknown => "UNKNOWN",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ErrorCode> {
-        use ErrorCode::*;
-        [
-            BlobUnknown,
-            BlobUploadInvalid,
-            BlobUploadUnknown,
-            DigestInvalid,
-            ManifestBlobUnknown,
-            ManifestInvalid,
-            ManifestUnknown,
-            NameInvalid,
-            NameUnknown,
-            SizeInvalid,
-            Unauthorized,
-            Denied,
-            Unsupported,
-            TooManyRequests,
-            RangeInvalid,
-            Unavailable,
-            Unknown,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
-    }
+error_codes! {
+    BlobUnknown => "BLOB_UNKNOWN",
+    BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+    BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+    DigestInvalid => "DIGEST_INVALID",
+    ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+    ManifestInvalid => "MANIFEST_INVALID",
+    ManifestUnknown => "MANIFEST_UNKNOWN",
+    NameInvalid => "NAME_INVALID",
+    NameUnknown => "NAME_UNKNOWN",
+    SizeInvalid => "SIZE_INVALID",
+    Unauthorized => "UNAUTHORIZED",
+    Denied => "DENIED",
+    Unsupported => "UNSUPPORTED",
+    TooManyRequests => "TOOMANYREQUESTS",
+    RangeInvalid => "RANGE_INVALID",
+    Unavailable => "UNAVAILABLE",
+    Unknown => "UNKNOWN",
 }
 
 /// One error as a client sees it.

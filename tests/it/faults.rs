@@ -52,12 +52,9 @@ async fn wrong_bytes_abort_the_response_and_cache_nothing() {
 #[tokio::test]
 async fn truncated_chunked_body_is_a_failure() {
     let up = Mock::start().await;
-    let d = up.state.add_blob(data(500_000, 2));
-    up.state
-        .faults
-        .lock()
-        .unwrap()
-        .insert(d.to_string(), Fault::ShortChunked(200_000));
+    let d = up
+        .state
+        .add_faulty_blob(data(500_000, 2), Fault::ShortChunked(200_000));
     let g = gate_for(&up).await;
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert!(r.body.is_err(), "a short body must not look complete");
@@ -74,12 +71,9 @@ async fn truncated_chunked_body_is_a_failure() {
 #[tokio::test]
 async fn connection_dropped_mid_blob() {
     let up = Mock::start().await;
-    let d = up.state.add_blob(data(900_000, 3));
-    up.state
-        .faults
-        .lock()
-        .unwrap()
-        .insert(d.to_string(), Fault::DropAfter(300_000));
+    let d = up
+        .state
+        .add_faulty_blob(data(900_000, 3), Fault::DropAfter(300_000));
     let g = gate_for(&up).await;
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -94,9 +88,8 @@ async fn connection_dropped_mid_blob() {
 async fn slow_drip_still_arrives_whole() {
     let up = Mock::start().await;
     let blob = data(200_000, 4);
-    let d = up.state.add_blob(blob.clone());
-    up.state.faults.lock().unwrap().insert(
-        d.to_string(),
+    let d = up.state.add_faulty_blob(
+        blob.clone(),
         Fault::Drip {
             chunk: 10_000,
             delay: Duration::from_millis(15),
@@ -113,12 +106,9 @@ async fn slow_drip_still_arrives_whole() {
 #[tokio::test]
 async fn stalled_upstream_is_abandoned_after_idle_timeout() {
     let up = Mock::start().await;
-    let d = up.state.add_blob(data(600_000, 5));
-    up.state
-        .faults
-        .lock()
-        .unwrap()
-        .insert(d.to_string(), Fault::StallAfter(100_000));
+    let d = up
+        .state
+        .add_faulty_blob(data(600_000, 5), Fault::StallAfter(100_000));
     let g = gate_for(&up).await; // idle_timeout = 2s
     let started = std::time::Instant::now();
     let r = get(&g.url(&format!("/v2/r/blobs/{d}"))).await;
@@ -261,9 +251,8 @@ async fn concurrent_cold_requests_share_one_download_and_stream_early() {
     let up = Mock::start().await;
     let blob = data(1_000_000, 8);
     let total = blob.len() as u64;
-    let d = up.state.add_blob(blob.clone());
-    up.state.faults.lock().unwrap().insert(
-        d.to_string(),
+    let d = up.state.add_faulty_blob(
+        blob.clone(),
         Fault::Drip {
             chunk: 32_768,
             delay: Duration::from_millis(25),
@@ -322,9 +311,8 @@ async fn concurrent_cold_requests_share_one_download_and_stream_early() {
 async fn many_followers_coalesce() {
     let up = Mock::start().await;
     let blob = data(300_000, 9);
-    let d = up.state.add_blob(blob.clone());
-    up.state.faults.lock().unwrap().insert(
-        d.to_string(),
+    let d = up.state.add_faulty_blob(
+        blob.clone(),
         Fault::Drip {
             chunk: 30_000,
             delay: Duration::from_millis(30),

@@ -619,9 +619,8 @@ async fn admin_endpoints() {
 async fn graceful_shutdown_finishes_a_download_in_flight() {
     let up = Mock::start().await;
     let blob = data(400_000, 5);
-    let d = up.state.add_blob(blob.clone());
-    up.state.faults.lock().unwrap().insert(
-        d.to_string(),
+    let d = up.state.add_faulty_blob(
+        blob.clone(),
         Fault::Drip {
             chunk: 50_000,
             delay: std::time::Duration::from_millis(60),

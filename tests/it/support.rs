@@ -110,6 +110,13 @@ impl MockState {
         d
     }
 
+    /// A blob the mock serves with `fault`.
+    pub fn add_faulty_blob(&self, data: impl Into<Bytes>, fault: Fault) -> Digest {
+        let d = self.add_blob(data);
+        self.faults.lock().unwrap().insert(d.to_string(), fault);
+        d
+    }
+
     pub fn add_manifest(
         &self,
         repo: &str,
