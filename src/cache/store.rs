@@ -28,6 +28,8 @@ pub struct BlobStore {
     clock: AtomicU64,
     tmp_seq: AtomicU64,
     max_bytes: u64,
+    /// Counts evicted entries for `modelgate_cache_evictions_total`.
+    evictions: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// What `cache verify` found.
@@ -56,6 +58,7 @@ impl BlobStore {
             clock: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(0),
             max_bytes,
+            evictions: None,
         };
         // Order the existing entries by modification time so LRU survives a
         // restart approximately.
@@ -75,6 +78,11 @@ impl BlobStore {
             store.insert(d, size);
         }
         Ok(store)
+    }
+
+    /// Count evictions on `c`.
+    pub fn count_evictions(&mut self, c: prometheus_client::metrics::counter::Counter) {
+        self.evictions = Some(c);
     }
 
     pub fn root(&self) -> &Path {
@@ -240,6 +248,9 @@ impl BlobStore {
             self.forget(&d);
             n += 1;
             bytes += size;
+        }
+        if let Some(c) = &self.evictions {
+            c.inc_by(n);
         }
         (n, bytes)
     }

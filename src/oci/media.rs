@@ -39,8 +39,6 @@ pub fn accepts(accept: Option<&str>, media_type: &str) -> bool {
 
 #[derive(Deserialize, Default)]
 struct RawDescriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
     digest: Option<String>,
 }
 
@@ -100,7 +98,6 @@ impl ManifestSummary {
             if let Some(d) = dig(m, "child manifest")? {
                 out.manifests.push(d);
             }
-            let _ = &m.media_type;
         }
         if let Some(s) = &raw.subject {
             out.subject = dig(s, "subject")?;

@@ -70,8 +70,9 @@ impl App {
     pub fn new(config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let dir = config.cache_dir.clone();
-        let store = BlobStore::open(&dir, config.max_bytes)
+        let mut store = BlobStore::open(&dir, config.max_bytes)
             .map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
+        store.count_evictions(metrics.cache_evictions.clone());
         metrics.cache_bytes.set(store.total_bytes() as i64);
         let tags = TagStore::open(dir.join("tags"))
             .map_err(|e| StartError::Cache(dir.display().to_string(), e))?;

@@ -13,7 +13,7 @@
 
 use super::body::{empty, RespBody};
 use super::gate::{self, Decided, Requester};
-use super::pull::{fetch_small_blob, read_error_body, Manifest};
+use super::pull::{read_error_body, Manifest};
 use super::App;
 use crate::error::{upstream_status, Object};
 use crate::oci::media::{self, ManifestSummary, MAX_MANIFEST_BYTES};
@@ -491,7 +491,7 @@ pub async fn upload(
                     ))
                 }
                 // Monolithic upload: the body is the whole blob.
-                Some(d) => finish(app, session, &d, req).await,
+                Some(d) => finish(session, &d, req).await,
             }
         }
         (_, None) => Err(super::method_not_allowed(&method, "blobs/uploads/")),
@@ -640,7 +640,7 @@ pub async fn upload(
                     };
                     drop(g);
                     app.uploads.map.remove(&id);
-                    finish(app, session, &d, req).await
+                    finish(session, &d, req).await
                 }
                 other => Err(super::method_not_allowed(&other, "an upload session")),
             }
@@ -651,12 +651,10 @@ pub async fn upload(
 /// Complete an upload with `req`'s body as the final chunk, refusing it
 /// (and cancelling it upstream) if the bytes do not hash to `d`.
 async fn finish(
-    app: &Arc<App>,
     s: UploadSession,
     d: &Digest,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, OciError> {
-    let _ = app;
     let r = &s.route;
     let len = content_length(req.headers());
     let mut url = s.upstream_url.clone();
@@ -1011,7 +1009,6 @@ pub async fn put_manifest(
     if !tags.is_empty() && matches!(reference, Reference::Digest(_)) {
         header(h, "oci-tag", &tags.join(","));
     }
-    let _ = fetch_small_blob;
     Ok(out)
 }
 

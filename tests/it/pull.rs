@@ -396,6 +396,7 @@ async fn cache_stays_under_max_bytes() {
     // The most recent ones stayed.
     assert!(g.app.store.size_of(&ds[3]).is_some() && g.app.store.size_of(&ds[0]).is_none());
     assert!(g.metric("modelgate_cache_bytes") <= 250_000.0);
+    assert_eq!(g.metric("modelgate_cache_evictions_total"), 2.0);
     g.stop().await;
 }
 
@@ -535,14 +536,23 @@ async fn accept_negotiation_passes_the_clients_accept() {
         r.header("docker-content-digest"),
         Some(d.to_string().as_str())
     );
+    // Both Accept lines reached the upstream.
     let seen = up.state.seen.lock().unwrap().clone();
-    drop(seen);
+    let accept = seen
+        .iter()
+        .find(|s| s.path.ends_with("manifests/v1"))
+        .and_then(|s| s.accept.clone())
+        .unwrap();
+    assert!(
+        accept.contains("application/vnd.docker.distribution.manifest.v2+json")
+            && accept.contains("application/vnd.oci.image.index.v1+json"),
+        "{accept}"
+    );
     g.stop().await;
 }
 
 #[tokio::test]
 async fn tls_listener_serves_the_api() {
-    use std::sync::Arc;
     let up = Mock::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let ck =
@@ -585,7 +595,6 @@ async fn tls_listener_serves_the_api() {
             .unwrap(),
         "registry/2.0"
     );
-    let _ = Arc::new(());
     g.stop().await;
 }
 

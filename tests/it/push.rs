@@ -1,7 +1,7 @@
 //! Pushing through modelgate: every upload form and failure, manifest PUT
 //! validation, authentication, and the policy on push.
 
-use crate::policy::{fx, gate_with_policy};
+use crate::policy::gate_with_policy;
 use crate::support::*;
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -667,6 +667,5 @@ async fn policy_decides_pushes_before_the_upstream_has_the_tag() {
             "modelgate_policy_decisions_total{action=\"push\",decision=\"deny\",rule=\"models\"}"
         ) >= 4.0
     );
-    let _ = fx;
     g.stop().await;
 }

@@ -62,6 +62,8 @@ pub struct Seen {
     pub path: String,
     pub query: Option<String>,
     pub authorization: Option<String>,
+    /// All Accept values, joined.
+    pub accept: Option<String>,
 }
 
 /// State of a mock upstream registry.
@@ -450,6 +452,15 @@ async fn mock_handle(
         path: path.clone(),
         query: query.clone(),
         authorization: auth_hdr.clone(),
+        accept: {
+            let a: Vec<&str> = req
+                .headers()
+                .get_all("accept")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!a.is_empty()).then(|| a.join(", "))
+        },
     });
     if st.down.load(Ordering::SeqCst) {
         return Ok(oci_error(
