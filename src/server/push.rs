@@ -859,23 +859,13 @@ pub async fn put_manifest(
         true => digest.to_string(),
         false => tags.join(","),
     };
-    let decision = if signature {
+    let (decision, audit_reasons) = if signature {
         let d = crate::policy::PolicyDecision {
             decision: Decision::Allow,
             rule: None,
             reasons: vec![],
         };
-        let reasons = vec!["signature artifact".into()];
-        let x = Decided {
-            action: "push",
-            route: r,
-            reference: &reference_text,
-            digest: &digest,
-            decision: &d,
-            reasons,
-        };
-        gate::record(app, &loaded, x, who);
-        d
+        (d, vec!["signature artifact".into()])
     } else {
         let rule = loaded.policy.rule_for(&r.canonical);
         let mut decision = None;
@@ -924,17 +914,18 @@ pub async fn put_manifest(
         if let Some((first, now)) = &ev.tag_moved {
             tracing::warn!(repository = %r.canonical, first = %first, now = %now, "tag mutation refused");
         }
-        let x = Decided {
-            action: "push",
-            route: r,
-            reference: &reference_text,
-            digest: &digest,
-            decision: &d,
-            reasons: d.reasons.clone(),
-        };
-        gate::record(app, &loaded, x, who);
-        d
+        let reasons = d.reasons.clone();
+        (d, reasons)
     };
+    let x = Decided {
+        action: "push",
+        route: r,
+        reference: &reference_text,
+        digest: &digest,
+        decision: &decision,
+        reasons: audit_reasons,
+    };
+    gate::record(app, &loaded, x, who);
     if decision.decision == Decision::Deny {
         return Err(err(
             StatusCode::FORBIDDEN,
