@@ -466,8 +466,15 @@ impl Leader {
     }
 
     async fn feed(&self, b: Bytes) -> bool {
+        // Most frames fit at once; only a full channel arms a timer.
+        use tokio::sync::mpsc::error::TrySendError;
+        let msg = match self.tx.try_send(LeaderMsg::Data(b)) {
+            Ok(()) => return true,
+            Err(TrySendError::Closed(_)) => return false,
+            Err(TrySendError::Full(m)) => m,
+        };
         matches!(
-            tokio::time::timeout(LEADER_PATIENCE, self.tx.send(LeaderMsg::Data(b))).await,
+            tokio::time::timeout(LEADER_PATIENCE, self.tx.send(msg)).await,
             Ok(Ok(()))
         )
     }
