@@ -85,14 +85,6 @@ impl BlobStore {
         self.evictions = Some(c);
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
-    }
-
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }

@@ -287,7 +287,7 @@ pub async fn get_manifest(
                 return Ok(m);
             }
             // Stale: ask the upstream whether the tag still points here.
-            match head_manifest_digest(app, r, tag, accept).await {
+            match head_manifest_digest(r, tag, accept).await {
                 Ok(Some(d)) if d == entry.digest => {
                     app.metrics.cache("manifest", true);
                     let _ = app.tags.confirm(&r.canonical, tag, &d, &m.media_type);
@@ -336,14 +336,13 @@ fn manifest_accept(accept: Option<&str>) -> HeaderMap {
     h
 }
 
-/// HEAD the tag upstream; the digest it names, if it names one.
-async fn head_manifest_digest(
-    app: &App,
+/// HEAD the tag upstream: the digest it names (None when the tag does not
+/// exist or the upstream names no digest).
+pub async fn head_manifest_digest(
     r: &Route,
     tag: &str,
     accept: Option<&str>,
 ) -> Result<Option<Digest>, OciError> {
-    let _ = app;
     let resp = r
         .upstream
         .pull(
@@ -354,27 +353,26 @@ async fn head_manifest_digest(
             manifest_accept(accept),
         )
         .await?;
-    if resp.status() == StatusCode::OK {
-        return Ok(resp
+    let status = resp.status();
+    match status {
+        StatusCode::OK => Ok(resp
             .headers()
             .get(DIGEST_HEADER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()));
-    }
-    let status = resp.status();
-    if status.is_server_error() {
-        return Err(OciError::new(
+            .and_then(|v| v.parse().ok())),
+        StatusCode::NOT_FOUND => Ok(None),
+        s if s.is_server_error() => Err(OciError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             format!("upstream {} answered {status}", r.upstream.name),
-        ));
+        )),
+        _ => Err(upstream_status(
+            &r.upstream.name,
+            status,
+            b"",
+            Object::Manifest,
+        )),
     }
-    Err(upstream_status(
-        &r.upstream.name,
-        status,
-        b"",
-        Object::Manifest,
-    ))
 }
 
 /// GET a manifest upstream, verify it, cache it.

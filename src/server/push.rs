@@ -21,7 +21,7 @@ use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName, Sha256Hasher}
 use crate::policy::eval::evaluate;
 use crate::policy::Decision;
 use crate::upstream::client::{BoxError, ReqBody};
-use crate::upstream::{Route, UpstreamError};
+use crate::upstream::Route;
 use bytes::Bytes;
 use dashmap::DashMap;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
@@ -137,14 +137,6 @@ impl Uploads {
                 .unwrap_or(true)
         });
         before - self.map.len()
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
@@ -887,7 +879,7 @@ pub async fn put_manifest(
             ev.tag = t.clone();
             if let (Some(t), Some(rule)) = (&t, rule) {
                 if rule.tags.as_ref().is_some_and(|x| x.immutable) {
-                    let upstream_now = head_manifest(r, t).await?;
+                    let upstream_now = super::pull::head_manifest_digest(r, t, None).await?;
                     let first = app.gate.seen_tag(&r.canonical, t).or(upstream_now);
                     if let Some(first) = first.filter(|f| f != &digest) {
                         ev.tag_moved = Some((first, digest.clone()));
@@ -1013,34 +1005,6 @@ fn prev_is_worse(
         Decision::Allow => 0,
     };
     rank(prev.decision) >= rank(new.decision)
-}
-
-/// What `tag` points at upstream now, if anything.
-async fn head_manifest(r: &Route, tag: &str) -> Result<Option<Digest>, OciError> {
-    let up = &r.upstream;
-    let mut h = HeaderMap::new();
-    header(&mut h, "accept", media::DEFAULT_MANIFEST_ACCEPT);
-    let resp = up
-        .request(
-            Method::HEAD,
-            up.url(r.path.as_str(), &format!("manifests/{tag}"), None),
-            h,
-            &push_scope(r),
-            Bytes::new(),
-        )
-        .await?;
-    match resp.status() {
-        StatusCode::OK => Ok(resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())),
-        StatusCode::NOT_FOUND => Ok(None),
-        s => Err(OciError::from(UpstreamError::Protocol {
-            upstream: up.name.clone(),
-            message: format!("HEAD of tag {tag} answered {s}"),
-        })),
-    }
 }
 
 #[cfg(test)]
