@@ -2,19 +2,11 @@
 //! with SIGTERM, the cache tools, and config errors.
 
 use crate::support::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_modelgate")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -68,16 +60,11 @@ async fn serve_pull_sigterm_then_cache_tools() {
         .unwrap()
     };
     write_cfg("10MiB");
-    let mut child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(tmp.path().join("log")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
+    let mut child = spawn_logged(
+        Command::new(bin()).args(["serve", "--config"]).arg(&cfg),
+        &tmp.path().join("log"),
+    )
+    .unwrap();
     let mut ready = false;
     for _ in 0..100 {
         if let Ok(Ok(r)) = tokio::time::timeout(

@@ -143,7 +143,7 @@ async fn bearer_token_dance_and_token_cache() {
         1,
         "one token, cached for its scope"
     );
-    let seen = up.state.seen.lock().unwrap().clone();
+    let seen = up.state.seen();
     let token_req = seen.iter().find(|s| s.path == "/token").unwrap();
     let q = token_req.query.clone().unwrap();
     assert!(
@@ -229,7 +229,7 @@ async fn redirect_to_storage_drops_authorization() {
     let g = gate_for(&up).await;
     let r = get(&g.url(&format!("/v2/m/x/blobs/{d}"))).await;
     assert_eq!(r.bytes(), &blob);
-    let seen = storage.state.seen.lock().unwrap().clone();
+    let seen = storage.state.seen();
     assert_eq!(seen.len(), 1);
     assert!(
         seen[0].authorization.is_none(),
@@ -238,9 +238,7 @@ async fn redirect_to_storage_drops_authorization() {
     // ...while the registry itself got the token.
     assert!(up
         .state
-        .seen
-        .lock()
-        .unwrap()
+        .seen()
         .iter()
         .any(|s| s.authorization.as_deref() == Some("Bearer tok-123")));
     g.stop().await;
@@ -351,19 +349,8 @@ async fn manifest_lies_are_refused() {
     // By digest, with bytes that hash to something else.
     up.state.lie_manifest_digest.store(false, Ordering::SeqCst);
     let fake = modelgate::oci::Digest::of(b"other");
-    let bytes = up
-        .state
-        .manifests
-        .lock()
-        .unwrap()
-        .get(&("m/x".to_string(), md.to_string()))
-        .cloned()
-        .unwrap();
     up.state
-        .manifests
-        .lock()
-        .unwrap()
-        .insert(("m/x".into(), fake.to_string()), bytes);
+        .copy_manifest("m/x", &md.to_string(), "m/x", &fake.to_string());
     let r = get(&g.url(&format!("/v2/m/x/manifests/{fake}"))).await;
     assert_eq!(r.code(), "DIGEST_INVALID");
     assert!(g.app.store.size_of(&fake).is_none());

@@ -61,14 +61,6 @@ impl Drop for Registry {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Registry {
     pub async fn start(bin: &Path) -> Registry {
         let dir = tempfile::tempdir().unwrap();
@@ -83,16 +75,11 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("registry.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("start docker-registry");
+        let child = spawn_logged(
+            Command::new(bin).arg("serve").arg(&cfg),
+            &dir.path().join("registry.log"),
+        )
+        .expect("start docker-registry");
         let reg = Registry {
             addr,
             child,
@@ -428,16 +415,13 @@ async fn containerd_pulls_through_modelgate_as_server_with_ns() {
         format!("server = \"http://{0}\"\n\n[host.\"http://{0}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", g.addr),
     )
     .unwrap();
-    let mut daemon = Command::new(&containerd)
-        .arg("--config")
-        .arg(d.join("config.toml"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(d.join("containerd.log")).unwrap(),
-        ))
-        .spawn()
-        .expect("start containerd");
+    let mut daemon = spawn_logged(
+        Command::new(&containerd)
+            .arg("--config")
+            .arg(d.join("config.toml")),
+        &d.join("containerd.log"),
+    )
+    .expect("start containerd");
     let mut up = false;
     for _ in 0..100 {
         let (ok, _) = run(tokio::process::Command::new(&ctr)

@@ -167,7 +167,7 @@ async fn signed_labeled_image_is_admitted_in_every_signature_format() {
         assert_eq!(g.metric("modelgate_policy_decisions_total{action=\"pull\",decision=\"allow\",rule=\"models\"}"), 1.0);
         assert!(g.metric("modelgate_signature_verifications_total{result=\"valid\"}") >= 1.0);
         // A cached verdict costs no upstream round trip.
-        let before = up.state.seen.lock().unwrap().len();
+        let before = up.state.seen().len();
         assert_eq!(
             get(&g.url(&format!("/v2/models/demo/manifests/{d}")))
                 .await
@@ -175,7 +175,7 @@ async fn signed_labeled_image_is_admitted_in_every_signature_format() {
             StatusCode::OK
         );
         assert_eq!(
-            up.state.seen.lock().unwrap().len(),
+            up.state.seen().len(),
             before,
             "{format}: second decision went upstream"
         );
@@ -450,19 +450,12 @@ async fn signed_index_admits_children_only_in_its_repository() {
     );
     // The same children exist in another governed repository, unsigned there.
     for c in &children {
-        let bytes = up
-            .state
-            .manifests
-            .lock()
-            .unwrap()
-            .get(&("models/multi".to_string(), c.to_string()))
-            .cloned()
-            .unwrap();
-        up.state
-            .manifests
-            .lock()
-            .unwrap()
-            .insert(("models/other".into(), c.to_string()), bytes);
+        up.state.copy_manifest(
+            "models/multi",
+            &c.to_string(),
+            "models/other",
+            &c.to_string(),
+        );
     }
     let (g, _t) = gate_with_policy(&up, &policy_for_key(&key)).await;
     let r = get(&g.url("/v2/models/multi/manifests/v1.0.0")).await;

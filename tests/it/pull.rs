@@ -276,7 +276,7 @@ async fn tags_list_passes_paging_and_rewrites_link() {
         r.header("link"),
         Some("</v2/reg.example/docs/x/tags/list?n=2&last=b>; rel=\"next\"")
     );
-    let seen = up.state.seen.lock().unwrap().clone();
+    let seen = up.state.seen();
     let q = seen
         .iter()
         .find(|s| s.path.ends_with("tags/list"))
@@ -537,7 +537,7 @@ async fn accept_negotiation_passes_the_clients_accept() {
         Some(d.to_string().as_str())
     );
     // Both Accept lines reached the upstream.
-    let seen = up.state.seen.lock().unwrap().clone();
+    let seen = up.state.seen();
     let accept = seen
         .iter()
         .find(|s| s.path.ends_with("manifests/v1"))

@@ -237,7 +237,7 @@ async fn mount_cancel_unknown_and_expired_sessions() {
         r.header("location"),
         Some(format!("/v2/team/b/blobs/{existing}").as_str())
     );
-    assert!(up.state.seen.lock().unwrap().iter().any(|s| s
+    assert!(up.state.seen().iter().any(|s| s
         .query
         .as_deref()
         .is_some_and(|q| q.contains("from=team%2Fa"))));
@@ -453,13 +453,7 @@ async fn push_needs_credentials_and_records_the_user() {
     assert_eq!(rec["user"], "ci-bot");
     assert_eq!(rec["decision"], "allow");
     // The client's credentials never reach the upstream.
-    assert!(up
-        .state
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|s| s.authorization.is_none()));
+    assert!(up.state.seen().iter().all(|s| s.authorization.is_none()));
     g.stop().await;
     // pull_auth = true: pulls need credentials too.
     let extra = format!("{extra}\npull_auth = true");

@@ -112,6 +112,27 @@ impl MockState {
         d
     }
 
+    /// What the mock has been asked so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Serve `repo_from`'s manifest `reference` also as `repo_to:reference_to`.
+    pub fn copy_manifest(
+        &self,
+        repo_from: &str,
+        reference: &str,
+        repo_to: &str,
+        reference_to: &str,
+    ) {
+        let mut m = self.manifests.lock().unwrap();
+        let v = m
+            .get(&(repo_from.to_string(), reference.to_string()))
+            .cloned()
+            .expect("manifest to copy");
+        m.insert((repo_to.to_string(), reference_to.to_string()), v);
+    }
+
     /// A blob the mock serves with `fault`.
     pub fn add_faulty_blob(&self, data: impl Into<Bytes>, fault: Fault) -> Digest {
         let d = self.add_blob(data);
@@ -871,6 +892,26 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// A free loopback port (for servers that take a port, not a listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start `cmd` with no input and its output in `log`.
+pub fn spawn_logged(
+    cmd: &mut std::process::Command,
+    log: &std::path::Path,
+) -> std::io::Result<std::process::Child> {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(std::fs::File::create(log)?))
+        .spawn()
 }
 
 /// What a client saw.
