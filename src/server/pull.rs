@@ -469,6 +469,23 @@ async fn fetch_manifest(
     })
 }
 
+/// GET or HEAD `blobs/<d>` of `path` at `up`.
+async fn upstream_blob(
+    up: &crate::upstream::Upstream,
+    method: Method,
+    path: &RepoName,
+    d: &Digest,
+) -> Result<Response<Incoming>, UpstreamError> {
+    up.pull(
+        method,
+        path.as_str(),
+        &format!("blobs/{d}"),
+        None,
+        HeaderMap::new(),
+    )
+    .await
+}
+
 /// A parsed single `Range: bytes=...` header. `None` means serve it all.
 fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     let spec = h.trim().strip_prefix("bytes=")?;
@@ -572,15 +589,7 @@ async fn get_blob(
     app.metrics.cache("blob", false);
     let up = r.upstream.clone();
     if head {
-        let resp = up
-            .pull(
-                Method::HEAD,
-                r.path.as_str(),
-                &format!("blobs/{d}"),
-                None,
-                HeaderMap::new(),
-            )
-            .await?;
+        let resp = upstream_blob(&up, Method::HEAD, &r.path, d).await?;
         if resp.status() != StatusCode::OK {
             return Err(upstream_status(&up.name, resp.status(), b"", Object::Blob));
         }
@@ -660,16 +669,7 @@ async fn download_blob(
         });
         return;
     }
-    let resp = match up
-        .pull(
-            Method::GET,
-            path.as_str(),
-            &format!("blobs/{d}"),
-            None,
-            HeaderMap::new(),
-        )
-        .await
-    {
+    let resp = match upstream_blob(&up, Method::GET, &path, &d).await {
         Ok(r) => r,
         Err(e) => {
             tx.send_replace(FetchState::Failed(e.into()));
@@ -914,15 +914,7 @@ pub async fn fetch_small_blob(
         return Ok(Bytes::from(b));
     }
     let up = &r.upstream;
-    let resp = up
-        .pull(
-            Method::GET,
-            r.path.as_str(),
-            &format!("blobs/{d}"),
-            None,
-            HeaderMap::new(),
-        )
-        .await?;
+    let resp = upstream_blob(up, Method::GET, &r.path, d).await?;
     if resp.status() != StatusCode::OK {
         let (status, body) = read_error_body(resp, up.idle_timeout()).await;
         return Err(upstream_status(&up.name, status, &body, Object::Blob));
