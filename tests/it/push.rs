@@ -220,7 +220,7 @@ async fn mount_cancel_unknown_and_expired_sessions() {
         tmp.path(),
         &upstream_toml("local", &up.url(), true, ""),
         "",
-        "upload_timeout = \"300ms\"",
+        "upload_timeout = \"1s\"",
         None,
     )
     .await;
@@ -261,7 +261,7 @@ async fn mount_cancel_unknown_and_expired_sessions() {
         "BLOB_UPLOAD_UNKNOWN"
     );
     // Expiry.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let r = send_body(
         Method::PATCH,
         &loc(&g, &r),
