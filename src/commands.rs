@@ -380,11 +380,18 @@ struct Report {
     digest: Digest,
     decision: crate::policy::PolicyDecision,
     signers: Vec<String>,
-    exempt: Option<String>,
+    exempt: Option<gate::Exemption>,
     policy_sha256: String,
 }
 
 impl Report {
+    fn message(&self) -> String {
+        match self.exempt {
+            Some(x) => format!("readable without a decision: {}", x.reason()),
+            None => self.decision.message(),
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "image": self.image,
@@ -395,9 +402,9 @@ impl Report {
             "admitted": self.decision.decision != Decision::Deny,
             "rule": self.decision.rule,
             "reasons": self.decision.reasons,
-            "message": self.decision.message(),
+            "message": self.message(),
             "signers": self.signers,
-            "exempt": self.exempt,
+            "exempt": self.exempt.map(|x| x.reason()),
             "policy_sha256": self.policy_sha256,
         })
     }
@@ -414,13 +421,13 @@ impl Report {
             self.route.canonical,
             self.route.upstream.name,
             self.digest,
-            self.decision.message()
+            self.message()
         );
         for r in &self.decision.reasons {
             s += &format!("  - {r}\n");
         }
         if let Some(e) = &self.exempt {
-            s += &format!("exempt      {e}\n");
+            s += &format!("exempt      {}\n", e.reason());
         }
         s += &format!(
             "signatures  {}\npolicy      sha256:{}\n",

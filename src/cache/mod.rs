@@ -3,9 +3,11 @@
 //! downloads that several clients stream from at once ([`flight`]).
 
 pub mod flight;
+pub mod holdings;
 pub mod store;
 pub mod tags;
 
 pub use flight::{FetchState, Flights};
+pub use holdings::{Held, Holdings};
 pub use store::{BlobStore, VerifyReport};
 pub use tags::{TagEntry, TagStore};

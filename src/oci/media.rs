@@ -71,6 +71,7 @@ pub struct ManifestSummary {
 impl ManifestSummary {
     /// Parse a manifest or index. Errors name what is wrong.
     pub fn parse(bytes: &[u8]) -> Result<ManifestSummary, String> {
+        super::json::check_strict(bytes).map_err(|e| format!("manifest is {e}"))?;
         let raw: RawManifest = serde_json::from_slice(bytes)
             .map_err(|e| format!("manifest is not valid JSON: {e}"))?;
         let dig = |d: &RawDescriptor, what: &str| -> Result<Option<Digest>, String> {

@@ -4,6 +4,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod json;
 pub mod media;
 pub mod name;
 

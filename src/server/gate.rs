@@ -21,7 +21,7 @@ use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
 use crate::oci::{Digest, ErrorCode, OciError, Reference};
 use crate::policy::eval::evaluate;
 use crate::policy::{Decision, Evidence, ImageEvidence, LoadedPolicy, Mode, PolicyDecision, Rule};
-use crate::trust::verify::{BUNDLE_V03, COSIGN_SIG_ARTIFACT, SIMPLE_SIGNING};
+use crate::trust::verify::SIMPLE_SIGNING;
 use crate::upstream::Route;
 use dashmap::DashMap;
 use http::StatusCode;
@@ -30,42 +30,103 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Layer media types that only signature artifacts carry.
+/// Layer media types that only signature and attestation artifacts carry:
+/// small JSON payloads, never a filesystem.
 fn is_signature_layer(t: &str) -> bool {
     t == SIMPLE_SIGNING
         || t.starts_with("application/vnd.dev.sigstore.bundle")
         || t == "application/vnd.dsse.envelope.v1+json"
+        || t == "application/vnd.in-toto+json"
 }
 
-fn is_signature_artifact_type(t: &str) -> bool {
-    t == COSIGN_SIG_ARTIFACT
-        || t == BUNDLE_V03
-        || t.starts_with("application/vnd.dev.cosign.artifact.")
-        || t.starts_with("application/vnd.dev.sigstore.bundle")
-}
+/// Largest blob a signature artifact may open for reading: signatures,
+/// bundles and attestations are small; a model layer is not.
+pub const MAX_SIGNATURE_BLOB: usize = 4 * 1024 * 1024;
 
-/// Whether `bytes` is a signature artifact (always readable): an image
-/// manifest whose every layer is a signature, or an index listing only
-/// signature artifacts (the referrers tag schema). A model image does not
-/// become one by claiming a `subject` or an artifactType.
-pub fn is_signature_artifact(bytes: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+/// Whether `bytes` is a signature artifact: an image manifest (never an
+/// index) whose every layer is a signature or attestation payload. What a
+/// descriptor claims about the document (`artifactType`, a `subject`)
+/// counts for nothing; duplicate or case-twin keys make it no signature.
+pub fn is_signature_manifest(bytes: &[u8]) -> bool {
+    let Ok(v) = crate::oci::json::parse_strict(bytes) else {
         return false;
     };
-    if let Some(layers) = v["layers"].as_array() {
-        return !layers.is_empty()
+    if v.get("manifests").is_some() {
+        return false;
+    }
+    v["layers"].as_array().is_some_and(|layers| {
+        !layers.is_empty()
             && layers
                 .iter()
-                .all(|l| l["mediaType"].as_str().is_some_and(is_signature_layer));
+                .all(|l| l["mediaType"].as_str().is_some_and(is_signature_layer))
+    })
+}
+
+/// What a tag of the cosign tag schemes names: `sha256-<hex>` (referrers
+/// fallback index), `sha256-<hex>.sig` (signatures), `sha256-<hex>.att`
+/// (attestations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaTag {
+    Referrers,
+    Signature,
+    Attestation,
+}
+
+/// The image digest and kind a cosign-scheme tag refers to.
+pub fn schema_tag(tag: &str) -> Option<(Digest, SchemaTag)> {
+    let rest = tag.strip_prefix("sha256-")?;
+    let (hex, kind) = match rest.split_once('.') {
+        None => (rest, SchemaTag::Referrers),
+        Some((h, "sig")) => (h, SchemaTag::Signature),
+        Some((h, "att")) => (h, SchemaTag::Attestation),
+        Some(_) => return None,
+    };
+    let d = format!("sha256:{hex}").parse().ok()?;
+    Some((d, kind))
+}
+
+/// Why a manifest needs no decision of its own. Exempt documents are
+/// readable, audited, and open nothing but their own small payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exemption {
+    /// A signature or attestation manifest (by its layers).
+    SignatureArtifact,
+    /// The referrers fallback index read by its `sha256-<hex>` tag.
+    ReferrersIndex,
+    /// A child of an index admitted in the same repository.
+    ChildOfAdmittedIndex,
+}
+
+impl Exemption {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Exemption::SignatureArtifact => "signature artifact: readable, admits nothing",
+            Exemption::ReferrersIndex => "referrers index: readable, admits nothing",
+            Exemption::ChildOfAdmittedIndex => "child of an admitted index",
+        }
     }
-    if let Some(list) = v["manifests"].as_array() {
-        return list.iter().all(|d| {
-            d["artifactType"]
-                .as_str()
-                .is_some_and(is_signature_artifact_type)
-        });
+}
+
+/// The exemption a document read (or pushed) under `reference` has, from
+/// what it is: never from descriptor metadata alone.
+pub fn exemption_of(reference: &Reference, bytes: &[u8]) -> Option<Exemption> {
+    if is_signature_manifest(bytes) {
+        return match reference {
+            Reference::Digest(_) => Some(Exemption::SignatureArtifact),
+            Reference::Tag(t) => schema_tag(t)
+                .filter(|(_, k)| *k != SchemaTag::Referrers)
+                .map(|_| Exemption::SignatureArtifact),
+        };
     }
-    false
+    if let Reference::Tag(t) = reference {
+        let is_index = crate::oci::media::ManifestSummary::parse(bytes)
+            .map(|s| s.is_index())
+            .unwrap_or(false);
+        if is_index && schema_tag(t).is_some_and(|(_, k)| k == SchemaTag::Referrers) {
+            return Some(Exemption::ReferrersIndex);
+        }
+    }
+    None
 }
 
 /// What one request's decision is about.
@@ -81,11 +142,27 @@ struct CachedEvidence {
     evidence: Evidence,
 }
 
+/// How long evidence that lacks signatures is reused: long enough for a
+/// client's HEAD-then-GET pair, short enough that a signature pushed
+/// straight to the upstream counts on the next request.
+pub const INCOMPLETE_EVIDENCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an admission opens in a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Referenced by an admitted manifest: served like any blob (and, for a
+    /// child manifest, admitted without a decision of its own).
+    Full,
+    /// Referenced by a signature artifact: served only while it is small
+    /// ([`MAX_SIGNATURE_BLOB`]).
+    SignaturePayload,
+}
+
 /// Decisions remembered between requests.
 pub struct GateState {
     evidence: DashMap<(String, Digest), CachedEvidence>,
-    /// (repository, blob or child manifest digest) → policy generation.
-    admitted: DashMap<(String, Digest), u64>,
+    /// (repository, blob or child manifest digest) → (policy generation, permit).
+    admitted: DashMap<(String, Digest), (u64, Permit)>,
     /// First digest seen for tags under immutable rules; survives restarts.
     seen_tags: TagStore,
 }
@@ -103,6 +180,8 @@ impl GateState {
         self.seen_tags.get(repo, tag).map(|e| e.digest)
     }
 
+    /// Record `tag → d` as the first digest seen (once; later calls keep
+    /// the first).
     pub fn remember_tag(&self, repo: &str, tag: &str, d: &Digest, media_type: &str) {
         if self.seen_tags.get(repo, tag).is_none() {
             if let Err(e) = self.seen_tags.confirm(repo, tag, d, media_type) {
@@ -116,15 +195,25 @@ impl GateState {
         self.evidence.remove(&(repo.to_string(), d.clone()));
     }
 
-    fn admit(&self, repo: &str, d: &Digest, generation: u64) {
-        self.admitted
-            .insert((repo.to_string(), d.clone()), generation);
+    fn admit(&self, repo: &str, d: &Digest, generation: u64, permit: Permit) {
+        let key = (repo.to_string(), d.clone());
+        // A full admission is never narrowed by a signature's reference.
+        if permit == Permit::SignaturePayload
+            && self
+                .admitted
+                .get(&key)
+                .is_some_and(|e| e.0 == generation && e.1 == Permit::Full)
+        {
+            return;
+        }
+        self.admitted.insert(key, (generation, permit));
     }
 
-    fn is_admitted(&self, repo: &str, d: &Digest, generation: u64) -> bool {
+    fn permit(&self, repo: &str, d: &Digest, generation: u64) -> Option<Permit> {
         self.admitted
             .get(&(repo.to_string(), d.clone()))
-            .is_some_and(|g| *g == generation)
+            .filter(|e| e.0 == generation)
+            .map(|e| e.1)
     }
 }
 
@@ -151,84 +240,116 @@ async fn labels_of(
     let config = fetch_small_blob(app, r, &cd, MAX_MANIFEST_BYTES)
         .await
         .map_err(|e| format!("config {cd}: {}", e.message))?;
-    let v: Value =
-        serde_json::from_slice(&config).map_err(|e| format!("config {cd} is not JSON: {e}"))?;
+    let v = crate::oci::json::parse_strict(&config).map_err(|e| format!("config {cd} is {e}"))?;
     Ok(string_map(&v["config"]["Labels"]))
 }
 
-/// Gather what the rule needs to know about `m`: cached per generation
-/// unless `fresh`; signatures only when `with_signatures`.
+/// Labels of every image an index lists. Children marked `unknown/unknown`
+/// are skipped only when they really are attestations or signatures (by
+/// their layers); any other child is checked like a platform image.
+async fn index_children_labels(app: &Arc<App>, r: &Route, children: &[Value], ev: &mut Evidence) {
+    for c in children {
+        let p = &c["platform"];
+        let unknown = p["os"] == "unknown" || p["architecture"] == "unknown";
+        let platform = match (p["os"].as_str(), p["architecture"].as_str()) {
+            (Some(os), Some(arch)) => Some(match p["variant"].as_str() {
+                Some(v) => format!("{os}/{arch}/{v}"),
+                None => format!("{os}/{arch}"),
+            }),
+            _ => Some(c["digest"].as_str().unwrap_or("?").to_string()),
+        };
+        let Some(Ok(cd)) = c["digest"].as_str().map(|d| d.parse::<Digest>()) else {
+            ev.errors
+                .push("index lists a child without a valid digest".into());
+            continue;
+        };
+        let child =
+            match get_manifest(app, r, &Reference::Digest(cd.clone()), Some(OCI_MANIFEST)).await {
+                Ok(cm) => cm,
+                Err(e) => {
+                    ev.errors.push(format!("child {cd}: {}", e.message));
+                    continue;
+                }
+            };
+        if unknown && is_signature_manifest(&child.bytes) {
+            continue; // an attestation manifest: no image to label
+        }
+        let doc = match crate::oci::json::parse_strict(&child.bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                ev.errors.push(format!("child {cd} is {e}"));
+                continue;
+            }
+        };
+        match labels_of(app, r, &doc).await {
+            Ok(labels) => ev.images.push(ImageEvidence { platform, labels }),
+            Err(e) => ev.errors.push(format!("child {cd}: {e}")),
+        }
+    }
+}
+
+/// Whether cached evidence can answer for `rule` now.
+fn reusable(c: &CachedEvidence, rule: &Rule, generation: u64) -> bool {
+    // Evidence that lacks signatures is not an answer for long: a
+    // signature may have been pushed to the upstream since.
+    let complete = rule.signatures.as_ref().is_none_or(|s| {
+        s.keys
+            .iter()
+            .filter(|k| c.evidence.signers.contains(*k))
+            .count()
+            >= s.min
+    });
+    c.generation == generation && (complete || c.at.elapsed() < INCOMPLETE_EVIDENCE_WINDOW)
+}
+
+/// Whether signatures are part of the evidence gathered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signatures {
+    /// Look for them (pulls, and pushes that set a tag).
+    Check,
+    /// A push by digest (staging): they are required when a tag is set.
+    Deferred,
+}
+
+/// Whether cached evidence may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Cached,
+    /// Push decisions always look afresh.
+    Fresh,
+}
+
+/// Gather what the rule needs to know about `m`.
 pub async fn gather(
     app: &Arc<App>,
     r: &Route,
     m: &Manifest,
     rule: &Rule,
     loaded: &LoadedPolicy,
-    fresh: bool,
-    with_signatures: bool,
+    freshness: Freshness,
+    signatures: Signatures,
 ) -> Evidence {
     let key = (r.canonical.clone(), m.digest.clone());
-    if let Some(c) = app
-        .gate
-        .evidence
-        .get(&key)
-        .filter(|_| !fresh && with_signatures)
-    {
-        // Evidence that lacks signatures is rechecked after tag_ttl: a
-        // signature may have been pushed since.
-        let complete = rule.signatures.as_ref().is_none_or(|s| {
-            s.keys
-                .iter()
-                .filter(|k| c.evidence.signers.contains(*k))
-                .count()
-                >= s.min
-        });
-        if c.generation == loaded.generation && (complete || c.at.elapsed() < app.config.tag_ttl) {
-            return c.evidence.clone();
+    if freshness == Freshness::Cached && signatures == Signatures::Check {
+        if let Some(c) = app.gate.evidence.get(&key) {
+            if reusable(&c, rule, loaded.generation) {
+                return c.evidence.clone();
+            }
         }
     }
     let mut ev = Evidence::default();
-    let doc: Value = match serde_json::from_slice(&m.bytes) {
+    let doc: Value = match crate::oci::json::parse_strict(&m.bytes) {
         Ok(v) => v,
         Err(e) => {
-            ev.errors.push(format!("manifest is not valid JSON: {e}"));
+            ev.errors.push(format!("manifest is {e}"));
             Value::Null
         }
     };
     ev.annotations = string_map(&doc["annotations"]);
     if !rule.labels.is_empty() {
         if let Some(children) = doc["manifests"].as_array() {
-            for c in children {
-                let p = &c["platform"];
-                let platform = match (p["os"].as_str(), p["architecture"].as_str()) {
-                    (Some("unknown"), _) | (_, Some("unknown")) => continue, // attestation manifests
-                    (Some(os), Some(arch)) => Some(match p["variant"].as_str() {
-                        Some(v) => format!("{os}/{arch}/{v}"),
-                        None => format!("{os}/{arch}"),
-                    }),
-                    _ => Some(c["digest"].as_str().unwrap_or("?").to_string()),
-                };
-                let Some(Ok(cd)) = c["digest"].as_str().map(|d| d.parse::<Digest>()) else {
-                    ev.errors
-                        .push("index lists a child without a valid digest".into());
-                    continue;
-                };
-                let child =
-                    match get_manifest(app, r, &Reference::Digest(cd.clone()), Some(OCI_MANIFEST))
-                        .await
-                    {
-                        Ok(cm) => serde_json::from_slice::<Value>(&cm.bytes).unwrap_or(Value::Null),
-                        Err(e) => {
-                            ev.errors.push(format!("child {cd}: {}", e.message));
-                            continue;
-                        }
-                    };
-                match labels_of(app, r, &child).await {
-                    Ok(labels) => ev.images.push(ImageEvidence { platform, labels }),
-                    Err(e) => ev.errors.push(format!("child {cd}: {e}")),
-                }
-            }
-        } else {
+            index_children_labels(app, r, children, &mut ev).await;
+        } else if !doc.is_null() {
             match labels_of(app, r, &doc).await {
                 Ok(labels) => ev.images.push(ImageEvidence {
                     platform: None,
@@ -238,7 +359,7 @@ pub async fn gather(
             }
         }
     }
-    if !with_signatures {
+    if signatures == Signatures::Deferred {
         ev.signatures_deferred = true;
         return ev;
     }
@@ -267,51 +388,65 @@ pub async fn gather(
 pub struct Outcome {
     pub decision: PolicyDecision,
     pub evidence: Evidence,
-    /// The request needed no decision (signature artifact, or a child of an
-    /// admitted index).
-    pub exempt: Option<String>,
+    /// The request needed no decision of its own.
+    pub exempt: Option<Exemption>,
+}
+
+fn allow(rule: Option<&Rule>) -> PolicyDecision {
+    PolicyDecision {
+        decision: Decision::Allow,
+        rule: rule.map(|r| r.name.clone()),
+        reasons: vec![],
+    }
+}
+
+/// Whether `rule` makes tags immutable.
+pub fn immutable_tags(rule: Option<&Rule>) -> bool {
+    rule.and_then(|r| r.tags.as_ref())
+        .is_some_and(|t| t.immutable)
 }
 
 /// Decide without recording anything (also what `modelgate check` runs).
 pub async fn decide(app: &Arc<App>, s: &Subject<'_>, loaded: &LoadedPolicy) -> Outcome {
     let repo = &s.route.canonical;
-    let allow = |rule: Option<String>| PolicyDecision {
-        decision: Decision::Allow,
-        rule,
-        reasons: vec![],
-    };
-    if is_signature_artifact(&s.manifest.bytes) {
+    let rule = loaded.policy.rule_for(repo);
+    if let Some(x) = exemption_of(s.reference, &s.manifest.bytes) {
         return Outcome {
-            decision: allow(None),
+            decision: allow(rule),
             evidence: Evidence::default(),
-            exempt: Some("signature artifact".into()),
+            exempt: Some(x),
         };
     }
-    let rule = loaded.policy.rule_for(repo);
-    if let (Some(rule), Reference::Digest(d)) = (rule, s.reference) {
-        if app.gate.is_admitted(repo, d, loaded.generation) {
+    if let (Some(_), Reference::Digest(d)) = (rule, s.reference) {
+        if app.gate.permit(repo, d, loaded.generation) == Some(Permit::Full) {
             return Outcome {
-                decision: allow(Some(rule.name.clone())),
+                decision: allow(rule),
                 evidence: Evidence::default(),
-                exempt: Some("child of an admitted index".into()),
+                exempt: Some(Exemption::ChildOfAdmittedIndex),
             };
         }
     }
     let mut ev = match rule {
         Some(rule) if rule.requires_anything() => {
-            gather(app, s.route, s.manifest, rule, loaded, false, true).await
+            gather(
+                app,
+                s.route,
+                s.manifest,
+                rule,
+                loaded,
+                Freshness::Cached,
+                Signatures::Check,
+            )
+            .await
         }
         _ => Evidence::default(),
     };
     if let Reference::Tag(t) = s.reference {
         ev.tag = Some(t.clone());
-        if rule
-            .and_then(|r| r.tags.as_ref())
-            .is_some_and(|t| t.immutable)
-        {
-            if let Some(first) = app.gate.seen_tags.get(repo, t) {
-                if first.digest != s.manifest.digest {
-                    ev.tag_moved = Some((first.digest, s.manifest.digest.clone()));
+        if immutable_tags(rule) {
+            if let Some(first) = app.gate.seen_tag(repo, t) {
+                if first != s.manifest.digest {
+                    ev.tag_moved = Some((first, s.manifest.digest.clone()));
                 }
             }
         }
@@ -321,6 +456,55 @@ pub async fn decide(app: &Arc<App>, s: &Subject<'_>, loaded: &LoadedPolicy) -> O
         evidence: ev,
         exempt: None,
     }
+}
+
+/// A pull by a tag the rule's pattern forbids, decided before anything is
+/// asked of the upstream. Tags of the cosign schemes are left to the
+/// document's own decision (only real signature artifacts are exempt).
+pub fn forbidden_tag(loaded: &LoadedPolicy, repo: &str, tag: &str) -> Option<PolicyDecision> {
+    let rule = loaded.policy.rule_for(repo)?;
+    let pattern = rule.tags.as_ref()?.pattern.as_ref()?;
+    if pattern.is_match(tag) || schema_tag(tag).is_some() {
+        return None;
+    }
+    let ev = Evidence {
+        tag: Some(tag.to_string()),
+        signatures_deferred: true,
+        ..Default::default()
+    };
+    let d = evaluate(&loaded.policy, repo, &ev);
+    (d.decision != Decision::Allow).then_some(d)
+}
+
+/// Refuse (403, audited) a pull by a tag the enforcing rule's pattern
+/// forbids, before the upstream is asked anything.
+pub fn refuse_forbidden_tag(
+    app: &App,
+    route: &Route,
+    tag: &str,
+    who: &Requester<'_>,
+) -> Result<(), OciError> {
+    let loaded = app.policy.current();
+    let Some(d) = forbidden_tag(&loaded, &route.canonical, tag) else {
+        return Ok(());
+    };
+    if d.decision != Decision::Deny {
+        return Ok(());
+    }
+    let x = Decided {
+        action: "pull",
+        route,
+        reference: tag,
+        digest: None,
+        decision: &d,
+        reasons: d.reasons.clone(),
+    };
+    record(app, &loaded, x, who);
+    Err(OciError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Denied,
+        d.message(),
+    ))
 }
 
 /// Who asked, for the audit log.
@@ -334,7 +518,8 @@ pub struct Decided<'a> {
     pub action: &'static str,
     pub route: &'a Route,
     pub reference: &'a str,
-    pub digest: &'a Digest,
+    /// None when the request was refused before any content was fetched.
+    pub digest: Option<&'a Digest>,
     pub decision: &'a PolicyDecision,
     /// What the audit log gives as reasons (the failed requirements, or
     /// why no decision was needed).
@@ -367,12 +552,39 @@ pub fn record(app: &App, loaded: &LoadedPolicy, x: Decided<'_>, who: &Requester<
         upstream: route.upstream.name.clone(),
         repository: route.canonical.clone(),
         reference: reference.to_string(),
-        digest: digest.to_string(),
+        digest: digest.map(Digest::to_string).unwrap_or_default(),
         decision: d.decision.as_str(),
         rule: d.rule.clone(),
         reasons,
         policy_sha256: loaded.sha256.clone(),
     });
+}
+
+/// Open what an allowed manifest references in its repository: everything
+/// for a decided manifest, only small payloads for a signature artifact,
+/// nothing for a referrers index.
+fn open_references(
+    app: &App,
+    repo: &str,
+    s: &Subject<'_>,
+    exempt: Option<Exemption>,
+    generation: u64,
+) {
+    let permit = match exempt {
+        Some(Exemption::ReferrersIndex) => return,
+        Some(Exemption::SignatureArtifact) => Permit::SignaturePayload,
+        Some(Exemption::ChildOfAdmittedIndex) | None => Permit::Full,
+    };
+    if let Ok(summary) = crate::oci::media::ManifestSummary::parse(&s.manifest.bytes) {
+        for x in summary.config.iter().chain(summary.layers.iter()) {
+            app.gate.admit(repo, x, generation, permit);
+        }
+        if permit == Permit::Full {
+            for x in &summary.manifests {
+                app.gate.admit(repo, x, generation, permit);
+            }
+        }
+    }
 }
 
 /// Decide a manifest request, record it (audit, metrics, admissions) and
@@ -387,42 +599,19 @@ pub async fn admit_manifest(
     let repo = &s.route.canonical;
     let d = &out.decision;
     if d.decision != Decision::Deny {
-        // Open the blobs (and index children) this manifest references.
-        if let Ok(summary) = crate::oci::media::ManifestSummary::parse(&s.manifest.bytes) {
-            for x in summary
-                .config
-                .iter()
-                .chain(summary.layers.iter())
-                .chain(summary.manifests.iter())
-            {
-                app.gate.admit(repo, x, loaded.generation);
+        open_references(app, repo, s, out.exempt, loaded.generation);
+        if let (Reference::Tag(t), None) = (s.reference, out.exempt) {
+            if immutable_tags(loaded.policy.rule_for(repo)) {
+                app.gate
+                    .remember_tag(repo, t, &s.manifest.digest, &s.manifest.media_type);
             }
         }
-        if let Reference::Tag(t) = s.reference {
-            let immutable = loaded
-                .policy
-                .rule_for(repo)
-                .and_then(|r| r.tags.as_ref())
-                .is_some_and(|t| t.immutable);
-            if immutable && app.gate.seen_tags.get(repo, t).is_none() {
-                if let Err(e) =
-                    app.gate
-                        .seen_tags
-                        .confirm(repo, t, &s.manifest.digest, &s.manifest.media_type)
-                {
-                    tracing::error!(error = %e, "cannot record tag {t} of {repo} as seen");
-                }
-            }
-        }
-    }
-    if out.exempt.as_deref() == Some("signature artifact") {
-        return Ok(());
     }
     if let Some((first, now)) = &out.evidence.tag_moved {
         tracing::warn!(repository = %repo, tag = ?out.evidence.tag, first = %first, now = %now, "tag mutation: an immutable tag moved upstream");
     }
-    let reasons = match &out.exempt {
-        Some(e) => vec![e.clone()],
+    let reasons = match out.exempt {
+        Some(x) => vec![x.reason().to_string()],
         None => d.reasons.clone(),
     };
     let reference = s.reference.to_string();
@@ -430,7 +619,7 @@ pub async fn admit_manifest(
         action: "pull",
         route: s.route,
         reference: &reference,
-        digest: &s.manifest.digest,
+        digest: Some(&s.manifest.digest),
         decision: d,
         reasons,
     };
@@ -449,13 +638,22 @@ pub async fn admit_manifest(
     }
 }
 
-/// Whether a blob of `route`'s repository may be served.
-pub fn blob_allowed(app: &App, route: &Route, d: &Digest) -> Result<(), OciError> {
+/// How a blob of a repository may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobAccess {
+    /// Any size, streamed.
+    Any,
+    /// Only up to [`MAX_SIGNATURE_BLOB`] bytes (a signature's payload).
+    SmallOnly,
+}
+
+/// Whether a blob of `route`'s repository may be served, and how.
+pub fn blob_allowed(app: &App, route: &Route, d: &Digest) -> Result<BlobAccess, OciError> {
     let loaded = app.policy.current();
     let repo = &route.canonical;
     let Some(rule) = loaded.policy.rule_for(repo) else {
         if loaded.policy.default_allow {
-            return Ok(());
+            return Ok(BlobAccess::Any);
         }
         return Err(OciError::new(
             StatusCode::FORBIDDEN,
@@ -463,45 +661,89 @@ pub fn blob_allowed(app: &App, route: &Route, d: &Digest) -> Result<(), OciError
             format!("denied by the policy default: no rule matches {repo} and the default is deny"),
         ));
     };
-    if rule.mode == Mode::Audit
-        || !rule.requires_anything()
-        || app.gate.is_admitted(repo, d, loaded.generation)
-    {
-        return Ok(());
+    if rule.mode == Mode::Audit || !rule.requires_anything() {
+        return Ok(BlobAccess::Any);
     }
-    Err(OciError::new(
-        StatusCode::FORBIDDEN,
-        ErrorCode::Denied,
-        format!(
-            "denied by rule {:?}: blob {d} is not referenced by any manifest modelgate admitted in {repo} under the current policy; pull the image by tag or digest so its manifest is checked first",
-            rule.name
-        ),
-    ))
+    match app.gate.permit(repo, d, loaded.generation) {
+        Some(Permit::Full) => Ok(BlobAccess::Any),
+        Some(Permit::SignaturePayload) => Ok(BlobAccess::SmallOnly),
+        None => Err(OciError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            format!(
+                "denied by rule {:?}: blob {d} is not referenced by any manifest modelgate admitted in {repo} under the current policy; pull the image by tag or digest so its manifest is checked first",
+                rule.name
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trust::verify::{BUNDLE_V03, COSIGN_SIG_ARTIFACT};
 
     #[test]
     fn signature_artifacts_are_recognised_by_their_layers() {
         let sig = format!(
             r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"x"}},"layers":[{{"mediaType":"{SIMPLE_SIGNING}","digest":"y"}}]}}"#
         );
-        assert!(is_signature_artifact(sig.as_bytes()));
+        assert!(is_signature_manifest(sig.as_bytes()));
         // A model image wearing a signature's artifactType and a subject is not one.
         let disguised = format!(
             r#"{{"schemaVersion":2,"artifactType":"{COSIGN_SIG_ARTIFACT}","subject":{{"digest":"z"}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"y"}}]}}"#
         );
-        assert!(!is_signature_artifact(disguised.as_bytes()));
-        assert!(!is_signature_artifact(
+        assert!(!is_signature_manifest(disguised.as_bytes()));
+        assert!(!is_signature_manifest(
             br#"{"schemaVersion":2,"layers":[]}"#
         ));
+        // An index is never a signature, whatever its descriptors claim.
         let idx = format!(
             r#"{{"schemaVersion":2,"manifests":[{{"digest":"a","artifactType":"{BUNDLE_V03}"}}]}}"#
         );
-        assert!(is_signature_artifact(idx.as_bytes()));
-        let platform_index = r#"{"schemaVersion":2,"manifests":[{"digest":"a","platform":{"os":"linux","architecture":"amd64"}}]}"#;
-        assert!(!is_signature_artifact(platform_index.as_bytes()));
+        assert!(!is_signature_manifest(idx.as_bytes()));
+        // Case twins: Go clients would unpack "Layers".
+        let twins = format!(
+            r#"{{"schemaVersion":2,"layers":[{{"mediaType":"{SIMPLE_SIGNING}","digest":"y"}}],"Layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"y"}}]}}"#
+        );
+        assert!(!is_signature_manifest(twins.as_bytes()));
+    }
+
+    #[test]
+    fn schema_tags_and_exemptions() {
+        let hex = "a".repeat(64);
+        let d: Digest = format!("sha256:{hex}").parse().unwrap();
+        assert_eq!(
+            schema_tag(&format!("sha256-{hex}.sig")),
+            Some((d.clone(), SchemaTag::Signature))
+        );
+        assert_eq!(
+            schema_tag(&format!("sha256-{hex}")),
+            Some((d.clone(), SchemaTag::Referrers))
+        );
+        assert_eq!(schema_tag(&format!("sha256-{hex}.x")), None);
+        assert_eq!(schema_tag("sha256-abc.sig"), None);
+        assert_eq!(schema_tag("v1.0.0"), None);
+        let sig = format!(
+            r#"{{"schemaVersion":2,"layers":[{{"mediaType":"{SIMPLE_SIGNING}","digest":"sha256:{hex}"}}]}}"#
+        );
+        let idx = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+        let tag = |t: &str| Reference::Tag(t.to_string());
+        assert_eq!(
+            exemption_of(&tag(&format!("sha256-{hex}.sig")), sig.as_bytes()),
+            Some(Exemption::SignatureArtifact)
+        );
+        assert_eq!(
+            exemption_of(&Reference::Digest(d.clone()), sig.as_bytes()),
+            Some(Exemption::SignatureArtifact)
+        );
+        // A signature under a release tag gets a full decision.
+        assert_eq!(exemption_of(&tag("v1.0.0"), sig.as_bytes()), None);
+        assert_eq!(
+            exemption_of(&tag(&format!("sha256-{hex}")), idx.as_bytes()),
+            Some(Exemption::ReferrersIndex)
+        );
+        assert_eq!(exemption_of(&tag("latest"), idx.as_bytes()), None);
+        assert_eq!(exemption_of(&Reference::Digest(d), idx.as_bytes()), None);
     }
 }

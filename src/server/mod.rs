@@ -48,6 +48,8 @@ pub struct App {
     pub gate: gate::GateState,
     pub uploads: push::Uploads,
     pub htpasswd: Option<auth::Htpasswd>,
+    /// Which repository holds which digest (see [`crate::cache::holdings`]).
+    pub holdings: crate::cache::Holdings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,7 @@ impl App {
         Ok(Arc::new(App {
             uploads: push::Uploads::new(config.max_uploads, config.upload_timeout),
             htpasswd,
+            holdings: crate::cache::Holdings::new(),
             policy,
             audit,
             gate,
@@ -107,6 +110,26 @@ impl App {
             ready: AtomicBool::new(false),
             config,
         }))
+    }
+}
+
+impl App {
+    /// `repo` holds the manifest `d`, and with it everything it references
+    /// (a registry keeps a manifest only with its blobs and children).
+    pub fn registry_holds_manifest(
+        &self,
+        repo: &str,
+        d: &crate::oci::Digest,
+        summary: &crate::oci::media::ManifestSummary,
+    ) {
+        use crate::cache::Held;
+        self.holdings.hold(repo, d, Held::Manifest);
+        for b in summary.config.iter().chain(summary.layers.iter()) {
+            self.holdings.hold(repo, b, Held::Blob);
+        }
+        for c in &summary.manifests {
+            self.holdings.hold(repo, c, Held::Manifest);
+        }
     }
 }
 

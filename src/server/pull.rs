@@ -6,6 +6,7 @@ use super::body::{empty, error_response, full, stream, RespBody};
 use super::router::Endpoint;
 use super::{method_not_allowed, App};
 use crate::cache::flight::{self, Download, FetchState, Leader};
+use crate::cache::Held;
 use crate::error::{upstream_status, Object};
 use crate::metrics::UpstreamLabels;
 use crate::oci::media::{
@@ -90,6 +91,14 @@ pub async fn dispatch(
                 .filter_map(|v| v.to_str().ok())
                 .collect();
             let accept = (!accept.is_empty()).then(|| accept.join(", "));
+            let client = peer.ip().to_string();
+            let who = super::gate::Requester {
+                client: &client,
+                user: user.as_deref(),
+            };
+            if let Reference::Tag(t) = &reference {
+                super::gate::refuse_forbidden_tag(app, &r, t, &who)?;
+            }
             let m = get_manifest(app, &r, &reference, accept.as_deref()).await?;
             // Decided on exactly the bytes about to be served.
             let subject = super::gate::Subject {
@@ -97,12 +106,8 @@ pub async fn dispatch(
                 reference: &reference,
                 manifest: &m,
             };
-            let client = peer.ip().to_string();
-            let who = super::gate::Requester {
-                client: &client,
-                user: user.as_deref(),
-            };
             super::gate::admit_manifest(app, &subject, &who).await?;
+            let m = negotiate_down(app, &r, m, accept.as_deref(), &who).await?;
             let mut resp = manifest_response(&m, method == Method::HEAD);
             echo_ns(&mut resp, &r);
             resp
@@ -114,8 +119,13 @@ pub async fn dispatch(
             let r = route(&name)?;
             // HEAD tells existence and size only (pushing clients need it);
             // bytes are served only for admitted manifests.
-            if method == Method::GET {
-                super::gate::blob_allowed(app, &r, &digest)?;
+            if method == Method::GET
+                && super::gate::blob_allowed(app, &r, &digest)?
+                    == super::gate::BlobAccess::SmallOnly
+            {
+                let mut resp = serve_small_blob(app, &r, &digest, false).await?;
+                echo_ns(&mut resp, &r);
+                return Ok(resp);
             }
             let range = req
                 .headers()
@@ -164,6 +174,52 @@ fn echo_ns(resp: &mut Response<RespBody>, r: &Route) {
     if let Some(ns) = r.ns.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
         resp.headers_mut().insert("OCI-Namespace", ns);
     }
+}
+
+/// A client that does not accept an index gets the child a registry would
+/// pick for it (linux/amd64 first, as distribution does), decided in its
+/// own right; the tag itself stays recorded as the index.
+async fn negotiate_down(
+    app: &Arc<App>,
+    r: &Route,
+    m: Manifest,
+    accept: Option<&str>,
+    who: &super::gate::Requester<'_>,
+) -> Result<Manifest, OciError> {
+    if accepts(accept, &m.media_type) {
+        return Ok(m);
+    }
+    let Ok(doc) = crate::oci::json::parse_strict(&m.bytes) else {
+        return Ok(m);
+    };
+    let Some(children) = doc["manifests"].as_array() else {
+        return Ok(m);
+    };
+    let acceptable =
+        |c: &&serde_json::Value| c["mediaType"].as_str().is_some_and(|t| accepts(accept, t));
+    let amd64 = |c: &&serde_json::Value| {
+        c["platform"]["os"] == "linux" && c["platform"]["architecture"] == "amd64"
+    };
+    let pick = children
+        .iter()
+        .filter(acceptable)
+        .find(amd64)
+        .or_else(|| children.iter().find(acceptable));
+    let Some(Ok(child)) = pick
+        .and_then(|c| c["digest"].as_str())
+        .map(|d| d.parse::<Digest>())
+    else {
+        return Ok(m);
+    };
+    let reference = Reference::Digest(child);
+    let cm = get_manifest(app, r, &reference, accept).await?;
+    let subject = super::gate::Subject {
+        route: r,
+        reference: &reference,
+        manifest: &cm,
+    };
+    super::gate::admit_manifest(app, &subject, who).await?;
+    Ok(cm)
 }
 
 /// A manifest as served: exact bytes, digest, media type.
@@ -249,62 +305,141 @@ async fn read_upstream_body(
     }
 }
 
-/// Resolve and return a manifest by tag or digest (DESIGN §2, issue: tags
-/// trusted for `tag_ttl`, then revalidated with a HEAD; upstream down →
-/// last known mapping).
+/// Resolve and return a manifest by tag or digest, as the repository holds
+/// it: tags trusted for `tag_ttl`, then revalidated with a HEAD; upstream
+/// down → last known mapping. The upstream is always asked with every
+/// manifest type (plus `accept`'s), so a tag is recorded only from an
+/// answer about the tag itself, never a platform-resolved child; the
+/// caller negotiates down for its client.
 pub async fn get_manifest(
     app: &Arc<App>,
     r: &Route,
     reference: &Reference,
     accept: Option<&str>,
 ) -> Result<Manifest, OciError> {
-    match reference {
-        Reference::Digest(d) => {
-            if let Some(m) = cached_manifest(app, d) {
+    let accept = upstream_accept(accept);
+    let m = match reference {
+        Reference::Digest(d) => match cached_manifest(app, d) {
+            Some(m) => {
                 app.metrics.cache("manifest", true);
-                return Ok(m);
+                if !app.holdings.holds(&r.canonical, d, Held::Manifest) {
+                    confirm_held_manifest(r, d, &accept).await?;
+                }
+                m
             }
-            app.metrics.cache("manifest", false);
-            fetch_manifest(app, r, reference, accept).await
-        }
-        Reference::Tag(tag) => {
-            let known = app
-                .tags
-                .get(&r.canonical, tag)
-                .filter(|e| accepts(accept, &e.media_type));
-            let cached = known
-                .as_ref()
-                .and_then(|e| cached_manifest(app, &e.digest).map(|m| (e.clone(), m)));
-            let Some((entry, m)) = cached else {
+            None => {
                 app.metrics.cache("manifest", false);
-                return fetch_manifest(app, r, reference, accept).await;
-            };
-            if entry
-                .confirmed
-                .is_some_and(|t| t.elapsed() < app.config.tag_ttl)
-            {
-                app.metrics.cache("manifest", true);
-                return Ok(m);
+                fetch_manifest(app, r, reference, &accept).await?
             }
-            // Stale: ask the upstream whether the tag still points here.
-            match head_manifest_digest(r, tag, accept).await {
-                Ok(Some(d)) if d == entry.digest => {
-                    app.metrics.cache("manifest", true);
-                    let _ = app.tags.confirm(&r.canonical, tag, &d, &m.media_type);
-                    Ok(m)
-                }
-                Ok(_) => {
-                    app.metrics.cache("manifest", false);
-                    match fetch_manifest(app, r, reference, accept).await {
-                        Err(e) if is_unreachable(&e) => Ok(serve_stale(app, r, tag, m, &e)),
-                        other => other,
-                    }
-                }
-                Err(e) if is_unreachable(&e) => Ok(serve_stale(app, r, tag, m, &e)),
-                Err(e) => Err(e),
-            }
+        },
+        Reference::Tag(tag) => manifest_by_tag(app, r, tag, &accept).await?,
+    };
+    if !app.holdings.holds(&r.canonical, &m.digest, Held::Manifest) {
+        if let Ok(summary) = media::ManifestSummary::parse(&m.bytes) {
+            app.registry_holds_manifest(&r.canonical, &m.digest, &summary);
         }
     }
+    Ok(m)
+}
+
+/// A tag from the tag memory when fresh (or revalidated), else the upstream.
+async fn manifest_by_tag(
+    app: &Arc<App>,
+    r: &Route,
+    tag: &str,
+    accept: &str,
+) -> Result<Manifest, OciError> {
+    let reference = Reference::Tag(tag.to_string());
+    let cached = app
+        .tags
+        .get(&r.canonical, tag)
+        .and_then(|e| cached_manifest(app, &e.digest).map(|m| (e, m)));
+    let Some((entry, m)) = cached else {
+        app.metrics.cache("manifest", false);
+        return fetch_manifest(app, r, &reference, accept).await;
+    };
+    if entry
+        .confirmed
+        .is_some_and(|t| t.elapsed() < app.config.tag_ttl)
+    {
+        app.metrics.cache("manifest", true);
+        return Ok(m);
+    }
+    // Stale: ask the upstream whether the tag still points here.
+    match head_manifest_digest(r, tag, Some(accept)).await {
+        Ok(Some(d)) if d == entry.digest => {
+            app.metrics.cache("manifest", true);
+            let _ = app.tags.confirm(&r.canonical, tag, &d, &m.media_type);
+            Ok(m)
+        }
+        Ok(_) => {
+            app.metrics.cache("manifest", false);
+            match fetch_manifest(app, r, &reference, accept).await {
+                Err(e) if is_unreachable(&e) => Ok(serve_stale(app, r, tag, m, &e)),
+                other => other,
+            }
+        }
+        Err(e) if is_unreachable(&e) => Ok(serve_stale(app, r, tag, m, &e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// A tag read straight from the upstream, bypassing the tag memory (the
+/// cosign signature tags, which signers rewrite in place); the last known
+/// answer only when the upstream is unreachable.
+pub async fn get_manifest_fresh(
+    app: &Arc<App>,
+    r: &Route,
+    tag: &str,
+    accept: Option<&str>,
+) -> Result<Manifest, OciError> {
+    let accept = upstream_accept(accept);
+    match fetch_manifest(app, r, &Reference::Tag(tag.to_string()), &accept).await {
+        Err(e) if is_unreachable(&e) => {
+            get_manifest(app, r, &Reference::Tag(tag.to_string()), Some(&accept)).await
+        }
+        other => other,
+    }
+}
+
+/// Ask the upstream whether `r`'s repository has manifest `d` (a cached
+/// copy came from elsewhere).
+async fn confirm_held_manifest(r: &Route, d: &Digest, accept: &str) -> Result<(), OciError> {
+    let resp = r
+        .upstream
+        .pull(
+            Method::HEAD,
+            r.path.as_str(),
+            &format!("manifests/{d}"),
+            None,
+            manifest_accept(Some(accept)),
+        )
+        .await?;
+    match resp.status() {
+        StatusCode::OK => Ok(()),
+        s if s.is_server_error() => Err(OciError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!(
+                "upstream {} answered {s}; modelgate cannot confirm that {} has manifest {d}",
+                r.upstream.name, r.canonical
+            ),
+        )),
+        s => Err(upstream_status(&r.upstream.name, s, b"", Object::Manifest)),
+    }
+}
+
+/// What modelgate asks an upstream for: every manifest type, plus what the
+/// client asked for.
+fn upstream_accept(client: Option<&str>) -> String {
+    let mut types: Vec<&str> = DEFAULT_MANIFEST_ACCEPT.split(", ").collect();
+    for t in client.unwrap_or("").split(',') {
+        let t = t.split(';').next().unwrap_or("").trim();
+        if !t.is_empty() && !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    types.join(", ")
 }
 
 fn is_unreachable(e: &OciError) -> bool {
@@ -380,7 +515,7 @@ async fn fetch_manifest(
     app: &App,
     r: &Route,
     reference: &Reference,
-    accept: Option<&str>,
+    accept: &str,
 ) -> Result<Manifest, OciError> {
     let up = &r.upstream;
     let resp = up
@@ -389,7 +524,7 @@ async fn fetch_manifest(
             r.path.as_str(),
             &format!("manifests/{reference}"),
             None,
-            manifest_accept(accept),
+            manifest_accept(Some(accept)),
         )
         .await?;
     if resp.status() != StatusCode::OK {
@@ -467,6 +602,60 @@ async fn fetch_manifest(
         digest,
         media_type,
     })
+}
+
+/// Ask the upstream whether `r`'s repository has blob `d`.
+async fn confirm_held_blob(r: &Route, d: &Digest) -> Result<(), OciError> {
+    let resp = upstream_blob(&r.upstream, Method::HEAD, &r.path, d).await?;
+    match resp.status() {
+        StatusCode::OK => Ok(()),
+        s if s.is_server_error() => Err(OciError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!(
+                "upstream {} answered {s}; modelgate cannot confirm that {} has blob {d}",
+                r.upstream.name, r.canonical
+            ),
+        )),
+        s => Err(upstream_status(&r.upstream.name, s, b"", Object::Blob)),
+    }
+}
+
+/// A signature artifact's payload: read whole (it must be small), verified,
+/// served in one piece.
+async fn serve_small_blob(
+    app: &Arc<App>,
+    r: &Route,
+    d: &Digest,
+    head: bool,
+) -> Result<Response<RespBody>, OciError> {
+    let max = super::gate::MAX_SIGNATURE_BLOB;
+    if app.store.size_of(d).is_some_and(|n| n > max as u64) {
+        return Err(too_big_for_a_signature(r, d));
+    }
+    let bytes = fetch_small_blob(app, r, d, max).await.map_err(|e| {
+        if e.code == ErrorCode::BlobUnknown && e.status == StatusCode::BAD_GATEWAY {
+            too_big_for_a_signature(r, d)
+        } else {
+            e
+        }
+    })?;
+    app.metrics.served("cache", bytes.len() as u64);
+    let mut resp = Response::new(if head { empty() } else { full(bytes.clone()) });
+    blob_headers(resp.headers_mut(), d, bytes.len() as u64);
+    Ok(resp)
+}
+
+fn too_big_for_a_signature(r: &Route, d: &Digest) -> OciError {
+    OciError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Denied,
+        format!(
+            "blob {d} of {} is referenced only by a signature artifact, and is larger than the {} bytes a signature payload may have; pull the image it belongs to so its manifest is checked",
+            r.canonical,
+            super::gate::MAX_SIGNATURE_BLOB
+        ),
+    )
 }
 
 /// GET or HEAD `blobs/<d>` of `path` at `up`.
@@ -576,6 +765,21 @@ async fn get_blob(
     head: bool,
     range: Option<&str>,
 ) -> Result<Response<RespBody>, OciError> {
+    if app.store.media_type(d).is_some() {
+        return Err(OciError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BlobUnknown,
+            format!("{d} is a manifest, not a blob; fetch it under /v2/<name>/manifests/{d}"),
+        ));
+    }
+    // Content this repository is not known to hold (cached for another
+    // name, or being downloaded for one) is served only once the upstream
+    // confirms the repository has it.
+    let held = app.holdings.holds(&r.canonical, d, Held::Blob);
+    if !held && (app.store.size_of(d).is_some() || app.flights.get(d).is_some()) {
+        confirm_held_blob(r, d).await?;
+        app.holdings.hold(&r.canonical, d, Held::Blob);
+    }
     if let Some((file, size)) = app.store.open_blob(d) {
         app.metrics.cache("blob", true);
         return Ok(serve_cached_blob(app, d, Arc::new(file), size, head, range));
@@ -591,8 +795,12 @@ async fn get_blob(
     if head {
         let resp = upstream_blob(&up, Method::HEAD, &r.path, d).await?;
         if resp.status() != StatusCode::OK {
+            if resp.status() == StatusCode::NOT_FOUND {
+                app.holdings.release(&r.canonical, d);
+            }
             return Err(upstream_status(&up.name, resp.status(), b"", Object::Blob));
         }
+        app.holdings.hold(&r.canonical, d, Held::Blob);
         let len = resp
             .headers()
             .get(CONTENT_LENGTH)
@@ -621,8 +829,13 @@ async fn get_blob(
     });
     if !started {
         app.metrics.fetches_coalesced.inc();
+        if !app.holdings.holds(&r.canonical, d, Held::Blob) {
+            // Joined a download that another repository started.
+            confirm_held_blob(r, d).await?;
+        }
     }
     flight::wait_started(&mut rx).await?;
+    app.holdings.hold(&r.canonical, d, Held::Blob);
     if range.is_some() {
         // Bytes of a range cannot be checked by the client: serve ranges
         // only from the verified blob.
@@ -873,9 +1086,9 @@ pub async fn referrers_index(
     }
     drop(resp);
     // No referrers API: the tag schema fallback.
-    let tag = Reference::Tag(d.tag_schema());
     let empty = || filter_index(br#"{"manifests":[]}"#, None).unwrap_or_default();
-    match get_manifest(app, r, &tag, Some(OCI_INDEX)).await {
+    // Signers rewrite this index in place: always ask the upstream.
+    match get_manifest_fresh(app, r, &d.tag_schema(), Some(OCI_INDEX)).await {
         Ok(m)
             if media::ManifestSummary::parse(&m.bytes)
                 .map(|s| s.is_index())

@@ -15,11 +15,12 @@ use super::body::{empty, RespBody};
 use super::gate::{self, Decided, Requester};
 use super::pull::{read_error_body, Manifest};
 use super::App;
+use crate::cache::Held;
 use crate::error::{upstream_status, Object};
 use crate::oci::media::{self, ManifestSummary, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName, Sha256Hasher};
 use crate::policy::eval::evaluate;
-use crate::policy::Decision;
+use crate::policy::{Decision, PolicyDecision};
 use crate::upstream::client::{BoxError, ReqBody};
 use crate::upstream::Route;
 use bytes::Bytes;
@@ -429,7 +430,14 @@ pub async fn upload(
                 let from = RepoName::parse(&from)
                     .ok()
                     .and_then(|f| app.router.route(&f, r.ns.as_deref()).ok());
-                if let Some(from) = from.filter(|f| f.upstream.name == up.name) {
+                // Mount only what the client could read in `from` anyway;
+                // otherwise decline the mount (a plain upload session, as
+                // the spec lets a registry do).
+                let readable = |f: &Route| {
+                    f.upstream.name == up.name
+                        && matches!(gate::blob_allowed(app, f, &md), Ok(gate::BlobAccess::Any))
+                };
+                if let Some(from) = from.filter(readable) {
                     upstream_query = Some(
                         url::form_urlencoded::Serializer::new(String::new())
                             .append_pair("mount", &md.to_string())
@@ -456,6 +464,7 @@ pub async fn upload(
                         "upstream created a blob without a mount",
                     )
                 })?;
+                app.holdings.hold(&r.canonical, &d, Held::Blob);
                 return Ok(blob_created(&name, &d));
             }
             if resp.status() != StatusCode::ACCEPTED {
@@ -483,7 +492,7 @@ pub async fn upload(
                     ))
                 }
                 // Monolithic upload: the body is the whole blob.
-                Some(d) => finish(session, &d, req).await,
+                Some(d) => finish(app, session, &d, req).await,
             }
         }
         (_, None) => Err(super::method_not_allowed(&method, "blobs/uploads/")),
@@ -632,7 +641,7 @@ pub async fn upload(
                     };
                     drop(g);
                     app.uploads.map.remove(&id);
-                    finish(session, &d, req).await
+                    finish(app, session, &d, req).await
                 }
                 other => Err(super::method_not_allowed(&other, "an upload session")),
             }
@@ -643,6 +652,7 @@ pub async fn upload(
 /// Complete an upload with `req`'s body as the final chunk, refusing it
 /// (and cancelling it upstream) if the bytes do not hash to `d`.
 async fn finish(
+    app: &App,
     s: UploadSession,
     d: &Digest,
     req: Request<Incoming>,
@@ -702,6 +712,7 @@ async fn finish(
     if resp.status() != StatusCode::CREATED {
         return Err(upstream_failure(r, resp, Object::Blob).await);
     }
+    app.holdings.hold(&s.route.canonical, d, Held::Blob);
     Ok(blob_created(&s.client_name, d))
 }
 
@@ -712,28 +723,31 @@ const PUSHABLE: [&str; 4] = [
     media::DOCKER_LIST,
 ];
 
-/// `PUT /v2/<name>/manifests/<reference>[?tag=...]`: validate, decide, forward.
-pub async fn put_manifest(
-    app: &Arc<App>,
-    r: &Route,
-    name: &RepoName,
-    reference: Reference,
-    req: Request<Incoming>,
-    query: Option<&str>,
-    who: &Requester<'_>,
-) -> Result<Response<RespBody>, OciError> {
+/// A manifest a client pushed, validated.
+struct Pushed {
+    manifest: Manifest,
+    doc: serde_json::Value,
+    summary: ManifestSummary,
+}
+
+/// Read and validate a pushed manifest body (size, strict JSON, media type,
+/// schema version).
+async fn read_pushed(r: &Route, req: Request<Incoming>) -> Result<Pushed, OciError> {
     let bad = |m: String| err(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, m);
+    let too_large = || {
+        err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::ManifestInvalid,
+            format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+        )
+    };
     let ct = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|t| t.split(';').next().unwrap_or("").trim().to_string());
     if content_length(req.headers()).is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
-        return Err(err(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::ManifestInvalid,
-            format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
-        ));
+        return Err(too_large());
     }
     let bytes = tokio::time::timeout(
         r.upstream.idle_timeout(),
@@ -743,18 +757,14 @@ pub async fn put_manifest(
     .map_err(|_| bad("the client did not finish sending the manifest".into()))?
     .map_err(|e| {
         if e.is::<http_body_util::LengthLimitError>() {
-            err(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::ManifestInvalid,
-                format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
-            )
+            too_large()
         } else {
             bad(format!("manifest body: {e}"))
         }
     })?
     .to_bytes();
-    let doc: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| bad(format!("manifest is not valid JSON: {e}")))?;
+    let doc =
+        crate::oci::json::parse_strict(&bytes).map_err(|e| bad(format!("manifest is {e}")))?;
     let summary = ManifestSummary::parse(&bytes).map_err(bad)?;
     let inner = doc["mediaType"].as_str().map(str::to_string);
     let media_type = match (&ct, &inner) {
@@ -776,162 +786,192 @@ pub async fn put_manifest(
     if doc["schemaVersion"] != 2 {
         return Err(bad("schemaVersion must be 2".into()));
     }
-    let digest = Digest::of(&bytes);
-    if let Reference::Digest(want) = &reference {
-        if want != &digest {
-            return Err(err(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::DigestInvalid,
-                format!("manifest bytes hash to {digest}, not {want}"),
-            ));
-        }
-    }
+    Ok(Pushed {
+        manifest: Manifest {
+            digest: Digest::of(&bytes),
+            bytes,
+            media_type,
+        },
+        doc,
+        summary,
+    })
+}
+
+/// The tags a PUT sets: the reference when it is a tag, then every `?tag=`.
+fn requested_tags(reference: &Reference, query: Option<&str>) -> Result<Vec<String>, OciError> {
     let mut tags: Vec<String> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .filter(|(k, _)| k == "tag")
         .map(|(_, v)| v.into_owned())
         .collect();
-    if let Reference::Tag(t) = &reference {
+    if let Reference::Tag(t) = reference {
         tags.insert(0, t.clone());
     }
     for t in &tags {
         Reference::parse(t).map_err(OciError::from)?;
     }
-    // Everything it references must be upstream already.
-    let up = &r.upstream;
-    let mut missing = Vec::new();
-    let checks: Vec<(String, Digest)> = summary
-        .config
-        .iter()
-        .chain(summary.layers.iter())
-        .map(|d| (format!("blobs/{d}"), d.clone()))
-        .chain(
-            summary
-                .manifests
-                .iter()
-                .map(|d| (format!("manifests/{d}"), d.clone())),
-        )
-        .collect();
-    for (suffix, d) in checks {
-        if app.store.size_of(&d).is_some() {
+    Ok(tags)
+}
+
+/// Every blob and child manifest the pushed document references must be in
+/// the upstream repository already (known held, or confirmed by a HEAD
+/// that asks for the descriptor's own media type).
+async fn ensure_references(app: &App, r: &Route, p: &Pushed) -> Result<(), OciError> {
+    let repo = &r.canonical;
+    let mut checks: Vec<(String, Digest, HeaderMap)> = Vec::new();
+    for d in p.summary.config.iter().chain(p.summary.layers.iter()) {
+        if !app.holdings.holds(repo, d, Held::Blob) {
+            checks.push((format!("blobs/{d}"), d.clone(), HeaderMap::new()));
+        }
+    }
+    let children = p.doc["manifests"].as_array().cloned().unwrap_or_default();
+    for d in &p.summary.manifests {
+        if app.holdings.holds(repo, d, Held::Manifest) {
             continue;
         }
+        let declared = children
+            .iter()
+            .find(|c| c["digest"] == d.to_string().as_str())
+            .and_then(|c| c["mediaType"].as_str())
+            .unwrap_or_default();
+        let accept = match declared {
+            "" => media::DEFAULT_MANIFEST_ACCEPT.to_string(),
+            t => format!("{t}, {}", media::DEFAULT_MANIFEST_ACCEPT),
+        };
+        let mut h = HeaderMap::new();
+        header(&mut h, "accept", &accept);
+        checks.push((format!("manifests/{d}"), d.clone(), h));
+    }
+    let up = &r.upstream;
+    let mut missing = Vec::new();
+    for (suffix, d, h) in checks {
         let resp = up
             .request(
                 Method::HEAD,
                 up.url(r.path.as_str(), &suffix, None),
-                HeaderMap::new(),
+                h,
                 &push_scope(r),
                 Bytes::new(),
             )
             .await?;
         match resp.status() {
-            StatusCode::OK => {}
+            StatusCode::OK => {
+                let kind = if suffix.starts_with("blobs/") {
+                    Held::Blob
+                } else {
+                    Held::Manifest
+                };
+                app.holdings.hold(repo, &d, kind);
+            }
             StatusCode::NOT_FOUND => missing.push(d.to_string()),
             _ => return Err(upstream_failure(r, resp, Object::Blob).await),
         }
     }
-    if !missing.is_empty() {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::ManifestBlobUnknown,
-            format!(
-                "the manifest references {} that the upstream does not have; push them first",
-                missing.join(", ")
-            ),
-        ));
+    if missing.is_empty() {
+        return Ok(());
     }
-    let m = Manifest {
-        bytes: bytes.clone(),
-        digest: digest.clone(),
-        media_type: media_type.clone(),
+    Err(err(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::ManifestBlobUnknown,
+        format!(
+            "the manifest references {} that the upstream repository {} does not have; push them first",
+            missing.join(", "),
+            r.canonical
+        ),
+    ))
+}
+
+/// Why a pushed document needs no decision: a signature artifact pushed by
+/// digest or on the cosign tag of the image it signs, or a referrers index
+/// on its `sha256-<hex>` tag. Any other tag gets the full decision.
+fn push_exemption(tags: &[String], m: &Manifest) -> Option<gate::Exemption> {
+    if tags.is_empty() {
+        return gate::exemption_of(&Reference::Digest(m.digest.clone()), &m.bytes);
+    }
+    let mut found = None;
+    for t in tags {
+        found = Some(gate::exemption_of(&Reference::Tag(t.clone()), &m.bytes)?);
+    }
+    found
+}
+
+/// Decide a push: each tag on its own (pattern, immutability), a PUT by
+/// digest once; the strictest outcome wins and every reason is kept.
+async fn decide_push(
+    app: &Arc<App>,
+    r: &Route,
+    m: &Manifest,
+    tags: &[String],
+    loaded: &crate::policy::LoadedPolicy,
+) -> Result<PolicyDecision, OciError> {
+    let rule = loaded.policy.rule_for(&r.canonical);
+    let signatures = match tags.is_empty() {
+        true => gate::Signatures::Deferred,
+        false => gate::Signatures::Check,
     };
-    let loaded = app.policy.current();
-    let signature = gate::is_signature_artifact(&bytes);
-    let reference_text = match tags.is_empty() {
-        true => digest.to_string(),
-        false => tags.join(","),
-    };
-    let (decision, audit_reasons) = if signature {
-        let d = crate::policy::PolicyDecision {
-            decision: Decision::Allow,
-            rule: None,
-            reasons: vec![],
-        };
-        (d, vec!["signature artifact".into()])
-    } else {
-        let rule = loaded.policy.rule_for(&r.canonical);
-        let mut decision = None;
-        let mut all_reasons = Vec::new();
-        let ev = match rule {
-            Some(rule) if rule.requires_anything() => {
-                gate::gather(app, r, &m, rule, &loaded, true, !tags.is_empty()).await
-            }
-            _ => Default::default(),
-        };
-        // Each tag is checked on its own (pattern, immutability); a PUT by digest once.
-        let tag_list: Vec<Option<String>> = if tags.is_empty() {
-            vec![None]
-        } else {
-            tags.iter().cloned().map(Some).collect()
-        };
-        for t in tag_list {
-            let mut ev = ev.clone();
-            ev.tag = t.clone();
-            if let (Some(t), Some(rule)) = (&t, rule) {
-                if rule.tags.as_ref().is_some_and(|x| x.immutable) {
-                    let upstream_now = super::pull::head_manifest_digest(r, t, None).await?;
-                    let first = app.gate.seen_tag(&r.canonical, t).or(upstream_now);
-                    if let Some(first) = first.filter(|f| f != &digest) {
-                        ev.tag_moved = Some((first, digest.clone()));
-                    }
-                }
-            }
-            let d = evaluate(&loaded.policy, &r.canonical, &ev);
-            for reason in &d.reasons {
-                if !all_reasons.contains(reason) {
-                    all_reasons.push(reason.clone());
-                }
-            }
-            decision = Some(match decision {
-                Some(prev) if prev_is_worse(&prev, &d) => prev,
-                _ => d,
-            });
+    let ev = match rule {
+        Some(rule) if rule.requires_anything() => {
+            gate::gather(app, r, m, rule, loaded, gate::Freshness::Fresh, signatures).await
         }
-        let mut d = decision.unwrap_or(crate::policy::PolicyDecision {
-            decision: Decision::Allow,
-            rule: None,
-            reasons: vec![],
+        _ => Default::default(),
+    };
+    let tag_list: Vec<Option<&String>> = match tags.is_empty() {
+        true => vec![None],
+        false => tags.iter().map(Some).collect(),
+    };
+    let mut decision: Option<PolicyDecision> = None;
+    let mut all_reasons: Vec<String> = Vec::new();
+    for t in tag_list {
+        let mut ev = ev.clone();
+        ev.tag = t.cloned();
+        if let Some(t) = t.filter(|_| gate::immutable_tags(rule)) {
+            let upstream_now = super::pull::head_manifest_digest(r, t, None).await?;
+            let first = app.gate.seen_tag(&r.canonical, t).or(upstream_now);
+            if let Some(first) = first.filter(|f| f != &m.digest) {
+                tracing::warn!(repository = %r.canonical, tag = %t, first = %first, now = %m.digest, "tag mutation refused");
+                ev.tag_moved = Some((first, m.digest.clone()));
+            }
+        }
+        let d = evaluate(&loaded.policy, &r.canonical, &ev);
+        for reason in &d.reasons {
+            if !all_reasons.contains(reason) {
+                all_reasons.push(reason.clone());
+            }
+        }
+        decision = Some(match decision {
+            Some(prev) if rank(prev.decision) >= rank(d.decision) => prev,
+            _ => d,
         });
-        d.reasons = all_reasons;
-        if let Some((first, now)) = &ev.tag_moved {
-            tracing::warn!(repository = %r.canonical, first = %first, now = %now, "tag mutation refused");
-        }
-        let reasons = d.reasons.clone();
-        (d, reasons)
-    };
-    let x = Decided {
-        action: "push",
-        route: r,
-        reference: &reference_text,
-        digest: &digest,
-        decision: &decision,
-        reasons: audit_reasons,
-    };
-    gate::record(app, &loaded, x, who);
-    if decision.decision == Decision::Deny {
-        return Err(err(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Denied,
-            decision.message(),
-        ));
     }
-    if decision.decision == Decision::Audit {
-        tracing::warn!(repository = %r.canonical, "{}", decision.message());
+    let mut d = decision.unwrap_or(PolicyDecision {
+        decision: Decision::Allow,
+        rule: None,
+        reasons: vec![],
+    });
+    d.reasons = all_reasons;
+    Ok(d)
+}
+
+fn rank(d: Decision) -> u8 {
+    match d {
+        Decision::Deny => 2,
+        Decision::Audit => 1,
+        Decision::Allow => 0,
     }
-    // Forward exactly these bytes.
+}
+
+/// PUT the exact bytes upstream under `reference` (with `?tag=` for
+/// `tags`); returns the tags the upstream confirmed (`OCI-Tag`) and the
+/// `OCI-Subject` it echoed.
+async fn forward_manifest(
+    r: &Route,
+    m: &Manifest,
+    reference: &Reference,
+    tags: &[String],
+) -> Result<(Vec<String>, Option<HeaderValue>), OciError> {
+    let up = &r.upstream;
     let mut h = HeaderMap::new();
-    header(&mut h, "content-type", &media_type);
-    let q = match &reference {
+    header(&mut h, "content-type", &m.media_type);
+    let q = match reference {
         Reference::Digest(_) if !tags.is_empty() => Some(
             url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(tags.iter().map(|t| ("tag", t.as_str())))
@@ -945,41 +985,127 @@ pub async fn put_manifest(
         q.as_deref(),
     );
     let resp = up
-        .request(Method::PUT, url, h, &push_scope(r), bytes.clone())
+        .request(Method::PUT, url, h, &push_scope(r), m.bytes.clone())
         .await?;
     if resp.status() != StatusCode::CREATED {
         return Err(upstream_failure(r, resp, Object::Manifest).await);
     }
-    let subject = resp.headers().get("oci-subject").cloned();
-    if signature {
+    let echoed: Vec<String> = resp
+        .headers()
+        .get_all("oci-tag")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_string())
+        .collect();
+    let confirmed = match reference {
+        Reference::Tag(t) => vec![t.clone()],
+        Reference::Digest(_) => tags
+            .iter()
+            .filter(|t| echoed.contains(t))
+            .cloned()
+            .collect(),
+    };
+    Ok((confirmed, resp.headers().get("oci-subject").cloned()))
+}
+
+/// Set the tags an upstream ignored in `?tag=` (distribution before OCI
+/// 1.1) with a PUT by tag each, so a tag is recorded only once the
+/// upstream has it.
+async fn set_missing_tags(
+    r: &Route,
+    m: &Manifest,
+    tags: &[String],
+    confirmed: &mut Vec<String>,
+) -> Result<(), OciError> {
+    for t in tags {
+        if confirmed.contains(t) {
+            continue;
+        }
+        forward_manifest(r, m, &Reference::Tag(t.clone()), &[]).await?;
+        confirmed.push(t.clone());
+    }
+    Ok(())
+}
+
+/// `PUT /v2/<name>/manifests/<reference>[?tag=...]`: validate, decide, forward.
+pub async fn put_manifest(
+    app: &Arc<App>,
+    r: &Route,
+    name: &RepoName,
+    reference: Reference,
+    req: Request<Incoming>,
+    query: Option<&str>,
+    who: &Requester<'_>,
+) -> Result<Response<RespBody>, OciError> {
+    let pushed = read_pushed(r, req).await?;
+    let digest = pushed.manifest.digest.clone();
+    if let Reference::Digest(want) = &reference {
+        if want != &digest {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::DigestInvalid,
+                format!("manifest bytes hash to {digest}, not {want}"),
+            ));
+        }
+    }
+    let tags = requested_tags(&reference, query)?;
+    ensure_references(app, r, &pushed).await?;
+    let m = &pushed.manifest;
+    let loaded = app.policy.current();
+    let exempt = push_exemption(&tags, m);
+    let (decision, audit_reasons) = match exempt {
+        Some(x) => (
+            PolicyDecision {
+                decision: Decision::Allow,
+                rule: loaded.policy.rule_for(&r.canonical).map(|r| r.name.clone()),
+                reasons: vec![],
+            },
+            vec![x.reason().to_string()],
+        ),
+        None => {
+            let d = decide_push(app, r, m, &tags, &loaded).await?;
+            let reasons = d.reasons.clone();
+            (d, reasons)
+        }
+    };
+    let reference_text = match tags.is_empty() {
+        true => digest.to_string(),
+        false => tags.join(","),
+    };
+    let x = Decided {
+        action: "push",
+        route: r,
+        reference: &reference_text,
+        digest: Some(&digest),
+        decision: &decision,
+        reasons: audit_reasons,
+    };
+    gate::record(app, &loaded, x, who);
+    match decision.decision {
+        Decision::Deny => {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Denied,
+                decision.message(),
+            ))
+        }
+        Decision::Audit => tracing::warn!(repository = %r.canonical, "{}", decision.message()),
+        Decision::Allow => {}
+    }
+    let (mut confirmed, subject) = forward_manifest(r, m, &reference, &tags).await?;
+    set_missing_tags(r, m, &tags, &mut confirmed).await?;
+    if exempt == Some(gate::Exemption::SignatureArtifact) {
         // A new signature: the image it signs is decided afresh.
         let signed = tags
             .iter()
-            .filter_map(|t| {
-                t.strip_prefix("sha256-")
-                    .map(|h| h.trim_end_matches(".sig"))
-            })
-            .filter_map(|h| format!("sha256:{h}").parse::<Digest>().ok())
-            .chain(summary.subject.clone());
+            .filter_map(|t| gate::schema_tag(t).map(|(d, _)| d))
+            .chain(pushed.summary.subject.clone());
         for d in signed {
             app.gate.forget_evidence(&r.canonical, &d);
         }
     }
-    // The upstream has it now: so do the cache and the tag memory.
-    if let Err(e) = app.store.put_bytes(&digest, &bytes, Some(&media_type)) {
-        tracing::warn!(error = %e, "cannot cache pushed manifest {digest}");
-    }
-    let immutable = loaded
-        .policy
-        .rule_for(&r.canonical)
-        .and_then(|x| x.tags.as_ref())
-        .is_some_and(|t| t.immutable);
-    for t in &tags {
-        let _ = app.tags.confirm(&r.canonical, t, &digest, &media_type);
-        if immutable {
-            app.gate.remember_tag(&r.canonical, t, &digest, &media_type);
-        }
-    }
+    remember_pushed(app, r, &pushed, &confirmed, exempt.is_none());
     let mut out = Response::new(empty());
     *out.status_mut() = StatusCode::CREATED;
     let h = out.headers_mut();
@@ -990,21 +1116,30 @@ pub async fn put_manifest(
         h.insert("oci-subject", s);
     }
     if !tags.is_empty() && matches!(reference, Reference::Digest(_)) {
-        header(h, "oci-tag", &tags.join(","));
+        header(h, "oci-tag", &confirmed.join(","));
     }
     Ok(out)
 }
 
-fn prev_is_worse(
-    prev: &crate::policy::PolicyDecision,
-    new: &crate::policy::PolicyDecision,
-) -> bool {
-    let rank = |d: Decision| match d {
-        Decision::Deny => 2,
-        Decision::Audit => 1,
-        Decision::Allow => 0,
-    };
-    rank(prev.decision) >= rank(new.decision)
+/// The upstream has it now: so do the cache, the holdings and the tag
+/// memory (immutable tags only for decided documents).
+fn remember_pushed(app: &App, r: &Route, p: &Pushed, tags: &[String], decided: bool) {
+    let m = &p.manifest;
+    let repo = &r.canonical;
+    if let Err(e) = app
+        .store
+        .put_bytes(&m.digest, &m.bytes, Some(&m.media_type))
+    {
+        tracing::warn!(error = %e, "cannot cache pushed manifest {}", m.digest);
+    }
+    app.registry_holds_manifest(repo, &m.digest, &p.summary);
+    let immutable = decided && gate::immutable_tags(app.policy.current().policy.rule_for(repo));
+    for t in tags {
+        let _ = app.tags.confirm(repo, t, &m.digest, &m.media_type);
+        if immutable {
+            app.gate.remember_tag(repo, t, &m.digest, &m.media_type);
+        }
+    }
 }
 
 #[cfg(test)]

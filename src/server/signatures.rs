@@ -5,7 +5,7 @@
 //! verified with the rule's keys over the exact bytes fetched (and digest
 //! checked on the way in).
 
-use super::pull::{fetch_small_blob, get_manifest, referrers_index};
+use super::pull::{fetch_small_blob, get_manifest, get_manifest_fresh, referrers_index};
 use super::App;
 use crate::metrics::ResultLabels;
 use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
@@ -123,23 +123,22 @@ pub async fn scan(
 ) -> SignatureScan {
     let mut out = SignatureScan::default();
     // 1. Legacy tag.
-    let sig_tag = Reference::Tag(format!("{}.sig", image.tag_schema()));
-    match get_manifest(app, r, &sig_tag, Some(OCI_MANIFEST)).await {
-        Ok(m) => match serde_json::from_slice::<Value>(&m.bytes) {
+    // Signers rewrite the `.sig` tag in place: always ask the upstream.
+    let sig_tag = format!("{}.sig", image.tag_schema());
+    match get_manifest_fresh(app, r, &sig_tag, Some(OCI_MANIFEST)).await {
+        Ok(m) => match crate::oci::json::parse_strict(&m.bytes) {
             Ok(v) => {
                 out.simple_signing_layers(app, r, image, &v, SigFormat::Legacy, keys)
                     .await
             }
-            Err(e) => out
-                .notes
-                .push(format!("legacy: {sig_tag} is not JSON: {e}")),
+            Err(e) => out.notes.push(format!("legacy: {sig_tag} is {e}")),
         },
         Err(e) if e.status == http::StatusCode::NOT_FOUND => {}
         Err(e) => out.notes.push(format!("legacy: {}", e.message)),
     }
     // 2. Referrers (API or tag schema).
     let index = match referrers_index(app, r, image, None).await {
-        Ok((b, _)) => serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
+        Ok((b, _)) => crate::oci::json::parse_strict(&b).unwrap_or(Value::Null),
         Err(e) => {
             out.notes.push(format!("referrers: {}", e.message));
             Value::Null
@@ -167,9 +166,11 @@ pub async fn scan(
                 continue;
             }
         };
-        let Ok(v) = serde_json::from_slice::<Value>(&m.bytes) else {
-            out.notes
-                .push(format!("{}: referrer {md} is not JSON", format.as_str()));
+        let Ok(v) = crate::oci::json::parse_strict(&m.bytes) else {
+            out.notes.push(format!(
+                "{}: referrer {md} is not acceptable JSON",
+                format.as_str()
+            ));
             continue;
         };
         if v["subject"]["digest"] != image.to_string().as_str() {

@@ -92,6 +92,7 @@ pub fn verify_simple_signing(
     if !key.verify(payload, &sig) {
         return Err(SigError::BadSignature);
     }
+    crate::oci::json::check_strict(payload).map_err(|e| SigError::BadPayload(e.to_string()))?;
     let p: SimpleSigning =
         serde_json::from_slice(payload).map_err(|e| SigError::BadPayload(e.to_string()))?;
     if p.critical.kind != SIMPLE_SIGNING_TYPE {
@@ -162,6 +163,8 @@ struct Subject {
 /// Verify a Sigstore bundle v0.3 holding a DSSE envelope over an in-toto
 /// statement whose subject is the image (cosign v3's default format).
 pub fn verify_bundle(bundle: &[u8], key: &PublicKey, image: &Digest) -> Result<(), SigError> {
+    crate::oci::json::check_strict(bundle)
+        .map_err(|e| SigError::BadPayload(format!("bundle: {e}")))?;
     let b: Bundle =
         serde_json::from_slice(bundle).map_err(|e| SigError::BadPayload(format!("bundle: {e}")))?;
     let v03 = b.media_type == BUNDLE_V03
@@ -193,6 +196,8 @@ pub fn verify_bundle(bundle: &[u8], key: &PublicKey, image: &Digest) -> Result<(
     if !ok {
         return Err(SigError::BadSignature);
     }
+    crate::oci::json::check_strict(&payload)
+        .map_err(|e| SigError::BadPayload(format!("statement: {e}")))?;
     let st: Statement = serde_json::from_slice(&payload)
         .map_err(|e| SigError::BadPayload(format!("statement: {e}")))?;
     if st.kind != INTOTO_STATEMENT_V1 {
