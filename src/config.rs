@@ -54,6 +54,32 @@ struct RawServer {
     upload_timeout: Option<String>,
     #[serde(default = "default_max_uploads")]
     max_uploads: usize,
+    /// Upload sessions one client address may hold at once.
+    #[serde(default = "default_max_uploads_per_client")]
+    max_uploads_per_client: usize,
+    /// Without `htpasswd`, pushes are refused unless this is true.
+    #[serde(default)]
+    allow_anonymous_push: bool,
+    /// Connections one client address may hold at once.
+    #[serde(default = "default_max_connections_per_client")]
+    max_connections_per_client: usize,
+    /// A connection that sends no request for this long after it opened is closed.
+    first_byte_timeout: Option<String>,
+    /// A connection with no request in progress for this long is closed.
+    idle_timeout: Option<String>,
+    /// Failed logins one client address may make per minute before it is refused.
+    #[serde(default = "default_auth_failures_per_minute")]
+    auth_failures_per_minute: u32,
+}
+
+fn default_max_uploads_per_client() -> usize {
+    64
+}
+fn default_max_connections_per_client() -> usize {
+    256
+}
+fn default_auth_failures_per_minute() -> u32 {
+    10
 }
 
 fn default_max_uploads() -> usize {
@@ -76,6 +102,14 @@ struct RawCache {
     max_bytes: String,
     #[serde(default = "default_tag_ttl")]
     tag_ttl: String,
+    /// Free disk space the cache leaves on its filesystem; a blob that
+    /// would eat into it is served uncached.
+    #[serde(default = "default_min_free_bytes")]
+    min_free_bytes: String,
+}
+
+fn default_min_free_bytes() -> String {
+    "1GiB".into()
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -94,6 +128,7 @@ impl Default for RawCache {
             dir: default_cache_dir(),
             max_bytes: default_max_bytes(),
             tag_ttl: default_tag_ttl(),
+            min_free_bytes: default_min_free_bytes(),
         }
     }
 }
@@ -153,6 +188,13 @@ pub struct Config {
     pub header_timeout: Duration,
     pub upload_timeout: Duration,
     pub max_uploads: usize,
+    pub max_uploads_per_client: usize,
+    pub allow_anonymous_push: bool,
+    pub max_connections_per_client: usize,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub auth_failures_per_minute: u32,
+    pub min_free_bytes: u64,
     pub cache_dir: PathBuf,
     pub max_bytes: u64,
     pub tag_ttl: Duration,
@@ -184,12 +226,31 @@ fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
     })
 }
 
+/// A duration that must be more than zero.
+fn positive_duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
+    let d = duration(field, s)?;
+    if d.is_zero() {
+        return Err(ConfigError::Invalid(format!(
+            "{field} = {s:?} must be more than zero"
+        )));
+    }
+    Ok(d)
+}
+
 fn addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse().map_err(|_| {
         ConfigError::Invalid(format!(
             "{field} = {s:?} is not an address like \"127.0.0.1:5000\""
         ))
     })
+}
+
+/// Whether two upstream URLs name the same registry (scheme, host, port, path).
+fn same_registry(a: &url::Url, b: &url::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
+        && a.port_or_known_default() == b.port_or_known_default()
+        && a.path().trim_end_matches('/') == b.path().trim_end_matches('/')
 }
 
 /// Parse a size like `20GiB`, `512MB` or a plain byte count.
@@ -262,6 +323,15 @@ impl Config {
                     u.name
                 )));
             }
+            if let Some(twin) = upstreams
+                .iter()
+                .find(|x: &&UpstreamConfig| same_registry(&x.url, &url))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "upstreams {:?} and {:?} have the same url {:?}: one repository would have two canonical names and a policy rule would govern only one of them; keep one upstream per registry",
+                    twin.name, u.name, u.url
+                )));
+            }
             if upstreams.iter().any(|x: &UpstreamConfig| x.name == u.name) {
                 return Err(ConfigError::Invalid(format!(
                     "upstream {:?} is listed twice",
@@ -329,10 +399,33 @@ impl Config {
                 s.upload_timeout.as_deref().unwrap_or("10m"),
             )?,
             max_uploads: s.max_uploads.max(1),
+            max_uploads_per_client: s.max_uploads_per_client.max(1),
+            allow_anonymous_push: s.allow_anonymous_push,
+            max_connections_per_client: s.max_connections_per_client.max(1),
+            first_byte_timeout: positive_duration(
+                "server.first_byte_timeout",
+                s.first_byte_timeout.as_deref().unwrap_or("10s"),
+            )?,
+            idle_timeout: positive_duration(
+                "server.idle_timeout",
+                s.idle_timeout.as_deref().unwrap_or("90s"),
+            )?,
+            auth_failures_per_minute: s.auth_failures_per_minute,
+            min_free_bytes: parse_size(&raw.cache.min_free_bytes)
+                .map_err(|e| ConfigError::Invalid(format!("cache.min_free_bytes: {e}")))?,
             cache_dir: raw.cache.dir.clone(),
-            max_bytes: parse_size(&raw.cache.max_bytes)
-                .map_err(|e| ConfigError::Invalid(format!("cache.max_bytes: {e}")))?,
-            tag_ttl: duration("cache.tag_ttl", &raw.cache.tag_ttl)?,
+            max_bytes: match parse_size(&raw.cache.max_bytes)
+                .map_err(|e| ConfigError::Invalid(format!("cache.max_bytes: {e}")))?
+            {
+                0 => {
+                    return Err(ConfigError::Invalid(format!(
+                        "cache.max_bytes = {:?} leaves no room to cache anything; give a size like \"20GiB\"",
+                        raw.cache.max_bytes
+                    )))
+                }
+                n => n,
+            },
+            tag_ttl: positive_duration("cache.tag_ttl", &raw.cache.tag_ttl)?,
             policy_file: raw.policy.file.clone(),
             policy_reload_interval: duration(
                 "policy.reload_interval",
@@ -381,6 +474,21 @@ default = true
         assert!(e.to_string().contains("max_bytes"), "{e}");
         let e = Config::parse(&GOOD.replace("https://registry-1", "ftp://registry-1")).unwrap_err();
         assert!(e.to_string().contains("http"), "{e}");
+    }
+
+    #[test]
+    fn zero_sizes_and_durations_and_twin_upstreams_are_refused() {
+        let e = Config::parse(&GOOD.replace("\"20GiB\"", "\"0\"")).unwrap_err();
+        assert!(e.to_string().contains("cache.max_bytes"), "{e}");
+        let e = Config::parse(&GOOD.replace("\"60s\"", "\"0s\"")).unwrap_err();
+        assert!(e.to_string().contains("cache.tag_ttl"), "{e}");
+        let twin = format!(
+            "{GOOD}[[upstreams]]\nname = \"hub\"\nurl = \"https://REGISTRY-1.docker.io:443/\"\n"
+        );
+        let e = Config::parse(&twin).unwrap_err();
+        assert!(e.to_string().contains("same url"), "{e}");
+        let c = Config::parse(GOOD).unwrap();
+        assert!(!c.allow_anonymous_push, "read-only by default");
     }
 
     #[test]

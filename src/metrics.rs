@@ -11,7 +11,8 @@ use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    /// One of the methods the API knows, or `OTHER` (see [`method_label`]).
+    pub method: &'static str,
     pub endpoint: &'static str,
     pub code: u16,
 }
@@ -55,6 +56,26 @@ pub struct DecisionLabels {
     pub rule: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// A request method as a label value: invented methods must not mint
+/// series, so anything the registry API does not use is `OTHER`.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 fn request_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.5, 14))
 }
@@ -75,6 +96,13 @@ pub struct Metrics {
     pub signature_verifications: Family<ResultLabels, Counter>,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub cache_evictions: Counter<u64, AtomicU64>,
+    pub auth_failures: Counter,
+    pub connections_open: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub connections_closed: Family<ReasonLabels, Counter>,
+    pub cache_write_failures: Family<ReasonLabels, Counter>,
+    pub cache_passthrough: Counter,
+    pub cache_layout_recreated: Counter,
+    pub uploads_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +128,13 @@ impl Metrics {
             signature_verifications: Family::default(),
             policy_reloads: Family::default(),
             cache_evictions: Counter::default(),
+            auth_failures: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_closed: Family::default(),
+            cache_write_failures: Family::default(),
+            cache_passthrough: Counter::default(),
+            cache_layout_recreated: Counter::default(),
+            uploads_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -167,6 +202,41 @@ impl Metrics {
             "Cache entries evicted to stay under max_bytes",
             m.cache_evictions.clone(),
         );
+        registry.register(
+            "auth_failures",
+            "Failed or throttled client logins",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Client connections modelgate closed, by reason (first_byte_timeout, idle, per_client_limit)",
+            m.connections_closed.clone(),
+        );
+        registry.register(
+            "cache_write_failures",
+            "Blobs that could not be written to the cache, by reason (no_space, io)",
+            m.cache_write_failures.clone(),
+        );
+        registry.register(
+            "cache_passthrough",
+            "Blobs served verified but not cached (they did not fit)",
+            m.cache_passthrough.clone(),
+        );
+        registry.register(
+            "cache_layout_recreated",
+            "Times the cache directory layout was found missing and made again",
+            m.cache_layout_recreated.clone(),
+        );
+        registry.register(
+            "uploads_refused",
+            "Upload sessions refused, by reason (limit, per_client)",
+            m.uploads_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -202,6 +272,11 @@ impl Metrics {
                 result: if hit { "hit" } else { "miss" },
             })
             .inc();
+    }
+
+    /// Count one event of a reason-labelled family.
+    pub fn reason(family: &Family<ReasonLabels, Counter>, reason: &'static str) {
+        family.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn served(&self, source: &'static str, bytes: u64) {

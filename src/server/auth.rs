@@ -2,6 +2,12 @@
 //! `htpasswd -B` writes them): push needs Basic credentials, and pull too
 //! with `pull_auth = true`. Client credentials are checked here and never
 //! forwarded upstream; upstream credentials stay modelgate's own.
+//!
+//! Invariants: bcrypt runs only for requests that need credentials, on the
+//! blocking pool, at most [`BCRYPT_AT_ONCE`] at a time; an unknown user costs
+//! the same bcrypt as a known one (timing does not tell them apart); a
+//! client address with too many failures in a minute is refused without any
+//! bcrypt at all.
 
 use base64::Engine;
 use dashmap::DashMap;
@@ -14,9 +20,51 @@ use std::time::{Duration, Instant};
 /// milliseconds by design, far too much to pay on every request.
 const REMEMBER: Duration = Duration::from_secs(300);
 
+/// bcrypt verifications running at once; more wait for a turn.
+pub const BCRYPT_AT_ONCE: usize = 2;
+
 pub struct Htpasswd {
     users: HashMap<String, String>,
     verified: DashMap<(String, [u8; 32]), Instant>,
+    /// A hash of the users' cost, checked for unknown users.
+    decoy: String,
+    turns: tokio::sync::Semaphore,
+    /// Failed attempts per client address: (window start, count).
+    failures: DashMap<std::net::IpAddr, (Instant, u32)>,
+    failures_per_minute: u32,
+}
+
+/// What a request's credentials turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// No `Authorization` header.
+    Anonymous,
+    User(String),
+    /// Wrong user name or password.
+    Failed,
+    /// Too many failures from this address lately.
+    Throttled,
+}
+
+/// The user and password of a Basic header.
+fn basic_credentials(authorization: &str) -> Option<(String, String)> {
+    let b64 = authorization
+        .strip_prefix("Basic ")
+        .or_else(|| authorization.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (user, pass) = raw.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
+}
+
+/// The cost field of a bcrypt hash (`$2y$NN$...`).
+fn bcrypt_cost(hash: &str) -> u32 {
+    hash.split('$')
+        .nth(2)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(bcrypt::DEFAULT_COST)
 }
 
 impl Htpasswd {
@@ -44,42 +92,88 @@ impl Htpasswd {
         if users.is_empty() {
             return Err(format!("htpasswd {}: no users", path.display()));
         }
+        let cost = users.values().map(|h| bcrypt_cost(h)).max().unwrap_or(4);
+        let decoy = bcrypt::hash("modelgate-decoy", cost)
+            .map_err(|e| format!("htpasswd {}: {e}", path.display()))?;
         Ok(Htpasswd {
             users,
             verified: DashMap::new(),
+            decoy,
+            turns: tokio::sync::Semaphore::new(BCRYPT_AT_ONCE),
+            failures: DashMap::new(),
+            failures_per_minute: 10,
         })
     }
 
-    /// The user named by a valid `Authorization: Basic ...` header.
-    pub fn user(&self, authorization: Option<&str>) -> Option<String> {
-        let b64 = authorization?
-            .strip_prefix("Basic ")
-            .or_else(|| authorization?.strip_prefix("basic "))?;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .ok()?;
-        let raw = String::from_utf8(raw).ok()?;
-        let (user, pass) = raw.split_once(':')?;
-        let hash = self.users.get(user)?;
+    /// Refuse an address after `n` failures within a minute (0: never).
+    pub fn with_failure_limit(mut self, n: u32) -> Htpasswd {
+        self.failures_per_minute = n;
+        self
+    }
+
+    fn throttled(&self, client: std::net::IpAddr) -> bool {
+        self.failures_per_minute > 0
+            && self.failures.get(&client).is_some_and(|f| {
+                f.0.elapsed() < Duration::from_secs(60) && f.1 >= self.failures_per_minute
+            })
+    }
+
+    fn count_failure(&self, client: std::net::IpAddr) {
+        if self.failures.len() > 100_000 {
+            self.failures
+                .retain(|_, f| f.0.elapsed() < Duration::from_secs(60));
+        }
+        let mut e = self.failures.entry(client).or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= Duration::from_secs(60) {
+            *e = (Instant::now(), 0);
+        }
+        e.1 += 1;
+    }
+
+    /// Check a request's `Authorization` header: remembered credentials at
+    /// once, others with bcrypt off the async threads.
+    pub async fn login(&self, authorization: Option<&str>, client: std::net::IpAddr) -> Login {
+        let Some(header) = authorization else {
+            return Login::Anonymous;
+        };
+        if self.throttled(client) {
+            return Login::Throttled;
+        }
+        let Some((user, pass)) = basic_credentials(header) else {
+            self.count_failure(client);
+            return Login::Failed;
+        };
+        let known = self.users.get(&user);
+        let hash = known.cloned().unwrap_or_else(|| self.decoy.clone());
         let key = (
-            user.to_string(),
+            user.clone(),
             Sha256::digest(format!("{hash}\0{pass}").as_bytes()).into(),
         );
-        if self
-            .verified
-            .get(&key)
-            .is_some_and(|t| t.elapsed() < REMEMBER)
+        if known.is_some()
+            && self
+                .verified
+                .get(&key)
+                .is_some_and(|t| t.elapsed() < REMEMBER)
         {
-            return Some(user.to_string());
+            return Login::User(user);
         }
-        if bcrypt::verify(pass, hash).unwrap_or(false) {
+        let ok = match self.turns.acquire().await {
+            Ok(_turn) => {
+                tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
+                    .await
+                    .unwrap_or(false)
+            }
+            Err(_) => false,
+        };
+        if ok && known.is_some() {
             if self.verified.len() > 10_000 {
                 self.verified.clear();
             }
             self.verified.insert(key, Instant::now());
-            Some(user.to_string())
+            Login::User(user)
         } else {
-            None
+            self.count_failure(client);
+            Login::Failed
         }
     }
 }
@@ -88,8 +182,15 @@ impl Htpasswd {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bcrypt_users() {
+    fn basic(u: &str, pw: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pw}"))
+        )
+    }
+
+    #[tokio::test]
+    async fn bcrypt_users() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("htpasswd");
         let h = bcrypt::hash("s3cret", 4)
@@ -97,26 +198,60 @@ mod tests {
             .replacen("$2b$", "$2y$", 1);
         std::fs::write(&p, format!("# users\nalice:{h}\n")).unwrap();
         let ht = Htpasswd::load(&p).unwrap();
-        let basic = |u: &str, pw: &str| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pw}"))
-            )
-        };
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let user = |s: &str| Login::User(s.to_string());
         assert_eq!(
-            ht.user(Some(&basic("alice", "s3cret"))).as_deref(),
-            Some("alice")
+            ht.login(Some(&basic("alice", "s3cret")), ip).await,
+            user("alice")
         );
         assert_eq!(
-            ht.user(Some(&basic("alice", "s3cret"))).as_deref(),
-            Some("alice"),
+            ht.login(Some(&basic("alice", "s3cret")), ip).await,
+            user("alice"),
             "remembered"
         );
-        assert_eq!(ht.user(Some(&basic("alice", "wrong"))), None);
-        assert_eq!(ht.user(Some(&basic("bob", "s3cret"))), None);
-        assert_eq!(ht.user(Some("Bearer x")), None);
-        assert_eq!(ht.user(None), None);
+        assert_eq!(
+            ht.login(Some(&basic("alice", "wrong")), ip).await,
+            Login::Failed
+        );
+        assert_eq!(
+            ht.login(Some(&basic("bob", "s3cret")), ip).await,
+            Login::Failed
+        );
+        assert_eq!(ht.login(Some("Bearer x"), ip).await, Login::Failed);
+        assert_eq!(ht.login(None, ip).await, Login::Anonymous);
         std::fs::write(&p, "carol:plaintext\n").unwrap();
         assert!(Htpasswd::load(&p).err().unwrap().contains("bcrypt"));
+    }
+
+    #[tokio::test]
+    async fn failures_are_throttled_per_address_and_unknown_users_cost_a_bcrypt() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("htpasswd");
+        let h = bcrypt::hash("s3cret", 4).unwrap();
+        std::fs::write(&p, format!("alice:{h}\n")).unwrap();
+        let ht = Htpasswd::load(&p).unwrap().with_failure_limit(3);
+        assert_eq!(
+            bcrypt_cost(&ht.decoy),
+            4,
+            "the decoy costs what a user costs"
+        );
+        let a: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let b: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                ht.login(Some(&basic("mallory", "x")), a).await,
+                Login::Failed
+            );
+        }
+        // The right password no longer helps that address for a while...
+        assert_eq!(
+            ht.login(Some(&basic("alice", "s3cret")), a).await,
+            Login::Throttled
+        );
+        // ...while another address is unaffected.
+        assert_eq!(
+            ht.login(Some(&basic("alice", "s3cret")), b).await,
+            Login::User("alice".into())
+        );
     }
 }

@@ -94,7 +94,8 @@ impl App {
             .as_deref()
             .map(auth::Htpasswd::load)
             .transpose()
-            .map_err(StartError::Auth)?;
+            .map_err(StartError::Auth)?
+            .map(|h| h.with_failure_limit(config.auth_failures_per_minute));
         Ok(Arc::new(App {
             uploads: push::Uploads::new(config.max_uploads, config.upload_timeout),
             htpasswd,
@@ -273,7 +274,7 @@ async fn handle(
     let (endpoint_label, result) = match router::parse(&path) {
         Ok(ep) => {
             let label = ep.label();
-            match authenticate(&app, &ep, &req) {
+            match authenticate(&app, &ep, &req, peer).await {
                 Ok(user) => (label, pull::dispatch(&app, ep, req, peer, user).await),
                 Err(e) => (label, Err(e)),
             }
@@ -284,10 +285,13 @@ async fn handle(
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
+            // Client errors are counted (http_requests_total by code) and
+            // logged at debug: anyone can cause them, so they must not
+            // flood the log.
             if e.status.is_server_error() {
                 tracing::warn!(%peer, %method, path, code = e.code.as_str(), "{}", e.message);
             } else {
-                tracing::info!(%peer, %method, path, code = e.code.as_str(), "{}", e.message);
+                tracing::debug!(%peer, %method, path, code = e.code.as_str(), "{}", e.message);
             }
             error_response(&e, head)
         }
@@ -298,7 +302,7 @@ async fn handle(
     app.metrics
         .http_requests
         .get_or_create(&RequestLabels {
-            method: method.as_str().to_string(),
+            method: crate::metrics::method_label(&method),
             endpoint: endpoint_label,
             code,
         })
@@ -313,38 +317,63 @@ async fn handle(
     Ok(resp)
 }
 
+/// Whether a request writes (pushes, deletes, uploads).
+fn is_write(method: &Method, ep: &router::Endpoint) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || matches!(ep, router::Endpoint::Upload(..))
+}
+
 /// Who is asking, when the request needs credentials: push always (with
 /// an htpasswd file), pull with `pull_auth`, and `/v2/` so clients learn
-/// the challenge.
-fn authenticate(
+/// the challenge. Without an htpasswd file modelgate is read-only unless
+/// `allow_anonymous_push` says otherwise. Credentials are checked only
+/// where they are needed.
+async fn authenticate(
     app: &App,
     ep: &router::Endpoint,
     req: &Request<Incoming>,
+    peer: SocketAddr,
 ) -> Result<Option<String>, OciError> {
+    let write = is_write(req.method(), ep);
     let Some(ht) = &app.htpasswd else {
+        if write && !app.config.allow_anonymous_push {
+            return Err(OciError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::Unsupported,
+                "modelgate is read-only: pushes need client authentication; set [server] htpasswd to a file of bcrypt users (htpasswd -B), or allow_anonymous_push = true to let anyone push with modelgate's upstream credentials",
+            ));
+        }
         return Ok(None);
     };
-    let user = ht.user(
-        req.headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let write = !matches!(*req.method(), Method::GET | Method::HEAD)
-        || matches!(ep, router::Endpoint::Upload(..));
     let needed = write || app.config.pull_auth || matches!(ep, router::Endpoint::Base);
-    match (needed, user) {
-        (_, Some(u)) => Ok(Some(u)),
-        (false, None) => Ok(None),
-        (true, None) => {
-            let anonymous = req.headers().get(http::header::AUTHORIZATION).is_none();
+    if !needed {
+        return Ok(None);
+    }
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match ht.login(header, peer.ip()).await {
+        auth::Login::User(u) => Ok(Some(u)),
+        auth::Login::Anonymous => Err(OciError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "authentication required: send Basic credentials of a user in modelgate's htpasswd",
+        )),
+        auth::Login::Failed => {
+            app.metrics.auth_failures.inc();
             Err(OciError::new(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,
-                if anonymous {
-                    "authentication required: send Basic credentials of a user in modelgate's htpasswd"
-                } else {
-                    "the user name or password is wrong"
-                },
+                "the user name or password is wrong",
+            ))
+        }
+        auth::Login::Throttled => {
+            app.metrics.auth_failures.inc();
+            Err(OciError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                "too many failed logins from this address; wait a minute before trying again",
             ))
         }
     }

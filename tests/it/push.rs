@@ -220,7 +220,7 @@ async fn mount_cancel_unknown_and_expired_sessions() {
         tmp.path(),
         &upstream_toml("local", &up.url(), true, ""),
         "",
-        "upload_timeout = \"1s\"",
+        "upload_timeout = \"1s\"\nallow_anonymous_push = true",
         None,
     )
     .await;

@@ -93,6 +93,15 @@ pub struct MockState {
     pub upload_seq: AtomicU64,
     /// Upload requests whose body broke off (the proxy aborted them).
     pub aborted_bodies: AtomicU64,
+    /// Blobs are per repository (`repo_blobs`), as in a real registry.
+    pub scoped_blobs: AtomicBool,
+    pub repo_blobs: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Answer Accept the way distribution 2.8 does: a tag naming an index
+    /// resolves to its linux/amd64 child for clients that do not accept
+    /// indexes; OCI manifests are 404 for clients that do not accept them.
+    pub distribution_accept: AtomicBool,
+    /// Ignore `?tag=` on manifest PUT by digest (no `OCI-Tag` echoed).
+    pub ignore_tag_query: AtomicBool,
 }
 
 impl MockState {
@@ -109,6 +118,16 @@ impl MockState {
         let data = data.into();
         let d = Digest::of(&data);
         self.blobs.lock().unwrap().insert(d.to_string(), data);
+        d
+    }
+
+    /// A blob that only `repo` holds (with `scoped_blobs`).
+    pub fn add_blob_in(&self, repo: &str, data: impl Into<Bytes>) -> Digest {
+        let d = self.add_blob(data);
+        self.repo_blobs
+            .lock()
+            .unwrap()
+            .insert((repo.to_string(), d.to_string()));
         d
     }
 
@@ -381,8 +400,19 @@ async fn mock_upload(
         };
         match (method, id.is_empty()) {
             (Method::POST, true) => {
-                if let Some(m) = q.get("mount") {
-                    if st.blobs.lock().unwrap().contains_key(m) {
+                if let (Some(m), Some(from)) = (q.get("mount"), q.get("from")) {
+                    let scoped = st.scoped_blobs.load(Ordering::SeqCst);
+                    let in_from = !scoped
+                        || st
+                            .repo_blobs
+                            .lock()
+                            .unwrap()
+                            .contains(&(from.clone(), m.clone()));
+                    if in_from && st.blobs.lock().unwrap().contains_key(m) {
+                        st.repo_blobs
+                            .lock()
+                            .unwrap()
+                            .insert((repo.clone(), m.clone()));
                         return created(m);
                     }
                 }
@@ -429,6 +459,10 @@ async fn mock_upload(
                     .lock()
                     .unwrap()
                     .insert(d.clone(), Bytes::from(data));
+                st.repo_blobs
+                    .lock()
+                    .unwrap()
+                    .insert((repo.clone(), d.clone()));
                 created(&d)
             }
             (Method::GET, false) => {
@@ -645,11 +679,18 @@ async fn mock_handle(
                     (body.clone(), mt.clone()),
                 );
             }
-            for t in tags {
-                m.insert((repo.clone(), t), (body.clone(), mt.clone()));
+            let echo = !st.ignore_tag_query.load(Ordering::SeqCst) && !tags.is_empty();
+            if echo {
+                for t in &tags {
+                    m.insert((repo.clone(), t.clone()), (body.clone(), mt.clone()));
+                }
             }
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::CREATED;
+            if echo {
+                r.headers_mut()
+                    .insert("oci-tag", tags.join(",").parse().unwrap());
+            }
             r.headers_mut().insert(
                 "location",
                 format!("/v2/{repo}/manifests/{d}").parse().unwrap(),
@@ -659,12 +700,22 @@ async fn mock_handle(
             Ok(r)
         }
         "manifests" => {
-            let m = st
+            let accept = req
+                .headers()
+                .get_all("accept")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut m = st
                 .manifests
                 .lock()
                 .unwrap()
-                .get(&(repo, reference))
+                .get(&(repo.clone(), reference.clone()))
                 .cloned();
+            if st.distribution_accept.load(Ordering::SeqCst) {
+                m = distribution_negotiation(&st, &repo, m, &accept);
+            }
             let Some((bytes, mt)) = m else {
                 return Ok(oci_error(
                     StatusCode::NOT_FOUND,
@@ -690,7 +741,16 @@ async fn mock_handle(
             Ok(r)
         }
         "blobs" => {
-            let data = st.blobs.lock().unwrap().get(&reference).cloned();
+            let mut data = st.blobs.lock().unwrap().get(&reference).cloned();
+            if st.scoped_blobs.load(Ordering::SeqCst)
+                && !st
+                    .repo_blobs
+                    .lock()
+                    .unwrap()
+                    .contains(&(repo.clone(), reference.clone()))
+            {
+                data = None;
+            }
             let Some(data) = data else {
                 return Ok(oci_error(
                     StatusCode::NOT_FOUND,
@@ -753,6 +813,38 @@ async fn mock_handle(
     }
 }
 
+/// distribution 2.8's content negotiation for a manifest GET/HEAD.
+fn distribution_negotiation(
+    st: &MockState,
+    repo: &str,
+    m: Option<(Bytes, String)>,
+    accept: &str,
+) -> Option<(Bytes, String)> {
+    let (bytes, mt) = m?;
+    let index_types = [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ];
+    if index_types.contains(&mt.as_str()) && !index_types.iter().any(|t| accept.contains(t)) {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let child = v["manifests"]
+            .as_array()?
+            .iter()
+            .find(|c| c["platform"]["os"] == "linux" && c["platform"]["architecture"] == "amd64")?;
+        let d = child["digest"].as_str()?.to_string();
+        return st
+            .manifests
+            .lock()
+            .unwrap()
+            .get(&(repo.to_string(), d))
+            .cloned();
+    }
+    if mt == "application/vnd.oci.image.manifest.v1+json" && !accept.contains(&mt) {
+        return None;
+    }
+    Some((bytes, mt))
+}
+
 /// A modelgate running in-process.
 pub struct Gate {
     pub addr: SocketAddr,
@@ -785,7 +877,16 @@ impl Gate {
         cache_extra: &str,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Gate {
-        Gate::start_with(dir, upstreams, cache_extra, "", tls).await
+        // Most tests push without credentials; the read-only default has
+        // its own tests (bypass.rs).
+        Gate::start_with(
+            dir,
+            upstreams,
+            cache_extra,
+            "allow_anonymous_push = true",
+            tls,
+        )
+        .await
     }
 
     /// Start with extra `[server]` settings too.
