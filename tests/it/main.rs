@@ -17,3 +17,5 @@ mod vectors;
 mod policy;
 // Pushing through the gate.
 mod push;
+// Regression tests for the bypasses and workflow defects of issue #7.
+mod bypass;

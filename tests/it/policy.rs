@@ -23,7 +23,7 @@ pub fn fx(rel: &str) -> Bytes {
     )
 }
 
-fn fx_str(rel: &str) -> String {
+pub fn fx_str(rel: &str) -> String {
     String::from_utf8(fx(rel).to_vec())
         .unwrap()
         .trim()
@@ -31,7 +31,7 @@ fn fx_str(rel: &str) -> String {
 }
 
 /// The fixture image at `repo:tag`; returns its digest.
-fn seed_image(up: &Mock, repo: &str, tag: &str) -> Digest {
+pub fn seed_image(up: &Mock, repo: &str, tag: &str) -> Digest {
     up.state.add_blob(fx("image/config.json"));
     up.state.add_blob(fx("image/layer.bin"));
     up.state
@@ -39,7 +39,7 @@ fn seed_image(up: &Mock, repo: &str, tag: &str) -> Digest {
 }
 
 /// A legacy `.sig` vector attached to the fixture image in `repo`.
-fn seed_legacy(up: &Mock, repo: &str, vector: &str) {
+pub fn seed_legacy(up: &Mock, repo: &str, vector: &str) {
     let v = format!("vectors/{vector}");
     up.state.add_blob(fx(&format!("{v}/payload.json")));
     up.state.add_blob(fx(&format!("{v}/sig-config.json")));
@@ -76,7 +76,7 @@ fn seed_referrer(up: &Mock, repo: &str, vector: &str, image: &Digest) {
         .add_manifest(repo, Some(&image.tag_schema()), index, INDEX);
 }
 
-fn policy_text(extra_labels: &str, mode: &str) -> String {
+pub fn policy_text(extra_labels: &str, mode: &str) -> String {
     format!(
         r#"default = "allow"
 [keys]
@@ -119,7 +119,7 @@ pub async fn gate_with_policy(up: &Mock, policy: &str) -> (Gate, tempfile::TempD
     (g, tmp)
 }
 
-fn assert_denied(r: &Got, needle: &str) {
+pub fn assert_denied(r: &Got, needle: &str) {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     assert_eq!(r.code(), "DENIED");
     assert!(
@@ -383,7 +383,7 @@ async fn bypass_oversized_manifest() {
 }
 
 /// A two-platform index signed (legacy) with a key made here.
-fn seed_signed_index(
+pub fn seed_signed_index(
     up: &Mock,
     repo: &str,
     key: &modelgate::trust::PrivateKey,
@@ -429,7 +429,7 @@ fn seed_signed_index(
     (id, children)
 }
 
-fn policy_for_key(key: &modelgate::trust::PrivateKey) -> String {
+pub fn policy_for_key(key: &modelgate::trust::PrivateKey) -> String {
     policy_text("", "enforce").replacen(
         &fx_str("keys/ecdsa-p256.pub.pem"),
         key.public().to_pem().trim(),
