@@ -40,6 +40,7 @@ enum Command {
     },
     /// Write a key pair: PREFIX.key (PKCS#8 PEM) and PREFIX.pub (SPKI PEM, cosign.pub format).
     Keygen {
+        /// Path prefix of the two files, e.g. config/keys/release (existing files are not overwritten).
         #[arg(long)]
         out: String,
         #[arg(long, value_enum, default_value = "ed25519")]
@@ -92,8 +93,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyAction {
-    /// Parse and validate a policy; print the rules as understood.
-    Lint { file: PathBuf },
+    /// Parse and validate a policy; print the rules as understood and every
+    /// problem with its line (exit 2 when there are errors, as for a
+    /// file that does not parse).
+    Lint {
+        /// The policy file, e.g. config/policy.toml.
+        file: PathBuf,
+        /// Check repository globs against this config's upstream names
+        /// (default: config/modelgate.toml when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -246,8 +256,12 @@ fn main() -> ExitCode {
             modelgate::commands::keygen(&out, alg).map_err(anyhow::Error::msg)
         }
         Command::Policy {
-            action: PolicyAction::Lint { file },
-        } => modelgate::commands::policy_lint(&file).map_err(anyhow::Error::msg),
+            action: PolicyAction::Lint { file, config },
+        } => {
+            let default = PathBuf::from("config/modelgate.toml");
+            let config = config.or_else(|| default.exists().then_some(default));
+            modelgate::commands::policy_lint(&file, config.as_deref()).map_err(anyhow::Error::msg)
+        }
         Command::Sign {
             key,
             image,

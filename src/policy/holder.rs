@@ -2,16 +2,68 @@
 //! (SIGHUP, or the file changed). A broken file keeps the last good policy,
 //! says why in the log and counts `modelgate_policy_reloads_total{result="error"}`.
 //!
-//! Invariant: every swap bumps `generation`, so decisions cached under an
-//! older policy are never reused.
+//! Invariants:
+//! - every swap bumps `generation`, so decisions cached under an older
+//!   policy are never reused;
+//! - a reload fails closed: a file still being written (modified within
+//!   [`SETTLE`], or changing while read) waits for the next check, and a
+//!   file that drops every rule or every key of the policy in force is
+//!   refused (`result="refused"`), since an empty or half-written file
+//!   would otherwise be a valid "allow everything" policy. Replace policy
+//!   files by rename; to really remove every rule, restart modelgate.
 
 use super::model::{Policy, PolicyError};
 use crate::metrics::{Metrics, ResultLabels};
 use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// A policy file modified more recently than this is still being written.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// Why a changed policy file was not put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+    /// Still being written; tried again at the next check.
+    #[error("policy {0} is still changing; it will be read again when it has settled")]
+    Unsettled(String),
+    /// Valid, but it would remove every rule or every key.
+    #[error("policy {path}: reload refused: {why}; the policy in force stays (write the new file whole and rename it into place; to remove every rule on purpose, restart modelgate)")]
+    Refused { path: String, why: String },
+}
+
+/// (length, modification time) of a file.
+fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// Whether a file with this modification time has stopped changing.
+pub fn settled(modified: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(modified)
+        .map_or(true, |age| age >= SETTLE)
+}
+
+/// Why `new` may not replace `old`, if it may not.
+fn drops_everything(old: &Policy, new: &Policy) -> Option<String> {
+    if !old.rules.is_empty() && new.rules.is_empty() {
+        return Some(format!(
+            "the new file has no rules (the policy in force has {})",
+            old.rules.len()
+        ));
+    }
+    if !old.keys.is_empty() && new.keys.is_empty() {
+        return Some(format!(
+            "the new file has no keys (the policy in force has {})",
+            old.keys.len()
+        ));
+    }
+    None
+}
 
 /// A policy with what identifies it.
 pub struct LoadedPolicy {
@@ -60,49 +112,69 @@ impl PolicyHolder {
 
     /// Re-read the file. Ok(true) when a new policy is in force, Ok(false)
     /// when the file did not change.
-    pub fn reload(&self, metrics: &Metrics) -> Result<bool, PolicyError> {
+    pub fn reload(&self, metrics: &Metrics) -> Result<bool, ReloadError> {
         let Some(path) = &self.path else {
             return Ok(false);
         };
-        let text = std::fs::read(path).map_err(|e| PolicyError::Invalid {
-            path: path.display().to_string(),
-            message: format!("cannot read: {e}"),
-        });
-        let result = text.and_then(|bytes| {
-            let sha = hex::encode(Sha256::digest(&bytes));
-            let old = self.current();
-            if sha == old.sha256 {
-                return Ok(false);
-            }
-            let (policy, _) = Policy::load(path)?;
-            self.current.store(Arc::new(LoadedPolicy {
-                policy,
-                sha256: sha,
-                generation: old.generation + 1,
-            }));
-            Ok(true)
-        });
-        match &result {
+        let result = self.try_reload(path);
+        let label = match &result {
             Ok(true) => {
-                metrics
-                    .policy_reloads
-                    .get_or_create(&ResultLabels { result: "success" })
-                    .inc();
                 tracing::info!(policy = %path.display(), sha256 = %self.current().sha256, "policy reloaded");
+                "success"
             }
-            Ok(false) => {}
-            Err(e) => {
-                metrics
-                    .policy_reloads
-                    .get_or_create(&ResultLabels { result: "error" })
-                    .inc();
-                tracing::error!(
-                    "{e}; keeping the last good policy (sha256 {})",
-                    self.current().sha256
-                );
-            }
+            Ok(false) | Err(ReloadError::Unsettled(_)) => return result,
+            Err(ReloadError::Invalid(_)) => "error",
+            Err(ReloadError::Refused { .. }) => "refused",
+        };
+        metrics
+            .policy_reloads
+            .get_or_create(&ResultLabels { result: label })
+            .inc();
+        if let Err(e) = &result {
+            tracing::error!(
+                "{e}; keeping the last good policy (sha256 {})",
+                self.current().sha256
+            );
         }
         result
+    }
+
+    fn try_reload(&self, path: &Path) -> Result<bool, ReloadError> {
+        let unreadable = |e: std::io::Error| PolicyError::Invalid {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        };
+        let before = stamp(path);
+        let bytes = std::fs::read(path).map_err(unreadable)?;
+        let old = self.current();
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if sha == old.sha256 {
+            return Ok(false);
+        }
+        let after = stamp(path);
+        let still_changing = before != after
+            || after.is_some_and(|(_, modified)| !settled(modified, SystemTime::now()));
+        if still_changing {
+            return Err(ReloadError::Unsettled(path.display().to_string()));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| PolicyError::Invalid {
+            path: path.display().to_string(),
+            message: format!("not UTF-8: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let policy = Policy::parse(&text, base, &path.display().to_string())?;
+        if let Some(why) = drops_everything(&old.policy, &policy) {
+            return Err(ReloadError::Refused {
+                path: path.display().to_string(),
+                why,
+            });
+        }
+        self.current.store(Arc::new(LoadedPolicy {
+            policy,
+            sha256: sha,
+            generation: old.generation + 1,
+        }));
+        Ok(true)
     }
 
     /// Reload on SIGHUP and whenever the file changes (checked every `every`).
@@ -138,12 +210,53 @@ impl PolicyHolder {
                 if !forced && sha == last_failed_sha {
                     continue;
                 }
-                if me.reload(&metrics).is_err() {
-                    last_failed_sha = sha;
-                } else {
-                    last_failed_sha.clear();
+                match me.reload(&metrics) {
+                    // Read again at the next tick, when it has settled.
+                    Err(ReloadError::Unsettled(_)) => {}
+                    Err(_) => last_failed_sha = sha,
+                    Ok(_) => last_failed_sha.clear(),
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        Policy::parse(text, Path::new("."), "test").unwrap()
+    }
+
+    const KEY: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn a_policy_that_drops_every_rule_or_key_is_refused() {
+        let full = policy(&format!(
+            "[keys]\nk = \"\"\"{KEY}\"\"\"\n[[rules]]\nname = \"r\"\nrepositories = [\"x/**\"]\n[rules.signatures]\nkeys = [\"k\"]\n"
+        ));
+        let empty = policy("");
+        let no_keys = policy("[[rules]]\nname = \"r\"\nrepositories = [\"x/**\"]\n");
+        assert!(drops_everything(&full, &empty)
+            .unwrap()
+            .contains("no rules"));
+        assert!(drops_everything(&full, &no_keys)
+            .unwrap()
+            .contains("no keys"));
+        assert!(drops_everything(&empty, &empty).is_none());
+        assert!(drops_everything(&full, &full).is_none());
+    }
+
+    #[test]
+    fn files_modified_just_now_have_not_settled() {
+        let now = SystemTime::now();
+        assert!(!settled(now, now));
+        assert!(!settled(now - SETTLE / 2, now));
+        assert!(settled(now - SETTLE, now));
+        assert!(
+            settled(now + Duration::from_secs(5), now),
+            "a clock ahead cannot block reloads"
+        );
     }
 }

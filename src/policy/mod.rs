@@ -9,4 +9,4 @@ pub mod model;
 
 pub use eval::{Decision, Evidence, ImageEvidence, PolicyDecision};
 pub use holder::{LoadedPolicy, PolicyHolder};
-pub use model::{Constraint, Mode, Policy, PolicyError, Rule};
+pub use model::{Constraint, Finding, Mode, Policy, PolicyError, Rule, Severity};

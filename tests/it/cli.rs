@@ -35,7 +35,71 @@ fn bad_config_exits_2_naming_the_problem() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.toml"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/x.toml"));
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "the OS error once: {err}"
+    );
+}
+
+/// Issue #7 items 8 and 23: lint names lines and exits 1 on errors; help
+/// texts exist.
+#[test]
+fn policy_lint_names_lines_and_help_is_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "[[rules]]\nname = \"all\"\nrepositories = [\"*/models/**\"]\n[rules.tags]\nimmutable = true\n[[rules]]\nname = \"team\"\nrepositories = [\"docker.io/models/team/**\"]\n[rules.tags]\nimmutable = true\n[[rules]]\nname = \"bad\"\nrepositories = [\"models/**\"]\n[rules.tags]\nimmutable = true\n",
+    )
+    .unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["policy", "lint"])
+        .arg(&policy)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(
+            "error: line 13: rule \"bad\": repository glob \"models/**\" can never match"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: line 6: rule \"team\" is shadowed"),
+        "{text}"
+    );
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(bin())
+        .current_dir(shipped)
+        .args(["policy", "lint", "config/policy.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (cmd, needle) in [
+        (vec!["keygen", "--help"], "Path prefix of the two files"),
+        (vec!["policy", "lint", "--help"], "The policy file"),
+    ] {
+        let out = Command::new(bin()).args(&cmd).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains(needle), "{cmd:?}: {help}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

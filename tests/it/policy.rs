@@ -526,8 +526,13 @@ async fn hot_reload_redecides_and_a_broken_file_keeps_the_last_good_policy() {
     let url = g.url(&format!("/v2/models/demo/manifests/{d}"));
     assert_eq!(get(&url).await.status, StatusCode::FORBIDDEN);
     let sha1 = g.audit().last().unwrap()["policy_sha256"].clone();
-    // Loosen: no rule for these repositories any more.
-    std::fs::write(tmp.path().join("policy.toml"), "default = \"allow\"\n").unwrap();
+    // Loosen: no rule for these repositories any more (the rule now
+    // governs another path; a file with no rules at all is refused).
+    std::fs::write(
+        tmp.path().join("policy.toml"),
+        policy_text("", "enforce").replace("local/models/**", "local/elsewhere/**"),
+    )
+    .unwrap();
     let mut ok = false;
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -559,5 +564,39 @@ async fn hot_reload_redecides_and_a_broken_file_keeps_the_last_good_policy() {
         1.0
     );
     assert_eq!(get(&url).await.status, StatusCode::OK);
+    g.stop().await;
+}
+
+/// Issue #7 item 7: an empty or half-written policy is not put in force.
+#[tokio::test]
+async fn a_reload_that_drops_every_rule_is_refused() {
+    let up = Mock::start().await;
+    let d = seed_image(&up, "models/demo", "v2.1.0");
+    let (g, tmp) = gate_with_policy(&up, &policy_text("", "enforce")).await;
+    let url = g.url(&format!("/v2/models/demo/manifests/{d}"));
+    assert_eq!(get(&url).await.status, StatusCode::FORBIDDEN);
+    // Rewritten in place: first truncated, then a valid prefix of the file.
+    let full = policy_text("", "enforce");
+    let prefix = &full[..full.find("[[rules]]").unwrap()];
+    for text in ["", prefix] {
+        std::fs::write(tmp.path().join("policy.toml"), text).unwrap();
+        let before = g.metric("modelgate_policy_reloads_total{result=\"refused\"}");
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if g.metric("modelgate_policy_reloads_total{result=\"refused\"}") > before {
+                break;
+            }
+        }
+        assert_eq!(
+            g.metric("modelgate_policy_reloads_total{result=\"refused\"}"),
+            before + 1.0,
+            "{text:?}"
+        );
+        assert_eq!(get(&url).await.status, StatusCode::FORBIDDEN, "{text:?}");
+    }
+    assert_eq!(
+        g.metric("modelgate_policy_reloads_total{result=\"success\"}"),
+        0.0
+    );
     g.stop().await;
 }
