@@ -172,6 +172,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let app = App::new(cfg)?;
+    app.store.lock_exclusive()?;
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
@@ -190,7 +191,9 @@ fn cache(action: CacheAction, config: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open cache {}", cfg.cache_dir.display()))?;
     let human = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
     match action {
+        // Read-only: never deletes, safe next to a running server.
         CacheAction::Stats => {
+            let tmp = store.temp_report();
             println!("cache     {}", cfg.cache_dir.display());
             println!("objects   {}", store.len());
             println!(
@@ -199,8 +202,19 @@ fn cache(action: CacheAction, config: PathBuf) -> anyhow::Result<()> {
                 human(store.total_bytes())
             );
             println!("max_bytes {} ({})", cfg.max_bytes, human(cfg.max_bytes));
+            println!(
+                "in tmp/   {} files, {} ({})",
+                tmp.files,
+                tmp.bytes,
+                if store.owned_elsewhere() {
+                    "downloads under way in the running server"
+                } else {
+                    "left by an interrupted run; the next server start removes them"
+                }
+            );
         }
         CacheAction::Gc => {
+            store.lock_exclusive()?;
             let (n, bytes) = store.evict_to(cfg.max_bytes);
             println!(
                 "evicted {n} objects, {} ; {} remain in {} objects",
@@ -210,13 +224,21 @@ fn cache(action: CacheAction, config: PathBuf) -> anyhow::Result<()> {
             );
         }
         CacheAction::Verify => {
-            let r = store.verify()?;
+            // The owner removes what is corrupt; next to a running server
+            // it only reports.
+            let owner = store.lock_exclusive().is_ok();
+            let r = store.verify(owner)?;
             println!("checked {} objects, {}", r.checked, human(r.bytes));
+            let what = if owner {
+                "removed"
+            } else {
+                "not removed: a running modelgate owns this cache; it re-fetches a blob whose bytes do not verify"
+            };
             for d in &r.corrupt {
-                println!("CORRUPT {d} (removed)");
+                println!("CORRUPT {d} ({what})");
             }
             if !r.corrupt.is_empty() {
-                anyhow::bail!("{} corrupt objects found and removed", r.corrupt.len());
+                anyhow::bail!("{} corrupt objects found", r.corrupt.len());
             }
             println!("all objects match their digests");
         }

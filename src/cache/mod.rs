@@ -9,5 +9,5 @@ pub mod tags;
 
 pub use flight::{FetchState, Flights};
 pub use holdings::{Held, Holdings};
-pub use store::{BlobStore, VerifyReport};
+pub use store::{BlobStore, LockError, TempReport, VerifyReport};
 pub use tags::{TagEntry, TagStore};

@@ -6,7 +6,12 @@
 //!   digest was verified and the data fsynced, so a crash or a failed
 //!   download never leaves a wrong or partial blob behind;
 //! - the in-memory index mirrors `blobs/` (rebuilt at start), and its total
-//!   is kept under `max_bytes` by evicting least recently used entries.
+//!   is kept under `max_bytes` by evicting least recently used entries;
+//! - one process owns a cache at a time ([`BlobStore::lock_exclusive`], an
+//!   advisory lock on `lock`): only the owner clears `tmp/` or deletes;
+//!   other processes (the `cache stats` and `cache verify` commands next
+//!   to a running server) only read;
+//! - a layout removed under a running server is made again on demand.
 
 use crate::oci::{Digest, Sha256Hasher};
 use dashmap::DashMap;
@@ -30,6 +35,29 @@ pub struct BlobStore {
     max_bytes: u64,
     /// Counts evicted entries for `modelgate_cache_evictions_total`.
     evictions: Option<prometheus_client::metrics::counter::Counter>,
+    /// Counts layouts made again (`modelgate_cache_layout_recreated_total`).
+    recreated: Option<prometheus_client::metrics::counter::Counter>,
+    /// The lock file while this process owns the cache.
+    lock: std::sync::Mutex<Option<File>>,
+}
+
+/// Directories of the layout under the root.
+const LAYOUT: [&str; 3] = ["blobs/sha256", "meta/sha256", "tmp"];
+
+/// Why the cache could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another modelgate process owns the cache {0} (it holds {0}/lock); stop it first, or use `cache stats` / `cache verify`, which only read")]
+    Held(String),
+    #[error("cannot lock the cache {0}: {1}")]
+    Io(String, io::Error),
+}
+
+/// Files left in `tmp/`: downloads under way, or left by a crash.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TempReport {
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// What `cache verify` found.
@@ -37,19 +65,17 @@ pub struct BlobStore {
 pub struct VerifyReport {
     pub checked: u64,
     pub bytes: u64,
-    /// Digests whose bytes did not match; they were removed.
+    /// Digests whose bytes did not match (removed when asked to).
     pub corrupt: Vec<Digest>,
 }
 
 impl BlobStore {
-    /// Open (creating) a store under `root`, index what is there and drop
-    /// leftovers of interrupted downloads.
+    /// Open (creating) a store under `root` and index what is there.
+    /// Nothing is deleted: leftovers of interrupted downloads are dropped by
+    /// the owner ([`BlobStore::lock_exclusive`]).
     pub fn open(root: &Path, max_bytes: u64) -> io::Result<BlobStore> {
-        for d in ["blobs/sha256", "meta/sha256", "tmp"] {
+        for d in LAYOUT {
             fs::create_dir_all(root.join(d))?;
-        }
-        for e in fs::read_dir(root.join("tmp"))? {
-            let _ = fs::remove_file(e?.path());
         }
         let store = BlobStore {
             root: root.to_path_buf(),
@@ -59,6 +85,8 @@ impl BlobStore {
             tmp_seq: AtomicU64::new(0),
             max_bytes,
             evictions: None,
+            recreated: None,
+            lock: std::sync::Mutex::new(None),
         };
         // Order the existing entries by modification time so LRU survives a
         // restart approximately.
@@ -83,6 +111,103 @@ impl BlobStore {
     /// Count evictions on `c`.
     pub fn count_evictions(&mut self, c: prometheus_client::metrics::counter::Counter) {
         self.evictions = Some(c);
+    }
+
+    /// Count layouts made again on `c`.
+    pub fn count_recreations(&mut self, c: prometheus_client::metrics::counter::Counter) {
+        self.recreated = Some(c);
+    }
+
+    /// Own the cache: take its lock (refused while another process holds
+    /// it) and drop leftovers of interrupted downloads.
+    pub fn lock_exclusive(&self) -> Result<(), LockError> {
+        if self.lock.lock().is_ok_and(|g| g.is_some()) {
+            return Ok(());
+        }
+        let name = self.root.display().to_string();
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("lock"))
+            .map_err(|e| LockError::Io(name.clone(), e))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(LockError::Held(name)),
+            Err(fs::TryLockError::Error(e)) => return Err(LockError::Io(name, e)),
+        }
+        if let Ok(rd) = fs::read_dir(self.root.join("tmp")) {
+            for e in rd.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        if let Ok(mut g) = self.lock.lock() {
+            *g = Some(f);
+        }
+        Ok(())
+    }
+
+    /// Give the cache up (at shutdown).
+    pub fn unlock(&self) {
+        if let Ok(mut g) = self.lock.lock() {
+            g.take();
+        }
+    }
+
+    /// Whether another process owns the cache now.
+    pub fn owned_elsewhere(&self) -> bool {
+        if self.lock.lock().is_ok_and(|g| g.is_some()) {
+            return false;
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .open(self.root.join("lock"))
+            .is_ok_and(|f| matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)))
+    }
+
+    /// Make the layout again if it was removed; Ok when it is in place.
+    pub fn ensure_layout(&self) -> io::Result<()> {
+        if LAYOUT.iter().all(|d| self.root.join(d).is_dir()) {
+            return Ok(());
+        }
+        for d in LAYOUT {
+            fs::create_dir_all(self.root.join(d))?;
+        }
+        tracing::warn!(cache = %self.root.display(), "the cache layout was missing; made it again");
+        if let Some(c) = &self.recreated {
+            c.inc();
+        }
+        Ok(())
+    }
+
+    /// Run `op`; if it failed because a directory of the layout is gone,
+    /// make the layout again and run it once more.
+    fn with_layout<T>(&self, op: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ensure_layout()?;
+                op()
+            }
+            other => other,
+        }
+    }
+
+    /// Bytes free for the cache on its filesystem (None when unknown).
+    pub fn available_bytes(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(&self.root).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// What `tmp/` holds.
+    pub fn temp_report(&self) -> TempReport {
+        let mut r = TempReport::default();
+        if let Ok(rd) = fs::read_dir(self.root.join("tmp")) {
+            for e in rd.flatten() {
+                r.files += 1;
+                r.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        r
     }
 
     fn tick(&self) -> u64 {
@@ -179,18 +304,20 @@ impl BlobStore {
             .root
             .join("tmp")
             .join(format!("{}-{n}-{nanos}", std::process::id()));
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let f = self.with_layout(|| {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        })?;
         Ok((path, f))
     }
 
     /// Move a verified, fsynced temp file into place. The caller has checked
     /// that its bytes hash to `d`.
     pub fn commit(&self, tmp: &Path, d: &Digest, size: u64) -> io::Result<()> {
-        fs::rename(tmp, self.blob_path(d))?;
+        self.with_layout(|| fs::rename(tmp, self.blob_path(d)))?;
         if let Ok(dir) = File::open(self.root.join("blobs/sha256")) {
             let _ = dir.sync_all();
         }
@@ -204,7 +331,7 @@ impl BlobStore {
         if let Some(mt) = media_type {
             let tmp = self.temp_file()?;
             (&tmp.1).write_all(mt.as_bytes())?;
-            fs::rename(&tmp.0, self.meta_path(d))?;
+            self.with_layout(|| fs::rename(&tmp.0, self.meta_path(d)))?;
         }
         if self.index.contains_key(d) {
             return Ok(());
@@ -247,8 +374,9 @@ impl BlobStore {
         (n, bytes)
     }
 
-    /// Re-hash every cached blob; remove the ones whose bytes are wrong.
-    pub fn verify(&self) -> io::Result<VerifyReport> {
+    /// Re-hash every cached blob; with `remove`, remove the ones whose
+    /// bytes are wrong (only the owner of the cache may).
+    pub fn verify(&self, remove: bool) -> io::Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let digests: Vec<Digest> = self.index.iter().map(|e| e.key().clone()).collect();
         let mut buf = vec![0u8; 1 << 20];
@@ -268,9 +396,11 @@ impl BlobStore {
             report.checked += 1;
             report.bytes += h.len();
             if h.finish() != d {
-                let _ = fs::remove_file(self.blob_path(&d));
-                let _ = fs::remove_file(self.meta_path(&d));
-                self.forget(&d);
+                if remove {
+                    let _ = fs::remove_file(self.blob_path(&d));
+                    let _ = fs::remove_file(self.meta_path(&d));
+                    self.forget(&d);
+                }
                 report.corrupt.push(d);
             }
         }
@@ -316,13 +446,49 @@ mod tests {
         let b = put(&s, b"will be damaged");
         fs::write(s.blob_path(&b), b"damaged!").unwrap();
         let (tmp, _) = s.temp_file().unwrap();
-        let r = s.verify().unwrap();
+        let r = s.verify(true).unwrap();
         assert_eq!(r.checked, 2);
         assert_eq!(r.corrupt, vec![b.clone()]);
         assert!(s.size_of(&a).is_some() && s.size_of(&b).is_none());
         drop(s);
-        let _ = BlobStore::open(dir.path(), u64::MAX).unwrap();
-        assert!(!tmp.exists());
+        let s = BlobStore::open(dir.path(), u64::MAX).unwrap();
+        assert!(tmp.exists(), "opening deletes nothing");
+        s.lock_exclusive().unwrap();
+        assert!(!tmp.exists(), "the owner drops leftovers");
+    }
+
+    #[test]
+    fn one_owner_at_a_time_and_readers_delete_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = BlobStore::open(dir.path(), u64::MAX).unwrap();
+        owner.lock_exclusive().unwrap();
+        let (tmp, _) = owner.temp_file().unwrap();
+        let bad = put(&owner, b"soon damaged");
+        fs::write(owner.blob_path(&bad), b"rot").unwrap();
+        let reader = BlobStore::open(dir.path(), u64::MAX).unwrap();
+        assert!(reader.owned_elsewhere());
+        assert!(matches!(reader.lock_exclusive(), Err(LockError::Held(_))));
+        assert_eq!(reader.temp_report().files, 1);
+        let r = reader.verify(false).unwrap();
+        assert_eq!(r.corrupt, vec![bad.clone()]);
+        assert!(reader.blob_path(&bad).exists() && tmp.exists());
+        owner.unlock();
+        assert!(!reader.owned_elsewhere());
+        reader.lock_exclusive().unwrap();
+    }
+
+    #[test]
+    fn a_removed_layout_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let s = BlobStore::open(&root, u64::MAX).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        let d = put(&s, b"after removal");
+        assert_eq!(s.read_small(&d, 100).unwrap(), b"after removal".to_vec());
+        fs::remove_dir_all(&root).unwrap();
+        s.ensure_layout().unwrap();
+        assert!(root.join("tmp").is_dir());
+        assert!(s.available_bytes().is_some_and(|n| n > 0));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process
-//! answers) and `/readyz` (the client listener is accepting).
+//! answers) and `/readyz` (the client listener is accepting, has a free
+//! connection slot, and the cache directory is usable).
 
 use super::body::{full, RespBody};
 use super::App;
@@ -29,14 +30,21 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
         ),
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {
-            if app.ready.load(Ordering::Relaxed) {
-                text(StatusCode::OK, "ready\n".into(), "text/plain")
+            let unready = |why: String| text(StatusCode::SERVICE_UNAVAILABLE, why, "text/plain");
+            if !app.ready.load(Ordering::Relaxed) {
+                unready("not ready\n".into())
+            } else if app.conns.saturated() {
+                unready(format!(
+                    "saturated: all {} client connections are in use\n",
+                    app.config.max_connections
+                ))
+            } else if let Err(e) = app.store.ensure_layout() {
+                unready(format!(
+                    "cache {} is not usable: {e}\n",
+                    app.config.cache_dir.display()
+                ))
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready\n".into(),
-                    "text/plain",
-                )
+                text(StatusCode::OK, "ready\n".into(), "text/plain")
             }
         }
         _ => text(

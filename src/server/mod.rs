@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod conn;
 pub mod gate;
 pub mod pull;
 pub mod push;
@@ -18,11 +19,11 @@ use crate::oci::{ErrorCode, OciError};
 use crate::upstream::{Router, Upstream};
 use body::{error_response, RespBody, API_VERSION};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::convert::Infallible;
@@ -32,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -50,6 +50,8 @@ pub struct App {
     pub htpasswd: Option<auth::Htpasswd>,
     /// Which repository holds which digest (see [`crate::cache::holdings`]).
     pub holdings: crate::cache::Holdings,
+    /// Client connection limits (see [`conn`]).
+    pub conns: Arc<conn::ConnLimits>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,7 @@ impl App {
         let mut store = BlobStore::open(&dir, config.max_bytes)
             .map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
         store.count_evictions(metrics.cache_evictions.clone());
+        store.count_recreations(metrics.cache_layout_recreated.clone());
         metrics.cache_bytes.set(store.total_bytes() as i64);
         let tags = TagStore::open(dir.join("tags"))
             .map_err(|e| StartError::Cache(dir.display().to_string(), e))?;
@@ -100,6 +103,7 @@ impl App {
             uploads: push::Uploads::new(config.max_uploads, config.upload_timeout),
             htpasswd,
             holdings: crate::cache::Holdings::new(),
+            conns: conn::ConnLimits::new(config.max_connections, config.max_connections_per_client),
             policy,
             audit,
             gate,
@@ -164,7 +168,7 @@ pub fn tls_acceptor(
 
 /// Serve the client API on `listener` (and the admin API on `admin`) until
 /// `shutdown` resolves; then stop accepting and let requests in flight
-/// finish (at most 30 s).
+/// finish (at most 30 s). Connection limits and timeouts: [`conn`].
 pub async fn run(
     app: Arc<App>,
     listener: TcpListener,
@@ -172,8 +176,11 @@ pub async fn run(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(app.config.max_connections));
+    if let Err(e) = app.store.lock_exclusive() {
+        tracing::error!("{e}");
+        return;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -183,6 +190,8 @@ pub async fn run(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(app.config.idle_timeout / 2))
+        .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     if let Some(admin) = admin {
@@ -195,7 +204,7 @@ pub async fn run(
     loop {
         let permit = tokio::select! {
             _ = &mut shutdown => break,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            p = app.conns.permit() => match p { Some(p) => p, None => break },
         };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
@@ -208,39 +217,33 @@ pub async fn run(
                 }
             },
         };
+        let Some(slot) = app.conns.admit(peer.ip(), permit, &app.metrics) else {
+            crate::metrics::Metrics::reason(&app.metrics.connections_closed, "per_client_limit");
+            tracing::debug!(%peer, "connection refused: this address holds its share of connections");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let app2 = app.clone();
-        let svc = service_fn(move |req| handle(app2.clone(), peer, req));
-        let builder = builder.clone();
+        let (app, builder, stop) = (app.clone(), builder.clone(), stop_rx.clone());
         match &tls {
             None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _ = conn.await;
-                    drop(permit);
+                    serve_connection(app, builder, stream, peer, stop).await;
+                    drop(slot);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                let timeout = app.config.header_timeout;
                 tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
-                    drop(permit);
+                    let timeout = app.config.first_byte_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_connection(app, builder, s, peer, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => crate::metrics::Metrics::reason(
+                            &app.metrics.connections_closed,
+                            "first_byte_timeout",
+                        ),
+                    }
+                    drop(slot);
                 });
             }
         }
@@ -248,8 +251,11 @@ pub async fn run(
     app.ready.store(false, Ordering::Relaxed);
     drop(listener);
     tracing::info!("shutting down: waiting for requests in flight");
+    let _ = stop_tx.send(true);
     let drain = async {
-        graceful.shutdown().await;
+        while app.conns.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // Downloads outlive their clients; let them verify and commit.
         while app.flights.in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -261,12 +267,65 @@ pub async fn run(
     {
         tracing::warn!("requests or downloads still in flight after 30s; closing them");
     }
+    app.store.unlock();
+}
+
+/// Serve one connection until it ends, the server stops, or the watchdog
+/// finds it silent (no first request in time, or idle too long).
+async fn serve_connection<I>(
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: I,
+    peer: SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = conn::Activity::new();
+    let act = activity.clone();
+    let app2 = app.clone();
+    let svc = service_fn(move |req| {
+        let active = act.start();
+        handle(app2.clone(), peer, req, active)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let (first_byte, idle) = (app.config.first_byte_timeout, app.config.idle_timeout);
+    let tick = (first_byte.min(idle) / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+    // After a graceful close is asked for, a connection gets this long
+    // (a response still streaming gets the server's drain time instead).
+    let mut hard_close_at: Option<tokio::time::Instant> = None;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(tick), if !stopping && hard_close_at.is_none() => {
+                if let Some(why) = activity.should_close(first_byte, idle) {
+                    crate::metrics::Metrics::reason(&app.metrics.connections_closed, why.as_str());
+                    tracing::debug!(%peer, reason = why.as_str(), "closing a silent connection");
+                    conn.as_mut().graceful_shutdown();
+                    hard_close_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+            }
+            _ = async { tokio::time::sleep_until(hard_close_at.unwrap_or_else(tokio::time::Instant::now)).await }, if hard_close_at.is_some() => {
+                if activity.should_close(Duration::ZERO, Duration::ZERO).is_some() {
+                    break;
+                }
+                hard_close_at = None;
+            }
+        }
+    }
 }
 
 async fn handle(
     app: Arc<App>,
     peer: SocketAddr,
     req: Request<Incoming>,
+    active: conn::ActiveRequest,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
@@ -314,7 +373,7 @@ async fn handle(
         })
         .observe(start.elapsed().as_secs_f64());
     tracing::debug!(%peer, %method, path, code, ms = start.elapsed().as_millis() as u64, "request");
-    Ok(resp)
+    Ok(resp.map(|b| BodyExt::boxed(conn::TrackedBody::new(b, active))))
 }
 
 /// Whether a request writes (pushes, deletes, uploads).
