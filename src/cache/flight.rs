@@ -17,7 +17,11 @@
 //!   wait for the fsync;
 //! - at most one download per digest is in flight;
 //! - memory per download and per reader is bounded by [`CHUNK`], whatever the
-//!   blob size.
+//!   blob size;
+//! - a blob that does not fit on the cache's disk (announced too large for
+//!   the free space, or a write failing mid-body) is still served to the
+//!   leader, verified, from memory, and not cached ("pass-through"); other
+//!   clients of that download get an error telling them to retry.
 
 use super::store::BlobStore;
 use crate::metrics::Metrics;
@@ -61,6 +65,9 @@ pub enum FetchState {
     /// All bytes are in `file` and verified (the commit to the store may
     /// still be under way).
     Done { size: u64, file: Arc<File> },
+    /// Served to the leader only, from memory, not cached (the disk is too
+    /// full); other clients retry.
+    PassThrough { size: Option<u64> },
     /// Failed; nothing was cached.
     Failed(OciError),
 }
@@ -135,12 +142,21 @@ pub async fn wait_done(rx: &mut watch::Receiver<FetchState>) -> Result<(), OciEr
         match &*rx.borrow_and_update() {
             FetchState::Done { .. } => return Ok(()),
             FetchState::Failed(e) => return Err(e.clone()),
+            FetchState::PassThrough { .. } => return Err(passing_through()),
             _ => {}
         }
         if rx.changed().await.is_err() {
             return Err(aborted());
         }
     }
+}
+
+fn passing_through() -> OciError {
+    OciError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        "the blob does not fit in modelgate's cache and is being served uncached to another client; retry",
+    )
 }
 
 fn aborted() -> OciError {
@@ -158,6 +174,8 @@ pub struct Download {
     pub digest: Digest,
     pub upstream: String,
     pub idle_timeout: Duration,
+    /// Disk space the cache must leave free.
+    pub min_free: u64,
 }
 
 enum PumpError {
@@ -178,6 +196,33 @@ impl Download {
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
+        let free = self.store.available_bytes();
+        let fits = match (size, free) {
+            (Some(n), Some(free)) => n.saturating_add(self.min_free) <= free,
+            _ => true,
+        };
+        if !fits {
+            let why = format!(
+                "blob {} of {} bytes does not fit in the cache ({} bytes free, {} kept free)",
+                self.digest,
+                size.unwrap_or(0),
+                free.unwrap_or(0),
+                self.min_free
+            );
+            crate::metrics::Metrics::reason(&self.metrics.cache_write_failures, "no_space");
+            if leader.is_none() {
+                tracing::warn!("{why}; a range request cannot be served uncached");
+                tx.send_replace(FetchState::Failed(OciError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    format!(
+                        "{why}; fetch the whole blob (without Range) to have it served uncached"
+                    ),
+                )));
+                return;
+            }
+            tracing::warn!("{why}; serving it uncached");
+        }
         let (path, file) = match self.store.temp_file() {
             Ok(x) => x,
             Err(e) => {
@@ -202,35 +247,35 @@ impl Download {
                 return;
             }
         };
-        tx.send_replace(FetchState::Streaming {
-            size,
-            written: 0,
-            file: reader.clone(),
+        tx.send_replace(match fits {
+            true => FetchState::Streaming {
+                size,
+                written: 0,
+                file: reader.clone(),
+            },
+            false => FetchState::PassThrough { size },
         });
         let mut leader = leader;
-        let outcome = self.pump(&tx, size, body, file, &mut leader).await;
+        let outcome = self.pump(&tx, size, body, file, &mut leader, !fits).await;
         let failure = match outcome {
-            Ok((file, hasher, held)) => {
-                let n = hasher.len();
-                let actual = hasher.finish();
-                if actual != self.digest {
-                    self.metrics.digest_mismatch(&self.upstream);
-                    tracing::error!(
-                        upstream = %self.upstream, digest = %self.digest, actual = %actual, bytes = n,
-                        "digest mismatch: upstream sent bytes that do not match the requested digest; response aborted, nothing cached"
-                    );
-                    Some(format!(
-                        "upstream {} sent bytes for {} that hash to {actual}",
-                        self.upstream, self.digest
-                    ))
-                } else if size.is_some_and(|s| s != n) {
-                    Some(format!(
-                        "upstream {} sent {n} bytes for {}, expected {}",
-                        self.upstream,
-                        self.digest,
-                        size.unwrap_or(0)
-                    ))
-                } else {
+            Ok((None, hasher, held)) => {
+                // Pass-through: verified from memory, nothing to commit.
+                let _ = std::fs::remove_file(&path);
+                match self.verdict(hasher, size) {
+                    Ok(_) => {
+                        self.metrics.cache_passthrough.inc();
+                        if let (Some(l), Some(last)) = (leader.take(), held) {
+                            let _ = l.tx.send(LeaderMsg::Data(last)).await;
+                            let _ = l.tx.send(LeaderMsg::End).await;
+                        }
+                        return;
+                    }
+                    Err(m) => Some(m),
+                }
+            }
+            Ok((Some(file), hasher, held)) => match self.verdict(hasher, size) {
+                Err(m) => Some(m),
+                Ok(n) => {
                     // Verified: release the held-back bytes, then commit.
                     tx.send_replace(FetchState::Done {
                         size: n,
@@ -240,37 +285,19 @@ impl Download {
                         let _ = l.tx.send(LeaderMsg::Data(last)).await;
                         let _ = l.tx.send(LeaderMsg::End).await;
                     }
-                    let store = self.store.clone();
-                    let d = self.digest.clone();
-                    let p = path.clone();
-                    let committed = tokio::task::spawn_blocking(move || {
-                        file.sync_all()?;
-                        store.commit(&p, &d, n)
-                    })
-                    .await
-                    .map_err(io::Error::other)
-                    .and_then(|r| r);
-                    match committed {
-                        Ok(()) => {
-                            self.metrics
-                                .cache_bytes
-                                .set(self.store.total_bytes() as i64);
-                        }
-                        Err(e) => {
-                            // Readers keep their open handle and finish; the
-                            // next request downloads again.
-                            tracing::error!(digest = %self.digest, error = %e, "cannot commit a verified blob to the cache");
-                            let _ = std::fs::remove_file(&path);
-                        }
-                    }
+                    self.commit(file, path, n).await;
                     return;
                 }
-            }
+            },
             Err(PumpError::Upstream(m)) => {
                 tracing::warn!(upstream = %self.upstream, digest = %self.digest, "{m}; nothing cached");
                 Some(m)
             }
-            Err(PumpError::Io(e)) => Some(format!("modelgate cannot write its cache: {e}")),
+            Err(PumpError::Io(e)) => {
+                crate::metrics::Metrics::reason(&self.metrics.cache_write_failures, "io");
+                tracing::error!(digest = %self.digest, error = %e, "cannot write the cache");
+                Some(format!("modelgate cannot write its cache: {e}"))
+            }
         };
         let _ = std::fs::remove_file(&path);
         let msg = failure.unwrap_or_default();
@@ -296,7 +323,8 @@ impl Download {
         mut body: B,
         file: File,
         leader: &mut Option<Leader>,
-    ) -> Result<(File, Sha256Hasher, Option<Bytes>), PumpError>
+        pass_through: bool,
+    ) -> Result<(Option<File>, Sha256Hasher, Option<Bytes>), PumpError>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -307,17 +335,21 @@ impl Download {
             pending: Vec::new(),
             pending_len: 0,
             written: 0,
+            disabled: pass_through,
         };
         let mut hasher = Sha256Hasher::new();
         let mut held: Option<Bytes> = None;
         let mut last_frame = tokio::time::Instant::now();
         loop {
-            let can_flush = w.pending_len > 0 && w.job.is_none();
+            let can_flush = !w.disabled && w.pending_len > 0 && w.job.is_none();
             let can_read = w.pending_len < 4 * WRITE_BATCH;
             tokio::select! {
                 biased;
                 done = async { (&mut w.job.as_mut().expect("guarded by the branch condition").0).await }, if w.job.is_some() => {
-                    w.finish(done)?;
+                    if let Err(e) = w.finish(done) {
+                        self.write_failed(e, tx, size, leader, &mut w)?;
+                        continue;
+                    }
                     publish(tx, w.written);
                     if w.pending_len >= WRITE_BATCH {
                         w.start();
@@ -361,11 +393,21 @@ impl Download {
                     }
                     if let Some(l) = leader.as_ref() {
                         // Hand the previous frame over, keep this one back.
+                        // Uncached, the leader is the only way out: wait for it.
                         if let Some(prev) = held.replace(data.clone()) {
-                            if !l.feed(prev).await {
+                            if !l.feed(prev, w.disabled).await {
                                 *leader = None;
                             }
                         }
+                    }
+                    if w.disabled {
+                        if leader.is_none() {
+                            return Err(PumpError::Upstream(format!(
+                                "the client of uncached blob {} went away",
+                                self.digest
+                            )));
+                        }
+                        continue;
                     }
                     w.pending_len += data.len();
                     w.pending.push(data);
@@ -377,19 +419,113 @@ impl Download {
         }
         // The body ended: write what is left.
         for _ in 0..2 {
+            if w.disabled {
+                break;
+            }
             if let Some((j, _)) = w.job.as_mut() {
                 let done = j.await;
-                w.finish(done)?;
+                if let Err(e) = w.finish(done) {
+                    self.write_failed(e, tx, size, leader, &mut w)?;
+                    break;
+                }
                 publish(tx, w.written);
             }
             if w.pending_len > 0 {
                 w.start();
             }
         }
+        if w.disabled {
+            return Ok((None, hasher, held));
+        }
         let file = w
             .idle
             .expect("invariant: every write job returned the file");
-        Ok((file, hasher, held))
+        Ok((Some(file), hasher, held))
+    }
+
+    /// A cache write failed: with a leader to feed, go on uncached (the
+    /// disk is full, or failing); without one, give up.
+    fn write_failed(
+        &self,
+        e: PumpError,
+        tx: &watch::Sender<FetchState>,
+        size: Option<u64>,
+        leader: &Option<Leader>,
+        w: &mut Writer,
+    ) -> Result<(), PumpError> {
+        let PumpError::Io(io) = e else { return Err(e) };
+        let reason = match io.raw_os_error() {
+            Some(28) => "no_space", // ENOSPC
+            _ => "io",
+        };
+        crate::metrics::Metrics::reason(&self.metrics.cache_write_failures, reason);
+        if leader.is_none() {
+            return Err(PumpError::Io(io));
+        }
+        tracing::warn!(digest = %self.digest, error = %io, "cannot write the cache; serving the blob uncached");
+        w.disabled = true;
+        w.pending.clear();
+        w.pending_len = 0;
+        tx.send_replace(FetchState::PassThrough { size });
+        Ok(())
+    }
+
+    /// fsync and move a verified temp file into the store.
+    async fn commit(&self, file: File, path: std::path::PathBuf, n: u64) {
+        let store = self.store.clone();
+        let d = self.digest.clone();
+        let p = path.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            file.sync_all()?;
+            store.commit(&p, &d, n)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        match committed {
+            Ok(()) => {
+                self.metrics
+                    .cache_bytes
+                    .set(self.store.total_bytes() as i64);
+            }
+            Err(e) => {
+                // Readers keep their open handle and finish; the next
+                // request downloads again.
+                let reason = match e.raw_os_error() {
+                    Some(28) => "no_space",
+                    _ => "io",
+                };
+                crate::metrics::Metrics::reason(&self.metrics.cache_write_failures, reason);
+                tracing::error!(digest = %self.digest, error = %e, "cannot commit a verified blob to the cache");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Whether the bytes hashed are the blob asked for.
+    fn verdict(&self, hasher: Sha256Hasher, size: Option<u64>) -> Result<u64, String> {
+        let n = hasher.len();
+        let actual = hasher.finish();
+        if actual != self.digest {
+            self.metrics.digest_mismatch(&self.upstream);
+            tracing::error!(
+                upstream = %self.upstream, digest = %self.digest, actual = %actual, bytes = n,
+                "digest mismatch: upstream sent bytes that do not match the requested digest; response aborted, nothing cached"
+            );
+            return Err(format!(
+                "upstream {} sent bytes for {} that hash to {actual}",
+                self.upstream, self.digest
+            ));
+        }
+        if size.is_some_and(|s| s != n) {
+            return Err(format!(
+                "upstream {} sent {n} bytes for {}, expected {}",
+                self.upstream,
+                self.digest,
+                size.unwrap_or(0)
+            ));
+        }
+        Ok(n)
     }
 }
 
@@ -402,6 +538,8 @@ struct Writer {
     pending: Vec<Bytes>,
     pending_len: usize,
     written: u64,
+    /// Nothing more is written (the blob goes uncached).
+    disabled: bool,
 }
 
 impl Writer {
@@ -465,7 +603,10 @@ impl Leader {
         (Leader { tx }, rx)
     }
 
-    async fn feed(&self, b: Bytes) -> bool {
+    async fn feed(&self, b: Bytes, patient: bool) -> bool {
+        if patient {
+            return self.tx.send(LeaderMsg::Data(b)).await.is_ok();
+        }
         // Most frames fit at once; only a full channel arms a timer.
         use tokio::sync::mpsc::error::TrySendError;
         let msg = match self.tx.try_send(LeaderMsg::Data(b)) {
@@ -596,6 +737,9 @@ async fn next_from_flight(
             }
             FetchState::Done { size, file } => (Some(file), size, Some(size)),
             FetchState::Failed(e) => return Some(Err(io::Error::other(e.message))),
+            FetchState::PassThrough { .. } => {
+                return Some(Err(io::Error::other(passing_through().message)))
+            }
         };
         if let Some(file) = file {
             if pos < avail {

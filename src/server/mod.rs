@@ -100,7 +100,12 @@ impl App {
             .map_err(StartError::Auth)?
             .map(|h| h.with_failure_limit(config.auth_failures_per_minute));
         Ok(Arc::new(App {
-            uploads: push::Uploads::new(config.max_uploads, config.upload_timeout),
+            uploads: push::Uploads::new(
+                config.max_uploads,
+                config.max_uploads_per_client,
+                config.upload_timeout,
+                metrics.clone(),
+            ),
             htpasswd,
             holdings: crate::cache::Holdings::new(),
             conns: conn::ConnLimits::new(config.max_connections, config.max_connections_per_client),
@@ -199,6 +204,7 @@ pub async fn run(
     }
     app.policy
         .watch(app.metrics.clone(), app.config.policy_reload_interval);
+    spawn_upload_sweeper(&app);
     app.ready.store(true, Ordering::Relaxed);
     tokio::pin!(shutdown);
     loop {
@@ -268,6 +274,24 @@ pub async fn run(
         tracing::warn!("requests or downloads still in flight after 30s; closing them");
     }
     app.store.unlock();
+}
+
+/// Expire idle upload sessions (and cancel them upstream) while the server
+/// runs.
+fn spawn_upload_sweeper(app: &Arc<App>) {
+    let weak = Arc::downgrade(app);
+    let every = app.uploads.sweep_every();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match weak.upgrade() {
+                Some(app) if app.ready.load(Ordering::Relaxed) => {
+                    app.uploads.expire();
+                }
+                _ => return,
+            }
+        }
+    });
 }
 
 /// Serve one connection until it ends, the server stops, or the watchdog

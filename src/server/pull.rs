@@ -159,7 +159,8 @@ pub async fn dispatch(
         Endpoint::Upload(name, id) => {
             let r = route(&name)?;
             let mut resp =
-                super::push::upload(app, r.clone(), name, id, req, query.as_deref()).await?;
+                super::push::upload(app, r.clone(), name, id, req, query.as_deref(), peer.ip())
+                    .await?;
             echo_ns(&mut resp, &r);
             return Ok(resp);
         }
@@ -850,7 +851,7 @@ async fn get_blob(
         return Ok(serve_cached_blob(app, d, file, size, false, range));
     }
     let size = match &*rx.borrow() {
-        FetchState::Streaming { size, .. } => *size,
+        FetchState::Streaming { size, .. } | FetchState::PassThrough { size } => *size,
         FetchState::Done { size, .. } => Some(*size),
         _ => None,
     };
@@ -910,6 +911,7 @@ async fn download_blob(
         digest: d,
         upstream: up.name.clone(),
         idle_timeout: up.idle_timeout(),
+        min_free: app.config.min_free_bytes,
     };
     dl.run(tx, size, resp.into_body(), leader).await;
 }

@@ -43,13 +43,49 @@ pub struct UploadSession {
     offset: u64,
     hasher: Sha256Hasher,
     last_used: Instant,
+    /// The client's claim on the session limits, released with the session.
+    _slot: UploadSlot,
 }
 
-/// Upload sessions, bounded in number, expiring when idle.
+/// Sessions held, in all and per client address.
+#[derive(Default)]
+struct SlotCounts {
+    total: std::sync::atomic::AtomicUsize,
+    per_client: DashMap<std::net::IpAddr, usize>,
+}
+
+/// One client's claim on an upload session; released when dropped.
+pub struct UploadSlot {
+    counts: Arc<SlotCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.counts
+            .total
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) =
+            self.counts.per_client.entry(self.ip)
+        {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// Upload sessions, bounded in number (in all and per client address),
+/// expiring when idle. An expired or refused session is cancelled at the
+/// upstream too.
 pub struct Uploads {
     map: DashMap<String, Arc<Mutex<UploadSession>>>,
+    counts: Arc<SlotCounts>,
     max: usize,
+    max_per_client: usize,
     idle: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn err(status: StatusCode, code: ErrorCode, msg: impl Into<String>) -> OciError {
@@ -66,29 +102,74 @@ fn unknown_upload(id: &str) -> OciError {
     )
 }
 
+/// Cancel an upload at the upstream, in the background.
+fn cancel_upstream(route: Route, url: Url) {
+    tokio::spawn(async move {
+        let scope = push_scope(&route);
+        let _ = route
+            .upstream
+            .request(Method::DELETE, url, HeaderMap::new(), &scope, Bytes::new())
+            .await;
+    });
+}
+
 impl Uploads {
-    pub fn new(max: usize, idle: Duration) -> Uploads {
+    pub fn new(
+        max: usize,
+        max_per_client: usize,
+        idle: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Uploads {
         Uploads {
             map: DashMap::new(),
+            counts: Arc::default(),
             max,
+            max_per_client,
             idle,
+            metrics,
         }
     }
 
-    fn insert(&self, s: UploadSession) -> Result<String, OciError> {
-        if self.map.len() >= self.max {
-            self.sweep();
-            if self.map.len() >= self.max {
-                return Err(err(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::TooManyRequests,
-                    format!(
-                        "{} uploads are in progress, the most modelgate keeps; retry later",
-                        self.max
-                    ),
-                ));
-            }
+    /// Claim a session slot for `ip` before anything is opened upstream.
+    fn reserve(&self, ip: std::net::IpAddr) -> Result<UploadSlot, OciError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.counts.total.load(Relaxed) >= self.max {
+            self.expire();
         }
+        if self.counts.total.load(Relaxed) >= self.max {
+            crate::metrics::Metrics::reason(&self.metrics.uploads_refused, "limit");
+            return Err(err(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                format!(
+                    "{} uploads are in progress, the most modelgate keeps; retry later",
+                    self.max
+                ),
+            ));
+        }
+        let mut mine = self.counts.per_client.entry(ip).or_insert(0);
+        if *mine >= self.max_per_client {
+            drop(mine);
+            crate::metrics::Metrics::reason(&self.metrics.uploads_refused, "per_client");
+            return Err(err(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                format!(
+                    "this address has {} uploads in progress, the most one client may hold; finish or cancel one first",
+                    self.max_per_client
+                ),
+            ));
+        }
+        *mine += 1;
+        drop(mine);
+        self.counts.total.fetch_add(1, Relaxed);
+        Ok(UploadSlot {
+            counts: self.counts.clone(),
+            ip,
+        })
+    }
+
+    fn insert(&self, s: UploadSession) -> Result<String, OciError> {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|e| {
             err(
@@ -100,6 +181,11 @@ impl Uploads {
         let id = hex::encode(raw);
         self.map.insert(id.clone(), Arc::new(Mutex::new(s)));
         Ok(id)
+    }
+
+    /// Forget a session (finished, cancelled or failed).
+    fn remove(&self, id: &str) {
+        self.map.remove(id);
     }
 
     async fn get(&self, id: &str, repo: &str) -> Result<Arc<Mutex<UploadSession>>, OciError> {
@@ -114,8 +200,9 @@ impl Uploads {
                 return Err(unknown_upload(id));
             }
             if g.last_used.elapsed() > self.idle {
+                cancel_upstream(g.route.clone(), g.upstream_url.clone());
                 drop(g);
-                self.map.remove(id);
+                self.remove(id);
                 return Err(err(
                     StatusCode::NOT_FOUND,
                     ErrorCode::BlobUploadUnknown,
@@ -129,15 +216,26 @@ impl Uploads {
         Ok(s)
     }
 
-    /// Drop idle sessions; returns how many.
-    pub fn sweep(&self) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, s| {
-            s.try_lock()
-                .map(|g| g.last_used.elapsed() <= self.idle)
-                .unwrap_or(true)
+    /// Drop idle sessions and cancel them at the upstream; returns how many.
+    pub fn expire(&self) -> usize {
+        let mut expired = Vec::new();
+        self.map.retain(|_, s| match s.try_lock() {
+            Ok(g) if g.last_used.elapsed() > self.idle => {
+                expired.push((g.route.clone(), g.upstream_url.clone()));
+                false
+            }
+            _ => true,
         });
-        before - self.map.len()
+        let n = expired.len();
+        for (route, url) in expired {
+            cancel_upstream(route, url);
+        }
+        n
+    }
+
+    /// How often [`Uploads::expire`] should run.
+    pub fn sweep_every(&self) -> Duration {
+        (self.idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
     }
 }
 
@@ -186,7 +284,9 @@ fn blob_created(name: &RepoName, d: &Digest) -> Response<RespBody> {
     r
 }
 
-fn upstream_location(r: &Route, resp: &Response<Incoming>) -> Result<Url, OciError> {
+/// Where the upstream wants the next request of an upload: its `Location`,
+/// resolved against the URL of the request that returned it.
+fn upstream_location(r: &Route, sent_to: &Url, resp: &Response<Incoming>) -> Result<Url, OciError> {
     let loc = resp
         .headers()
         .get(LOCATION)
@@ -201,7 +301,7 @@ fn upstream_location(r: &Route, resp: &Response<Incoming>) -> Result<Url, OciErr
                 ),
             )
         })?;
-    r.upstream.base_url().join(loc).map_err(|e| {
+    sent_to.join(loc).map_err(|e| {
         err(
             StatusCode::BAD_GATEWAY,
             ErrorCode::BlobUploadInvalid,
@@ -400,6 +500,7 @@ pub async fn upload(
     id: Option<String>,
     req: Request<Incoming>,
     query: Option<&str>,
+    client_ip: std::net::IpAddr,
 ) -> Result<Response<RespBody>, OciError> {
     let q = |k: &str| super::pull::query_param(query, k);
     let method = req.method().clone();
@@ -447,10 +548,11 @@ pub async fn upload(
                 }
             }
             let url = up.url(r.path.as_str(), "blobs/uploads/", upstream_query.as_deref());
+            let client = app.uploads.reserve(client_ip)?;
             let resp = up
                 .request(
                     Method::POST,
-                    url,
+                    url.clone(),
                     HeaderMap::new(),
                     &push_scope(&r),
                     Bytes::new(),
@@ -470,7 +572,7 @@ pub async fn upload(
             if resp.status() != StatusCode::ACCEPTED {
                 return Err(upstream_failure(&r, resp, Object::Repository).await);
             }
-            let upstream_url = upstream_location(&r, &resp)?;
+            let upstream_url = upstream_location(&r, &url, &resp)?;
             let ns = r.ns.clone();
             let session = UploadSession {
                 route: r,
@@ -479,6 +581,7 @@ pub async fn upload(
                 offset: 0,
                 hasher: Sha256Hasher::new(),
                 last_used: Instant::now(),
+                _slot: client,
             };
             match digest {
                 None => {
@@ -492,7 +595,7 @@ pub async fn upload(
                     ))
                 }
                 // Monolithic upload: the body is the whole blob.
-                Some(d) => finish(app, session, &d, req).await,
+                Some(d) => finish(app, &session, &d, req).await,
             }
         }
         (_, None) => Err(super::method_not_allowed(&method, "blobs/uploads/")),
@@ -522,7 +625,7 @@ pub async fn upload(
                         )
                         .await;
                     drop(g);
-                    app.uploads.map.remove(&id);
+                    app.uploads.remove(&id);
                     let mut resp = Response::new(empty());
                     *resp.status_mut() = StatusCode::NO_CONTENT;
                     Ok(resp)
@@ -566,7 +669,7 @@ pub async fn upload(
                     let result = stream_upstream(
                         &g.route,
                         Method::PATCH,
-                        url,
+                        url.clone(),
                         h,
                         req.into_body(),
                         hasher,
@@ -577,17 +680,17 @@ pub async fn upload(
                         Ok(x) => x,
                         Err(e) => {
                             drop(g);
-                            app.uploads.map.remove(&id);
+                            app.uploads.remove(&id);
                             return Err(e);
                         }
                     };
                     if resp.status() != StatusCode::ACCEPTED {
                         let e = upstream_failure(&g.route, resp, Object::Blob).await;
                         drop(g);
-                        app.uploads.map.remove(&id);
+                        app.uploads.remove(&id);
                         return Err(e);
                     }
-                    g.upstream_url = upstream_location(&g.route, &resp)?;
+                    g.upstream_url = upstream_location(&g.route, &url, &resp)?;
                     g.hasher = hasher;
                     g.offset += n;
                     Ok(upload_response(
@@ -631,17 +734,10 @@ pub async fn upload(
                             ));
                         }
                     }
-                    let session = UploadSession {
-                        route: g.route.clone(),
-                        client_name: g.client_name.clone(),
-                        upstream_url: g.upstream_url.clone(),
-                        offset: g.offset,
-                        hasher: g.hasher.clone(),
-                        last_used: g.last_used,
-                    };
+                    let done = finish(app, &g, &d, req).await;
                     drop(g);
-                    app.uploads.map.remove(&id);
-                    finish(app, session, &d, req).await
+                    app.uploads.remove(&id);
+                    done
                 }
                 other => Err(super::method_not_allowed(&other, "an upload session")),
             }
@@ -653,7 +749,7 @@ pub async fn upload(
 /// (and cancelling it upstream) if the bytes do not hash to `d`.
 async fn finish(
     app: &App,
-    s: UploadSession,
+    s: &UploadSession,
     d: &Digest,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, OciError> {

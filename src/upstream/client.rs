@@ -407,7 +407,12 @@ impl Upstream {
         mut auth: Option<HeaderValue>,
         mut body: ReqBody,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let origin = url.clone();
+        // Credentials belong to the origin that challenged for them (the
+        // configured upstream): never to an upload Location elsewhere.
+        let origin = self.base.clone();
+        if !same_origin(&origin, &url) {
+            auth = None;
+        }
         let follow = method == Method::GET || method == Method::HEAD;
         for _ in 0..=MAX_REDIRECTS {
             let mut req = Request::builder().method(method.clone()).uri(url.as_str());
