@@ -92,6 +92,7 @@ fn bench(c: &mut Criterion) {
                             digest: digest.clone(),
                             upstream: "bench".into(),
                             idle_timeout: Duration::from_secs(10),
+                            min_free: 0,
                         };
                         dl.run(tx, Some(TOTAL as u64), body, None).await;
                         assert!(matches!(&*rx.borrow(), FetchState::Done { .. }));

@@ -67,6 +67,12 @@ impl TagStore {
         Some(e)
     }
 
+    /// Forget `tag` (it was deleted).
+    pub fn forget(&self, repo: &str, tag: &str) {
+        self.mem.remove(&(repo.to_string(), tag.to_string()));
+        let _ = fs::remove_file(self.path(repo, tag));
+    }
+
     /// Record that the upstream says `tag → digest` now.
     pub fn confirm(
         &self,

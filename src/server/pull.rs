@@ -3,6 +3,7 @@
 //! fetched (hashed in flight, then cached) when it cannot.
 
 use super::body::{empty, error_response, full, stream, RespBody};
+use super::push::Deletion;
 use super::router::Endpoint;
 use super::{method_not_allowed, App};
 use crate::cache::flight::{self, Download, FetchState, Leader};
@@ -50,7 +51,33 @@ pub async fn dispatch(
             .map_err(OciError::from)
     };
     let is_read = method == Method::GET || method == Method::HEAD;
+    if method == Method::OPTIONS {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static(ep.allow()));
+        return Ok(r);
+    }
+    let client = peer.ip().to_string();
+    let who = super::gate::Requester {
+        client: &client,
+        user: user.as_deref(),
+    };
     let mut resp = match ep {
+        Endpoint::Catalog => return Err(super::router::catalog_refused()),
+        Endpoint::Manifest(name, reference) if method == Method::DELETE => {
+            let r = route(&name)?;
+            let mut resp =
+                super::push::delete(app, &r, &Deletion::Manifest(reference), &who).await?;
+            echo_ns(&mut resp, &r);
+            return Ok(resp);
+        }
+        Endpoint::Blob(name, digest) if method == Method::DELETE => {
+            let r = route(&name)?;
+            let mut resp = super::push::delete(app, &r, &Deletion::Blob(digest), &who).await?;
+            echo_ns(&mut resp, &r);
+            return Ok(resp);
+        }
         Endpoint::Base => {
             if !is_read {
                 return Err(method_not_allowed(&method, "/v2/"));
@@ -67,11 +94,6 @@ pub async fn dispatch(
         }
         Endpoint::Manifest(name, reference) if method == Method::PUT => {
             let r = route(&name)?;
-            let client = peer.ip().to_string();
-            let who = super::gate::Requester {
-                client: &client,
-                user: user.as_deref(),
-            };
             let mut resp =
                 super::push::put_manifest(app, &r, &name, reference, req, query.as_deref(), &who)
                     .await?;
@@ -91,11 +113,6 @@ pub async fn dispatch(
                 .filter_map(|v| v.to_str().ok())
                 .collect();
             let accept = (!accept.is_empty()).then(|| accept.join(", "));
-            let client = peer.ip().to_string();
-            let who = super::gate::Requester {
-                client: &client,
-                user: user.as_deref(),
-            };
             if let Reference::Tag(t) = &reference {
                 super::gate::refuse_forbidden_tag(app, &r, t, &who)?;
             }

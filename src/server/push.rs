@@ -1217,6 +1217,88 @@ pub async fn put_manifest(
     Ok(out)
 }
 
+/// What a DELETE removes.
+pub enum Deletion {
+    Manifest(Reference),
+    Blob(Digest),
+}
+
+/// `DELETE .../manifests/<reference>` or `.../blobs/<digest>`: proxied and
+/// audited, but refused in a repository whose rule makes tags immutable
+/// (deleting a manifest or blob there would remove or break a release).
+pub async fn delete(
+    app: &Arc<App>,
+    r: &Route,
+    what: &Deletion,
+    who: &Requester<'_>,
+) -> Result<Response<RespBody>, OciError> {
+    let loaded = app.policy.current();
+    let rule = loaded.policy.rule_for(&r.canonical);
+    let (suffix, reference, digest) = match what {
+        Deletion::Manifest(reference) => (
+            format!("manifests/{reference}"),
+            reference.to_string(),
+            reference.digest().cloned(),
+        ),
+        Deletion::Blob(d) => (format!("blobs/{d}"), d.to_string(), Some(d.clone())),
+    };
+    let decision = match rule.filter(|_| gate::immutable_tags(rule)) {
+        Some(rule) => PolicyDecision {
+            decision: Decision::Deny,
+            rule: Some(rule.name.clone()),
+            reasons: vec![format!(
+                "releases in {} are immutable under this rule: nothing is deleted through modelgate (delete at the upstream, where it is audited by its own means)",
+                r.canonical
+            )],
+        },
+        None => PolicyDecision {
+            decision: Decision::Allow,
+            rule: rule.map(|r| r.name.clone()),
+            reasons: vec![],
+        },
+    };
+    let x = Decided {
+        action: "delete",
+        route: r,
+        reference: &reference,
+        digest: digest.as_ref(),
+        decision: &decision,
+        reasons: decision.reasons.clone(),
+    };
+    gate::record(app, &loaded, x, who);
+    if decision.decision == Decision::Deny {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            decision.message(),
+        ));
+    }
+    let up = &r.upstream;
+    let resp = up
+        .request(
+            Method::DELETE,
+            up.url(r.path.as_str(), &suffix, None),
+            HeaderMap::new(),
+            &push_scope(r),
+            Bytes::new(),
+        )
+        .await?;
+    if !resp.status().is_success() {
+        return Err(upstream_failure(r, resp, Object::Manifest).await);
+    }
+    match what {
+        Deletion::Manifest(Reference::Tag(t)) => app.tags.forget(&r.canonical, t),
+        Deletion::Manifest(Reference::Digest(d)) | Deletion::Blob(d) => {
+            app.holdings.release(&r.canonical, d)
+        }
+    }
+    let mut out = Response::new(empty());
+    *out.status_mut() = StatusCode::ACCEPTED;
+    out.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(0));
+    Ok(out)
+}
+
 /// The upstream has it now: so do the cache, the holdings and the tag
 /// memory (immutable tags only for decided documents).
 fn remember_pushed(app: &App, r: &Route, p: &Pushed, tags: &[String], decided: bool) {

@@ -9,6 +9,8 @@ use http::StatusCode;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Base,
+    /// `/v2/_catalog`: refused (see [`catalog_refused`]).
+    Catalog,
     Manifest(RepoName, Reference),
     Blob(RepoName, Digest),
     TagsList(RepoName),
@@ -18,10 +20,24 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The methods this endpoint serves (the `Allow` of an OPTIONS answer).
+    pub fn allow(&self) -> &'static str {
+        match self {
+            Endpoint::Base | Endpoint::TagsList(..) | Endpoint::Referrers(..) => {
+                "GET, HEAD, OPTIONS"
+            }
+            Endpoint::Catalog => "OPTIONS",
+            Endpoint::Manifest(..) => "GET, HEAD, PUT, DELETE, OPTIONS",
+            Endpoint::Blob(..) => "GET, HEAD, DELETE, OPTIONS",
+            Endpoint::Upload(..) => "GET, POST, PATCH, PUT, DELETE, OPTIONS",
+        }
+    }
+
     /// Metric label.
     pub fn label(&self) -> &'static str {
         match self {
             Endpoint::Base => "base",
+            Endpoint::Catalog => "catalog",
             Endpoint::Manifest(..) => "manifests",
             Endpoint::Blob(..) => "blobs",
             Endpoint::TagsList(..) => "tags",
@@ -39,10 +55,40 @@ fn not_found(path: &str) -> OciError {
     )
 }
 
+/// Why `/v2/_catalog` is refused: it is not part of the OCI distribution
+/// spec, most public registries do not serve it, and through modelgate it
+/// would list every repository of every upstream, governed or not.
+pub fn catalog_refused() -> OciError {
+    OciError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::Unsupported,
+        "modelgate does not list repositories (/v2/_catalog is not part of the OCI distribution spec and would expose every upstream's repositories); list a repository's tags with /v2/<name>/tags/list",
+    )
+}
+
+/// A well-formed digest of an algorithm other than sha256: modelgate
+/// verifies every byte with SHA-256, so such content is not available
+/// through it (404, as for content the upstream lacks).
+fn other_algorithm(s: &str, what: ErrorCode) -> Option<OciError> {
+    let (alg, hex) = s.split_once(':')?;
+    let known = matches!(alg, "sha512" | "sha384");
+    let well_formed = !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    (known && well_formed).then(|| {
+        OciError::new(
+            StatusCode::NOT_FOUND,
+            what,
+            format!("modelgate serves sha256 content only (it verifies every byte with SHA-256); {alg} digests are not available through it"),
+        )
+    })
+}
+
 /// Parse a request path (without the query).
 pub fn parse(path: &str) -> Result<Endpoint, OciError> {
     if path == "/v2" || path == "/v2/" {
         return Ok(Endpoint::Base);
+    }
+    if path == "/v2/_catalog" {
+        return Ok(Endpoint::Catalog);
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Err(not_found(path));
@@ -77,9 +123,14 @@ pub fn parse(path: &str) -> Result<Endpoint, OciError> {
     }
     if n >= 3 {
         let last = segs[n - 1];
+        let alien = |code| other_algorithm(last, code).map_or(Ok(()), Err);
         match segs[n - 2] {
-            "manifests" => return Ok(Endpoint::Manifest(name(n - 2)?, Reference::parse(last)?)),
+            "manifests" => {
+                alien(ErrorCode::ManifestUnknown)?;
+                return Ok(Endpoint::Manifest(name(n - 2)?, Reference::parse(last)?));
+            }
             "blobs" => {
+                alien(ErrorCode::BlobUnknown)?;
                 let d = last.parse().map_err(|e: crate::oci::DigestError| {
                     OciError::new(
                         StatusCode::BAD_REQUEST,
@@ -90,6 +141,7 @@ pub fn parse(path: &str) -> Result<Endpoint, OciError> {
                 return Ok(Endpoint::Blob(name(n - 2)?, d));
             }
             "referrers" => {
+                alien(ErrorCode::ManifestUnknown)?;
                 let d = last.parse().map_err(|e: crate::oci::DigestError| {
                     OciError::new(
                         StatusCode::BAD_REQUEST,
@@ -141,6 +193,24 @@ mod tests {
             parse("/v2/blobs/manifests/manifests/latest").unwrap(),
             Endpoint::Manifest(n, _) if n.as_str() == "blobs/manifests"
         ));
+    }
+
+    #[test]
+    fn catalog_options_and_other_algorithms() {
+        assert_eq!(parse("/v2/_catalog").unwrap(), Endpoint::Catalog);
+        let d512 = format!("sha512:{}", "a".repeat(128));
+        let e = parse(&format!("/v2/a/b/manifests/{d512}")).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert_eq!(e.code, ErrorCode::ManifestUnknown);
+        assert!(e.message.contains("sha256 content only"));
+        let e = parse(&format!("/v2/a/b/blobs/{d512}")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BlobUnknown);
+        // Malformed stays malformed.
+        assert_eq!(
+            parse("/v2/a/b/blobs/sha512:zz").unwrap_err().code,
+            ErrorCode::DigestInvalid
+        );
+        assert!(Endpoint::Base.allow().contains("OPTIONS"));
     }
 
     #[test]

@@ -19,3 +19,5 @@ mod policy;
 mod push;
 // Regression tests for the bypasses and workflow defects of issue #7.
 mod bypass;
+// Regression tests for the protocol, resource and operability items of issue #7.
+mod hardening;

@@ -205,7 +205,16 @@ async fn three_routing_forms_reach_the_right_upstream() {
 #[tokio::test]
 async fn bad_input_gets_oci_errors() {
     let up = Mock::start().await;
-    let g = Gate::start(&upstream_toml("local", &up.url(), true, ""), "").await;
+    // Read-only (the default): a DELETE is refused as unsupported.
+    let tmp = tempfile::tempdir().unwrap();
+    let g = Gate::start_with(
+        tmp.path(),
+        &upstream_toml("local", &up.url(), true, ""),
+        "",
+        "",
+        None,
+    )
+    .await;
     let missing = Digest::of(b"nope");
     let cases = [
         (

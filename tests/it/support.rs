@@ -64,6 +64,7 @@ pub struct Seen {
     pub authorization: Option<String>,
     /// All Accept values, joined.
     pub accept: Option<String>,
+    pub host: Option<String>,
 }
 
 /// State of a mock upstream registry.
@@ -102,6 +103,12 @@ pub struct MockState {
     pub distribution_accept: AtomicBool,
     /// Ignore `?tag=` on manifest PUT by digest (no `OCI-Tag` echoed).
     pub ignore_tag_query: AtomicBool,
+    /// Requests with this Host header need no credentials (a storage host).
+    pub auth_exempt_host: Mutex<Option<String>>,
+    /// Upload Locations point at this base URL (another origin).
+    pub upload_location_base: Mutex<Option<String>>,
+    /// Upload Locations are relative to the request's URL (`u1`, not `/v2/...`).
+    pub relative_upload_locations: AtomicBool,
 }
 
 impl MockState {
@@ -387,8 +394,14 @@ async fn mock_upload(
         .unwrap_or_default();
     let st = st.clone();
     let method = req.method().clone();
+    let location_base = st.upload_location_base.lock().unwrap().clone();
+    let relative = st.relative_upload_locations.load(Ordering::SeqCst);
     Some(Box::new(move |body: Bytes| {
-        let loc = |id: &str| format!("/v2/{repo}/blobs/uploads/{id}");
+        let loc = |id: &str| match (&location_base, relative) {
+            (_, true) => id.to_string(),
+            (Some(b), false) => format!("{b}/v2/{repo}/blobs/uploads/{id}"),
+            (None, false) => format!("/v2/{repo}/blobs/uploads/{id}"),
+        };
         let created = |d: &str| {
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::CREATED;
@@ -516,6 +529,11 @@ async fn mock_handle(
                 .collect();
             (!a.is_empty()).then(|| a.join(", "))
         },
+        host: req
+            .headers()
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     });
     if st.down.load(Ordering::SeqCst) {
         return Ok(oci_error(
@@ -563,8 +581,14 @@ async fn mock_handle(
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Ok(oci_error(StatusCode::NOT_FOUND, "UNSUPPORTED", "no"));
     };
-    let auth = st.auth.lock().unwrap().clone();
+    let mut auth = st.auth.lock().unwrap().clone();
     let base = st.base.lock().unwrap().clone();
+    let exempt = st.auth_exempt_host.lock().unwrap().clone();
+    if exempt.is_some()
+        && req.headers().get("host").and_then(|v| v.to_str().ok()) == exempt.as_deref()
+    {
+        auth = Auth::None;
+    }
     match auth {
         Auth::None => {}
         Auth::Bearer => {
