@@ -940,3 +940,140 @@ async fn release_flows_through_the_gate_with_skopeo() {
     assert!(pushes >= 6, "push decisions audited: {pushes}");
     g.stop().await;
 }
+
+/// Issue #7 items 9, 10 and 13 with skopeo and the real registry: promotion
+/// between repositories, flow (a) with a signature pushed straight to the
+/// upstream, and an index pushed through the gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_workflows_promotion_upstream_signature_and_index_push() {
+    let (Some(registry), Some(skopeo)) = (
+        tool("docker-registry", &["/usr/bin/docker-registry"]),
+        tool("skopeo", &["/usr/bin/skopeo"]),
+    ) else {
+        return;
+    };
+    let reg = Registry::start(&registry).await;
+    let (_, multi) = seed(&reg).await;
+    push_image(
+        &reg.url(),
+        "staging/m",
+        Some("v1"),
+        &[tar_layer("w.bin", &data(200_000, 7))],
+        &model_labels(),
+        "amd64",
+    )
+    .await;
+    push_image(
+        &reg.url(),
+        "scratch/s",
+        Some("v1"),
+        &[tar_layer("w.bin", &data(200_000, 8))],
+        &model_labels(),
+        "amd64",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("release");
+    assert!(Command::new(bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let policy = format!(
+        "default = \"allow\"\n[keys]\nrelease = \"{}\"\n[[rules]]\nname = \"models\"\nrepositories = [\"registry.test/signed/**\"]\n[rules.signatures]\nkeys = [\"release\"]\n[rules.tags]\npattern = '^v[0-9]+\\.[0-9]+\\.[0-9]+$'\nimmutable = true\n",
+        key.with_extension("pub").display()
+    );
+    std::fs::write(tmp.path().join("policy.toml"), &policy).unwrap();
+    let g = Gate::start_in(
+        tmp.path(),
+        &upstream_toml("registry.test", &reg.url(), true, ""),
+        "",
+        None,
+    )
+    .await;
+    let gate = g.addr.to_string();
+    let pol = tmp.path().join("skopeo-policy.json");
+    std::fs::write(&pol, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    let copy = |all: bool, src: String, dst: String| {
+        let mut c = skopeo_cmd(&skopeo, &pol);
+        c.args([
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ]);
+        if all {
+            c.arg("--all");
+        }
+        c.arg(src).arg(dst);
+        c
+    };
+    // Item 9: promotion between repositories through the gate. The blobs
+    // are in modelgate's cache after the read, but prod/m lacks them.
+    let (ok, out) = run(&mut copy(
+        false,
+        format!("docker://{gate}/staging/m:v1"),
+        format!("docker://{gate}/prod/m:v1"),
+    ))
+    .await;
+    assert!(ok, "promotion staging -> prod: {out}");
+    assert!(upstream_tags(&reg, "prod/m")
+        .await
+        .contains(&"v1".to_string()));
+    // Item 13: an index whose children modelgate never saw.
+    let (ok, out) = run(&mut copy(
+        true,
+        format!("docker://{}/models/multi:v1", reg.addr),
+        format!("docker://{gate}/mirror/multi:v1"),
+    ))
+    .await;
+    assert!(ok, "index push through the gate: {out}");
+    let r = send(
+        http::Method::HEAD,
+        &format!("{}/v2/mirror/multi/manifests/v1", reg.url()),
+        &[("accept", "application/vnd.oci.image.index.v1+json")],
+    )
+    .await;
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(multi.to_string().as_str())
+    );
+    // Item 10: flow (a), with the signature pushed straight to the upstream.
+    let (ls, ds) = layout_of(&skopeo, &pol, &reg, "scratch/s", &tmp.path().join("ls")).await;
+    let (ok, out) = run(&mut copy(
+        false,
+        format!("oci:{}:v1", ls.display()),
+        format!("docker://{gate}/signed/rel@{ds}"),
+    ))
+    .await;
+    assert!(ok, "staging push by digest: {out}");
+    // A client looks at the unsigned digest through the gate first.
+    let r = get(&g.url(&format!("/v2/signed/rel/manifests/{ds}"))).await;
+    assert_eq!(r.status, 403);
+    let out = Command::new(bin())
+        .args(["sign", "--plain-http", "--key"])
+        .arg(key.with_extension("key"))
+        .arg(format!("{}/signed/rel@{ds}", reg.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Past the HEAD-then-GET de-duplication window (1 s), not tag_ttl (60 s).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (ok, out) = run(&mut copy(
+        false,
+        format!("docker://{gate}/signed/rel@{ds}"),
+        format!("docker://{gate}/signed/rel:v1.0.0"),
+    ))
+    .await;
+    assert!(ok, "tagging a digest signed at the upstream: {out}");
+    assert!(upstream_tags(&reg, "signed/rel")
+        .await
+        .contains(&"v1.0.0".to_string()));
+    g.stop().await;
+}
