@@ -341,7 +341,7 @@ pub async fn get_manifest(
             Some(m) => {
                 app.metrics.cache("manifest", true);
                 if !app.holdings.holds(&r.canonical, d, Held::Manifest) {
-                    confirm_held_manifest(r, d, &accept).await?;
+                    confirm_held(r, Held::Manifest, d).await?;
                 }
                 m
             }
@@ -420,18 +420,21 @@ pub async fn get_manifest_fresh(
     }
 }
 
-/// Ask the upstream whether `r`'s repository has manifest `d` (a cached
-/// copy came from elsewhere).
-async fn confirm_held_manifest(r: &Route, d: &Digest, accept: &str) -> Result<(), OciError> {
+/// Ask the upstream whether `r`'s repository has `d` (a cached copy came
+/// from elsewhere, or a download another repository started).
+async fn confirm_held(r: &Route, kind: Held, d: &Digest) -> Result<(), OciError> {
+    let (suffix, headers, object, what) = match kind {
+        Held::Manifest => (
+            format!("manifests/{d}"),
+            manifest_accept(None),
+            Object::Manifest,
+            "manifest",
+        ),
+        Held::Blob => (format!("blobs/{d}"), HeaderMap::new(), Object::Blob, "blob"),
+    };
     let resp = r
         .upstream
-        .pull(
-            Method::HEAD,
-            r.path.as_str(),
-            &format!("manifests/{d}"),
-            None,
-            manifest_accept(Some(accept)),
-        )
+        .pull(Method::HEAD, r.path.as_str(), &suffix, None, headers)
         .await?;
     match resp.status() {
         StatusCode::OK => Ok(()),
@@ -439,11 +442,11 @@ async fn confirm_held_manifest(r: &Route, d: &Digest, accept: &str) -> Result<()
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             format!(
-                "upstream {} answered {s}; modelgate cannot confirm that {} has manifest {d}",
+                "upstream {} answered {s}; modelgate cannot confirm that {} has {what} {d}",
                 r.upstream.name, r.canonical
             ),
         )),
-        s => Err(upstream_status(&r.upstream.name, s, b"", Object::Manifest)),
+        s => Err(upstream_status(&r.upstream.name, s, b"", object)),
     }
 }
 
@@ -622,23 +625,6 @@ async fn fetch_manifest(
     })
 }
 
-/// Ask the upstream whether `r`'s repository has blob `d`.
-async fn confirm_held_blob(r: &Route, d: &Digest) -> Result<(), OciError> {
-    let resp = upstream_blob(&r.upstream, Method::HEAD, &r.path, d).await?;
-    match resp.status() {
-        StatusCode::OK => Ok(()),
-        s if s.is_server_error() => Err(OciError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            format!(
-                "upstream {} answered {s}; modelgate cannot confirm that {} has blob {d}",
-                r.upstream.name, r.canonical
-            ),
-        )),
-        s => Err(upstream_status(&r.upstream.name, s, b"", Object::Blob)),
-    }
-}
-
 /// A signature artifact's payload: read whole (it must be small), verified,
 /// served in one piece.
 async fn serve_small_blob(
@@ -795,7 +781,7 @@ async fn get_blob(
     // confirms the repository has it.
     let held = app.holdings.holds(&r.canonical, d, Held::Blob);
     if !held && (app.store.size_of(d).is_some() || app.flights.get(d).is_some()) {
-        confirm_held_blob(r, d).await?;
+        confirm_held(r, Held::Blob, d).await?;
         app.holdings.hold(&r.canonical, d, Held::Blob);
     }
     if let Some((file, size)) = app.store.open_blob(d) {
@@ -849,7 +835,7 @@ async fn get_blob(
         app.metrics.fetches_coalesced.inc();
         if !app.holdings.holds(&r.canonical, d, Held::Blob) {
             // Joined a download that another repository started.
-            confirm_held_blob(r, d).await?;
+            confirm_held(r, Held::Blob, d).await?;
         }
     }
     flight::wait_started(&mut rx).await?;

@@ -264,15 +264,7 @@ async fn a_narrow_accept_is_negotiated_down_without_recording_the_child() {
 async fn without_client_auth_pushes_are_refused() {
     let up = Mock::start().await;
     up.state.add_image("team/x", "v1", &[data(10, 1)]);
-    let tmp = tempfile::tempdir().unwrap();
-    let g = Gate::start_with(
-        tmp.path(),
-        &upstream_toml("local", &up.url(), true, ""),
-        "",
-        "",
-        None,
-    )
-    .await;
+    let g = Gate::start_server(&up.url(), "").await;
     for (m, path) in [
         (Method::POST, "/v2/team/x/blobs/uploads/"),
         (Method::PUT, "/v2/team/x/manifests/v2"),

@@ -184,20 +184,7 @@ async fn serve_pull_sigterm_then_cache_tools() {
         "json log: {log}"
     );
 
-    let run = |args: &[&str]| {
-        let out = Command::new(bin())
-            .args(["cache"])
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = |args: &[&str]| cache_cli(args[0], &cfg);
     let (code, out) = run(&["stats"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(

@@ -94,13 +94,9 @@ async fn a_thousand_idle_connections_do_not_stop_the_service() {
     enough_files();
     let up = Mock::start().await;
     up.state.add_image("team/x", "v1", &[data(10, 1)]);
-    let tmp = tempfile::tempdir().unwrap();
-    let g = Gate::start_with(
-        tmp.path(),
-        &upstream_toml("local", &up.url(), true, ""),
-        "",
+    let g = Gate::start_server(
+        &up.url(),
         "first_byte_timeout = \"1s\"\nidle_timeout = \"1s\"\nmax_connections_per_client = 200",
-        None,
     )
     .await;
     let mut idle = Vec::new();
@@ -161,13 +157,9 @@ async fn a_thousand_idle_connections_do_not_stop_the_service() {
 #[tokio::test]
 async fn readiness_reflects_saturation() {
     let up = Mock::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let g = Gate::start_with(
-        tmp.path(),
-        &upstream_toml("local", &up.url(), true, ""),
-        "",
+    let g = Gate::start_server(
+        &up.url(),
         "max_connections = 3\nfirst_byte_timeout = \"1s\"",
-        None,
     )
     .await;
     let readyz = format!("http://{}/readyz", g.admin);
@@ -200,12 +192,6 @@ async fn readiness_reflects_saturation() {
     g.stop().await;
 }
 
-fn htpasswd(dir: &std::path::Path) -> String {
-    let hash = bcrypt::hash("s3cret", 4).unwrap();
-    std::fs::write(dir.join("htpasswd"), format!("ci-bot:{hash}\n")).unwrap();
-    format!("htpasswd = \"{}\"", dir.join("htpasswd").display())
-}
-
 fn basic(u: &str, p: &str) -> String {
     use base64::Engine;
     format!(
@@ -220,15 +206,11 @@ async fn logins_are_checked_only_where_needed_and_throttled() {
     let up = Mock::start().await;
     up.state.add_image("team/x", "v1", &[data(10, 1)]);
     let tmp = tempfile::tempdir().unwrap();
-    let extra = format!("{}\nauth_failures_per_minute = 3", htpasswd(tmp.path()));
-    let g = Gate::start_with(
-        tmp.path(),
-        &upstream_toml("local", &up.url(), true, ""),
-        "",
-        &extra,
-        None,
-    )
-    .await;
+    let extra = format!(
+        "{}\nauth_failures_per_minute = 3",
+        htpasswd_with_ci_bot(tmp.path())
+    );
+    let g = Gate::start_server(&up.url(), &extra).await;
     // A pull needs no credentials: wrong ones are not even checked.
     let wrong = basic("ci-bot", "nope");
     let r = send(
@@ -310,15 +292,7 @@ async fn upload_locations_elsewhere_get_no_credentials() {
 #[tokio::test]
 async fn upload_sessions_are_bounded_and_cancelled() {
     let up = Mock::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let g = Gate::start_with(
-        tmp.path(),
-        &upstream_toml("local", &up.url(), true, ""),
-        "",
-        "allow_anonymous_push = true\nmax_uploads = 3\nmax_uploads_per_client = 2\nupload_timeout = \"300ms\"",
-        None,
-    )
-    .await;
+    let g = Gate::start_server(&up.url(), "allow_anonymous_push = true\nmax_uploads = 3\nmax_uploads_per_client = 2\nupload_timeout = \"300ms\"").await;
     let post = g.url("/v2/team/x/blobs/uploads/");
     for _ in 0..2 {
         assert_eq!(
@@ -516,26 +490,13 @@ async fn cache_tools_do_not_disturb_a_running_server() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(temp_files(&g), 1, "a download is in flight");
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_modelgate"))
-            .arg("cache")
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
-    let (code, out) = cli(&["stats"]);
+    let cli = |action: &str| cache_cli(action, &cfg);
+    let (code, out) = cli("stats");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("in tmp/   1 files"), "{out}");
-    let (code, out) = cli(&["verify"]);
+    let (code, out) = cli("verify");
     assert_eq!(code, Some(0), "{out}");
-    let (code, out) = cli(&["gc"]);
+    let (code, out) = cli("gc");
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("owns the cache"), "{out}");
     assert_eq!(temp_files(&g), 1, "the in-flight file is untouched");
@@ -596,16 +557,7 @@ async fn unknown_platform_children_are_checked_unless_they_are_attestations() {
     let id2 = up
         .state
         .add_manifest("models/multi", Some("v2.0.0"), idx2, INDEX);
-    let sig = modelgate::trust::sign::sign_legacy(&key, "local/models/multi", &id2);
-    let (config, manifest) = modelgate::trust::sign::legacy_manifest(None, &sig);
-    up.state.add_blob(sig.payload.clone());
-    up.state.add_blob(config);
-    up.state.add_manifest(
-        "models/multi",
-        Some(&format!("{}.sig", id2.tag_schema())),
-        manifest,
-        OCI,
-    );
+    up.state.attach_legacy_signature("models/multi", &key, &id2);
     let (g, _t) = gate_with_policy(&up, &crate::policy::policy_for_key(&key)).await;
     let r = get(&g.url("/v2/models/multi/manifests/v2.0.0")).await;
     assert_denied(&r, "unknown/unknown: label dataset.id missing");

@@ -741,6 +741,70 @@ async fn layout_of(
     )
 }
 
+/// A key pair made by `modelgate keygen` as `<dir>/release.{key,pub}`.
+fn release_key(dir: &Path) -> PathBuf {
+    let key = dir.join("release");
+    assert!(Command::new(bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    key
+}
+
+/// A policy whose one rule governs `repos` with signatures by the `key`
+/// pair's public half, semantic-version immutable tags and `labels`.
+fn release_policy(key: &Path, repos: &str, labels: &str) -> String {
+    format!(
+        "default = \"allow\"\n[keys]\nrelease = \"{}\"\n[[rules]]\nname = \"models\"\nrepositories = [\"{repos}\"]\n[rules.signatures]\nkeys = [\"release\"]\n{labels}[rules.tags]\npattern = '^v[0-9]+\\.[0-9]+\\.[0-9]+$'\nimmutable = true\n",
+        key.with_extension("pub").display()
+    )
+}
+
+/// A modelgate in front of `reg` (as `registry.test`, the default) with
+/// `policy` in `dir`.
+async fn gate_over(reg: &Registry, dir: &Path, policy: &str) -> Gate {
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    Gate::start_in(
+        dir,
+        &upstream_toml("registry.test", &reg.url(), true, ""),
+        "",
+        None,
+    )
+    .await
+}
+
+/// A containers-policy.json that accepts anything (signatures are modelgate's job here).
+fn accept_anything(dir: &Path) -> PathBuf {
+    let pol = dir.join("skopeo-policy.json");
+    std::fs::write(&pol, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    pol
+}
+
+/// `skopeo copy --preserve-digests` over plain HTTP, `--all` when asked.
+fn skopeo_copy(
+    skopeo: &Path,
+    pol: &Path,
+    all: bool,
+    src: String,
+    dst: String,
+) -> tokio::process::Command {
+    let mut c = skopeo_cmd(skopeo, pol);
+    c.args([
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+    ]);
+    if all {
+        c.arg("--all");
+    }
+    c.arg(src).arg(dst);
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_flows_through_the_gate_with_skopeo() {
     let (Some(registry), Some(skopeo)) = (
@@ -768,41 +832,16 @@ async fn release_flows_through_the_gate_with_skopeo() {
     )
     .await;
     let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("release");
-    assert!(Command::new(bin())
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap()
-        .status
-        .success());
-    let policy = format!(
-        "default = \"allow\"\n[keys]\nrelease = \"{}\"\n[[rules]]\nname = \"models\"\nrepositories = [\"registry.test/models/**\"]\n[rules.signatures]\nkeys = [\"release\"]\n[rules.labels]\n\"model.version\" = {{ semver = true }}\n\"dataset.id\" = {{ regex = '^ds-[0-9]{{8}}$' }}\n[rules.tags]\npattern = '^v[0-9]+\\.[0-9]+\\.[0-9]+$'\nimmutable = true\n",
-        key.with_extension("pub").display()
+    let key = release_key(tmp.path());
+    let policy = release_policy(
+        &key,
+        "registry.test/models/**",
+        "[rules.labels]\n\"model.version\" = { semver = true }\n\"dataset.id\" = { regex = '^ds-[0-9]{8}$' }\n",
     );
-    std::fs::write(tmp.path().join("policy.toml"), &policy).unwrap();
-    let g = Gate::start_in(
-        tmp.path(),
-        &upstream_toml("registry.test", &reg.url(), true, ""),
-        "",
-        None,
-    )
-    .await;
+    let g = gate_over(&reg, tmp.path(), &policy).await;
     let gate = g.addr.to_string();
-    let pol = tmp.path().join("skopeo-policy.json");
-    std::fs::write(&pol, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
-    let copy = |src: String, dst: String| {
-        let mut c = skopeo_cmd(&skopeo, &pol);
-        c.args([
-            "copy",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-        ])
-        .arg(src)
-        .arg(dst);
-        c
-    };
+    let pol = accept_anything(tmp.path());
+    let copy = |src: String, dst: String| skopeo_copy(&skopeo, &pol, false, src, dst);
     let sign = |args: &[String]| {
         let out = Command::new(bin())
             .args(["sign", "--plain-http", "--key"])
@@ -973,43 +1012,12 @@ async fn registry_workflows_promotion_upstream_signature_and_index_push() {
     )
     .await;
     let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("release");
-    assert!(Command::new(bin())
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap()
-        .status
-        .success());
-    let policy = format!(
-        "default = \"allow\"\n[keys]\nrelease = \"{}\"\n[[rules]]\nname = \"models\"\nrepositories = [\"registry.test/signed/**\"]\n[rules.signatures]\nkeys = [\"release\"]\n[rules.tags]\npattern = '^v[0-9]+\\.[0-9]+\\.[0-9]+$'\nimmutable = true\n",
-        key.with_extension("pub").display()
-    );
-    std::fs::write(tmp.path().join("policy.toml"), &policy).unwrap();
-    let g = Gate::start_in(
-        tmp.path(),
-        &upstream_toml("registry.test", &reg.url(), true, ""),
-        "",
-        None,
-    )
-    .await;
+    let key = release_key(tmp.path());
+    let policy = release_policy(&key, "registry.test/signed/**", "");
+    let g = gate_over(&reg, tmp.path(), &policy).await;
     let gate = g.addr.to_string();
-    let pol = tmp.path().join("skopeo-policy.json");
-    std::fs::write(&pol, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
-    let copy = |all: bool, src: String, dst: String| {
-        let mut c = skopeo_cmd(&skopeo, &pol);
-        c.args([
-            "copy",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-        ]);
-        if all {
-            c.arg("--all");
-        }
-        c.arg(src).arg(dst);
-        c
-    };
+    let pol = accept_anything(tmp.path());
+    let copy = |all: bool, src: String, dst: String| skopeo_copy(&skopeo, &pol, all, src, dst);
     // Item 9: promotion between repositories through the gate. The blobs
     // are in modelgate's cache after the read, but prod/m lacks them.
     let (ok, out) = run(&mut copy(

@@ -416,16 +416,7 @@ pub fn seed_signed_index(
         descs.join(",")
     );
     let id = up.state.add_manifest(repo, Some("v1.0.0"), index, INDEX);
-    let sig = modelgate::trust::sign::sign_legacy(key, &format!("local/{repo}"), &id);
-    let (config, manifest) = modelgate::trust::sign::legacy_manifest(None, &sig);
-    up.state.add_blob(sig.payload.clone());
-    up.state.add_blob(config);
-    up.state.add_manifest(
-        repo,
-        Some(&format!("{}.sig", id.tag_schema())),
-        manifest,
-        OCI,
-    );
+    up.state.attach_legacy_signature(repo, key, &id);
     (id, children)
 }
 

@@ -206,15 +206,7 @@ async fn three_routing_forms_reach_the_right_upstream() {
 async fn bad_input_gets_oci_errors() {
     let up = Mock::start().await;
     // Read-only (the default): a DELETE is refused as unsupported.
-    let tmp = tempfile::tempdir().unwrap();
-    let g = Gate::start_with(
-        tmp.path(),
-        &upstream_toml("local", &up.url(), true, ""),
-        "",
-        "",
-        None,
-    )
-    .await;
+    let g = Gate::start_server(&up.url(), "").await;
     let missing = Digest::of(b"nope");
     let cases = [
         (

@@ -215,13 +215,9 @@ async fn out_of_order_chunks_are_416_then_the_upload_goes_on() {
 async fn mount_cancel_unknown_and_expired_sessions() {
     let up = Mock::start().await;
     let existing = up.state.add_blob(data(100, 6));
-    let tmp = tempfile::tempdir().unwrap();
-    let g = Gate::start_with(
-        tmp.path(),
-        &upstream_toml("local", &up.url(), true, ""),
-        "",
+    let g = Gate::start_server(
+        &up.url(),
         "upload_timeout = \"1s\"\nallow_anonymous_push = true",
-        None,
     )
     .await;
     let r = send(
@@ -376,9 +372,7 @@ async fn push_needs_credentials_and_records_the_user() {
     let (m, _) = image_manifest(&up, "{}");
     up.state.add_manifest("team/x", Some("v0"), m.clone(), OCI);
     let tmp = tempfile::tempdir().unwrap();
-    let hash = bcrypt::hash("s3cret", 4).unwrap();
-    std::fs::write(tmp.path().join("htpasswd"), format!("ci-bot:{hash}\n")).unwrap();
-    let extra = format!("htpasswd = \"{}\"", tmp.path().join("htpasswd").display());
+    let extra = htpasswd_with_ci_bot(tmp.path());
     let g = Gate::start_with(
         tmp.path(),
         &upstream_toml("local", &up.url(), true, ""),
@@ -614,16 +608,7 @@ async fn policy_decides_pushes_before_the_upstream_has_the_tag() {
         .status,
         StatusCode::CREATED
     );
-    let sig = modelgate::trust::sign::sign_legacy(&key, "local/models/demo", &d2);
-    let (config, sm) = modelgate::trust::sign::legacy_manifest(None, &sig);
-    up.state.add_blob(sig.payload.clone());
-    up.state.add_blob(config);
-    up.state.add_manifest(
-        "models/demo",
-        Some(&format!("{}.sig", d2.tag_schema())),
-        sm,
-        OCI,
-    );
+    up.state.attach_legacy_signature("models/demo", &key, &d2);
     let r = send_body(
         Method::PUT,
         &g.url("/v2/models/demo/manifests/v1.0.0"),

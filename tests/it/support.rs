@@ -138,6 +138,26 @@ impl MockState {
         d
     }
 
+    /// Sign `d` with `key` in cosign's legacy format, as the upstream's
+    /// `sha256-<hex>.sig` tag of `repo` (made straight at the upstream).
+    pub fn attach_legacy_signature(
+        &self,
+        repo: &str,
+        key: &modelgate::trust::PrivateKey,
+        d: &Digest,
+    ) {
+        let sig = modelgate::trust::sign::sign_legacy(key, &format!("local/{repo}"), d);
+        let (config, manifest) = modelgate::trust::sign::legacy_manifest(None, &sig);
+        self.add_blob(sig.payload.clone());
+        self.add_blob(config);
+        self.add_manifest(
+            repo,
+            Some(&format!("{}.sig", d.tag_schema())),
+            manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+    }
+
     /// What the mock has been asked so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
@@ -913,6 +933,17 @@ impl Gate {
         .await
     }
 
+    /// One upstream named `local` at `upstream_url` (the default), a fresh
+    /// cache dir, and exactly these `[server]` settings (read-only unless
+    /// they say otherwise).
+    pub async fn start_server(upstream_url: &str, server_extra: &str) -> Gate {
+        let tmp = tempfile::tempdir().unwrap();
+        let upstreams = upstream_toml("local", upstream_url, true, "");
+        let mut g = Gate::start_with(tmp.path(), &upstreams, "", server_extra, None).await;
+        g._tmp = Some(tmp);
+        g
+    }
+
     /// Start with extra `[server]` settings too.
     pub async fn start_with(
         dir: &std::path::Path,
@@ -1037,6 +1068,40 @@ pub fn spawn_logged(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::from(std::fs::File::create(log)?))
         .spawn()
+}
+
+/// Run the `modelgate` binary: (exit code, stdout + stderr).
+pub fn modelgate_cli<I, S>(args: I) -> (Option<i32>, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(args)
+        .output()
+        .expect("run modelgate");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `modelgate cache <action> --config <cfg>`.
+pub fn cache_cli(action: &str, cfg: &std::path::Path) -> (Option<i32>, String) {
+    modelgate_cli([
+        std::ffi::OsStr::new("cache"),
+        std::ffi::OsStr::new(action),
+        std::ffi::OsStr::new("--config"),
+        cfg.as_os_str(),
+    ])
+}
+
+/// An htpasswd file in `dir` with user `ci-bot`, password `s3cret`; returns
+/// the `[server]` line that uses it.
+pub fn htpasswd_with_ci_bot(dir: &std::path::Path) -> String {
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(dir.join("htpasswd"), format!("ci-bot:{hash}\n")).unwrap();
+    format!("htpasswd = \"{}\"", dir.join("htpasswd").display())
 }
 
 /// What a client saw.
