@@ -21,7 +21,7 @@ W="${BENCH_DIR:-/tmp/modelgate-bench}"
 REPO=bench/model1g; TAG=v1
 for t in docker-registry skopeo curl wrk bc; do command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y docker-registry skopeo curl wrk bc" >&2; exit 1; }; done
 cargo build --release --quiet
-BIN="$PWD/target/release/modelgate"
+BIN="${MODELGATE_BIN:-$PWD/target/release/modelgate}"   # MODELGATE_BIN: compare another build
 mkdir -p "$W"; rm -rf "$W"/{up,peer,mg,pulls}; mkdir -p "$W"/{up,peer,mg,pulls}
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -59,6 +59,7 @@ cat > "$W/mg/modelgate.toml" <<TOML
 [server]
 listen = "127.0.0.1:$MG_PORT"
 admin_listen = "127.0.0.1:$MG_ADMIN"
+allow_anonymous_push = true          # the push case; a closed loopback bench
 [cache]
 dir = "$W/mg/cache"
 tag_ttl = "300s"
