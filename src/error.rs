@@ -1,7 +1,12 @@
-//! The one place where module errors become what a client sees: an HTTP
-//! status and an OCI error code with a message a person can act on.
+//! The one place where the layers' errors become what a client sees: an
+//! HTTP status and an OCI error code with a message a person can act on
+//! (docs/ARCHITECTURE.md). The layers below say what happened; this module
+//! alone decides how it is answered.
 
-use crate::oci::{ErrorCode, NameError, OciError};
+use crate::cache::FetchError;
+use crate::gate::GateError;
+use crate::oci::{DigestError, ErrorCode, NameError, OciError};
+use crate::registry::{Answer, BadContent, Object, RegistryError};
 use crate::upstream::{RouteError, UpstreamError};
 use http::StatusCode;
 
@@ -13,6 +18,16 @@ impl From<NameError> for OciError {
             _ => ErrorCode::NameInvalid,
         };
         OciError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
+impl From<DigestError> for OciError {
+    fn from(e: DigestError) -> OciError {
+        OciError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::DigestInvalid,
+            e.to_string(),
+        )
     }
 }
 
@@ -41,88 +56,186 @@ impl From<UpstreamError> for OciError {
     }
 }
 
-/// What kind of object an upstream answer was about, for the 404 code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Object {
-    Manifest,
-    Blob,
-    Repository,
-}
-
-/// Map a non-success upstream answer to what the client sees. An OCI error
-/// body from the upstream keeps its code; the message says who said it.
-pub fn upstream_status(upstream: &str, status: StatusCode, body: &[u8], what: Object) -> OciError {
-    let parsed = OciError::parse_body(body);
-    let detail = parsed
-        .as_ref()
-        .map(|(c, m)| {
-            if m.is_empty() {
-                c.as_str().to_string()
-            } else {
-                format!("{}: {m}", c.as_str())
-            }
-        })
-        .unwrap_or_else(|| status.to_string());
-    let msg = format!("upstream {upstream} answered {}: {detail}", status.as_u16());
-    match status {
-        StatusCode::NOT_FOUND => {
-            let code = parsed.map(|(c, _)| c).unwrap_or(match what {
+/// What a client sees of an upstream's error answer: its OCI code is kept,
+/// the message says who said it.
+fn answered(
+    upstream: &str,
+    answer: Answer,
+    code: Option<ErrorCode>,
+    message: String,
+    object: Object,
+) -> OciError {
+    match answer {
+        Answer::NotFound => {
+            let code = code.unwrap_or(match object {
                 Object::Manifest => ErrorCode::ManifestUnknown,
                 Object::Blob => ErrorCode::BlobUnknown,
                 Object::Repository => ErrorCode::NameUnknown,
             });
-            OciError::new(StatusCode::NOT_FOUND, code, msg)
+            OciError::new(StatusCode::NOT_FOUND, code, message)
         }
-        StatusCode::UNAUTHORIZED => OciError::new(
+        Answer::Unauthorized => OciError::new(
             StatusCode::BAD_GATEWAY,
             ErrorCode::Unauthorized,
-            format!("{msg}; modelgate has no credentials it accepts: set username and password_env for upstream {upstream}"),
+            format!("{message}; modelgate has no credentials it accepts: set username and password_env for upstream {upstream}"),
         ),
-        StatusCode::FORBIDDEN => OciError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, msg),
-        StatusCode::TOO_MANY_REQUESTS => OciError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests, msg),
-        s if s.is_server_error() => OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, msg),
-        s if s.is_client_error() => {
-            let code = parsed.map(|(c, _)| c).unwrap_or(ErrorCode::Unknown);
-            OciError::new(s, code, msg)
+        Answer::Forbidden => OciError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, message),
+        Answer::TooManyRequests => {
+            OciError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests, message)
         }
-        _ => OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, msg),
+        // A failing upstream: manifests are 503 (the last known state may
+        // be served instead), blobs 502.
+        Answer::Failed => {
+            let status = match object {
+                Object::Manifest => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            OciError::new(status, ErrorCode::Unavailable, message)
+        }
+        Answer::Refused(s) => OciError::new(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST),
+            code.unwrap_or(ErrorCode::Unknown),
+            message,
+        ),
+        Answer::Unexpected(_) => OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message),
+    }
+}
+
+impl From<RegistryError> for OciError {
+    fn from(e: RegistryError) -> OciError {
+        let message = e.to_string();
+        match e {
+            RegistryError::Answered {
+                upstream,
+                answer,
+                code,
+                object,
+                ..
+            } => answered(&upstream, answer, code, message, object),
+            RegistryError::Upstream(u) => u.into(),
+            RegistryError::BadContent { kind, object, .. } => {
+                let code = match (kind, object) {
+                    (BadContent::Mismatch, _) => ErrorCode::DigestInvalid,
+                    (_, Object::Manifest) => ErrorCode::ManifestInvalid,
+                    (_, Object::Blob) => ErrorCode::BlobUnknown,
+                    (_, Object::Repository) => ErrorCode::Unknown,
+                };
+                OciError::new(StatusCode::BAD_GATEWAY, code, message)
+            }
+            RegistryError::Fetch(f) => f.into(),
+            RegistryError::WrongKind(_) => {
+                OciError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUnknown, message)
+            }
+        }
+    }
+}
+
+impl From<FetchError> for OciError {
+    fn from(e: FetchError) -> OciError {
+        let message = e.to_string();
+        match e {
+            FetchError::Start(cause) => match cause.downcast_ref::<RegistryError>() {
+                Some(RegistryError::Answered {
+                    upstream,
+                    answer,
+                    code,
+                    object,
+                    ..
+                }) => answered(upstream, *answer, *code, message, *object),
+                Some(RegistryError::Upstream(UpstreamError::Unreachable { .. })) => OciError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    message,
+                ),
+                Some(RegistryError::Upstream(UpstreamError::Auth { .. })) => {
+                    OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unauthorized, message)
+                }
+                _ => OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message),
+            },
+            FetchError::Download(_) => {
+                OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::BlobUnknown, message)
+            }
+            FetchError::Cache(_) => OciError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Unknown,
+                message,
+            ),
+            FetchError::NoRoom(_) => OciError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                message,
+            ),
+            FetchError::Aborted => {
+                OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message)
+            }
+        }
+    }
+}
+
+impl From<GateError> for OciError {
+    fn from(e: GateError) -> OciError {
+        match e {
+            GateError::Denied(m) => OciError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, m),
+            GateError::Registry(r) => r.into(),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::answered as classify;
 
     #[test]
     fn upstream_answers_map_to_codes() {
-        let e = upstream_status("r", StatusCode::NOT_FOUND, b"", Object::Manifest);
+        let e: OciError = classify("r", StatusCode::NOT_FOUND, b"", Object::Manifest).into();
         assert_eq!(
             (e.status, e.code),
             (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
         );
         let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#;
-        let e = upstream_status("r", StatusCode::NOT_FOUND, body, Object::Blob);
+        let e: OciError = classify("r", StatusCode::NOT_FOUND, body, Object::Blob).into();
         assert_eq!(e.code, ErrorCode::NameUnknown);
         assert!(
             e.message.contains("upstream r answered 404: NAME_UNKNOWN"),
             "{}",
             e.message
         );
-        let e = upstream_status("r", StatusCode::SERVICE_UNAVAILABLE, b"down", Object::Blob);
+        let e: OciError =
+            classify("r", StatusCode::SERVICE_UNAVAILABLE, b"down", Object::Blob).into();
         assert_eq!(
             (e.status, e.code),
             (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
         );
-        let e = upstream_status("r", StatusCode::UNAUTHORIZED, b"", Object::Blob);
+        let e: OciError =
+            classify("r", StatusCode::SERVICE_UNAVAILABLE, b"", Object::Manifest).into();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let e: OciError = classify("r", StatusCode::UNAUTHORIZED, b"", Object::Blob).into();
         assert!(e.message.contains("password_env"));
+        let e: OciError = FetchError::Start(std::sync::Arc::new(classify(
+            "r",
+            StatusCode::NOT_FOUND,
+            b"",
+            Object::Blob,
+        )))
+        .into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown)
+        );
     }
 
     #[test]
-    fn name_errors_are_400() {
+    fn name_and_gate_errors() {
         let e: OciError = crate::oci::RepoName::parse("A").unwrap_err().into();
         assert_eq!(
             (e.status, e.code),
             (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid)
+        );
+        let e: OciError = GateError::Denied("denied by rule \"m\": x".into()).into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::FORBIDDEN, ErrorCode::Denied)
         );
     }
 }

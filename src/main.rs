@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use modelgate::cache::BlobStore;
 use modelgate::config::Config;
 use modelgate::server::{self, App};
 use std::path::PathBuf;
@@ -172,77 +171,16 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let app = App::new(cfg)?;
-    app.store.lock_exclusive()?;
+    app.registry().store().lock_exclusive()?;
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
         tls = tls.is_some(),
-        upstreams = ?app.router.upstreams().iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
-        cache = %app.config.cache_dir.display(),
+        upstreams = ?app.router().upstreams().iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
+        cache = %app.config().cache_dir.display(),
         "modelgate serving"
     );
     server::run(app, listener, admin, tls, shutdown_signal()).await;
-    Ok(())
-}
-
-fn cache(action: CacheAction, config: PathBuf) -> anyhow::Result<()> {
-    let cfg = Config::load(&config)?;
-    let store = BlobStore::open(&cfg.cache_dir, cfg.max_bytes)
-        .with_context(|| format!("cannot open cache {}", cfg.cache_dir.display()))?;
-    let human = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
-    match action {
-        // Read-only: never deletes, safe next to a running server.
-        CacheAction::Stats => {
-            let tmp = store.temp_report();
-            println!("cache     {}", cfg.cache_dir.display());
-            println!("objects   {}", store.len());
-            println!(
-                "bytes     {} ({})",
-                store.total_bytes(),
-                human(store.total_bytes())
-            );
-            println!("max_bytes {} ({})", cfg.max_bytes, human(cfg.max_bytes));
-            println!(
-                "in tmp/   {} files, {} ({})",
-                tmp.files,
-                tmp.bytes,
-                if store.owned_elsewhere() {
-                    "downloads under way in the running server"
-                } else {
-                    "left by an interrupted run; the next server start removes them"
-                }
-            );
-        }
-        CacheAction::Gc => {
-            store.lock_exclusive()?;
-            let (n, bytes) = store.evict_to(cfg.max_bytes);
-            println!(
-                "evicted {n} objects, {} ; {} remain in {} objects",
-                human(bytes),
-                human(store.total_bytes()),
-                store.len()
-            );
-        }
-        CacheAction::Verify => {
-            // The owner removes what is corrupt; next to a running server
-            // it only reports.
-            let owner = store.lock_exclusive().is_ok();
-            let r = store.verify(owner)?;
-            println!("checked {} objects, {}", r.checked, human(r.bytes));
-            let what = if owner {
-                "removed"
-            } else {
-                "not removed: a running modelgate owns this cache; it re-fetches a blob whose bytes do not verify"
-            };
-            for d in &r.corrupt {
-                println!("CORRUPT {d} ({what})");
-            }
-            if !r.corrupt.is_empty() {
-                anyhow::bail!("{} corrupt objects found", r.corrupt.len());
-            }
-            println!("all objects match their digests");
-        }
-    }
     Ok(())
 }
 
@@ -326,7 +264,14 @@ fn main() -> ExitCode {
             .build()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(serve(config))),
-        Command::Cache { action, config } => cache(action, config),
+        Command::Cache { action, config } => {
+            let action = match action {
+                CacheAction::Verify => modelgate::commands::CacheAction::Verify,
+                CacheAction::Stats => modelgate::commands::CacheAction::Stats,
+                CacheAction::Gc => modelgate::commands::CacheAction::Gc,
+            };
+            modelgate::commands::cache(action, &config).map_err(anyhow::Error::msg)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,12 +25,11 @@
 
 use super::store::BlobStore;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, ErrorCode, OciError, Sha256Hasher};
+use crate::oci::{Digest, Sha256Hasher};
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use futures_util::Stream;
-use http::StatusCode;
 use http_body_util::BodyExt;
 use std::fs::File;
 use std::future::Future;
@@ -69,7 +68,58 @@ pub enum FetchState {
     /// full); other clients retry.
     PassThrough { size: Option<u64> },
     /// Failed; nothing was cached.
-    Failed(OciError),
+    Failed(FetchError),
+}
+
+/// Why a shared download gave no blob. Nothing here is a client answer:
+/// `crate::error` maps it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// Occurs when the request for the blob failed before any byte came;
+    /// carries the caller's own error (e.g. the upstream's answer).
+    #[error("{0}")]
+    Start(Arc<dyn std::error::Error + Send + Sync>),
+    /// Occurs when the download fails part way: stalled, broken off, wrong
+    /// bytes or length.
+    #[error("{0}")]
+    Download(String),
+    /// Occurs when the cache cannot be written.
+    #[error("modelgate cannot use its cache: {0}")]
+    Cache(String),
+    /// Occurs when the blob does not fit in the cache and cannot be served
+    /// uncached to this request (a range, or another client's download).
+    #[error("{0}")]
+    NoRoom(String),
+    /// Occurs when the download ended without a result.
+    #[error("the upstream download ended unexpectedly")]
+    Aborted,
+}
+
+/// How a request takes part in a download.
+pub enum Joined {
+    /// It started the download: the bytes come from `feed` (memory) when it
+    /// asked for one, else from the file, like a follower's.
+    Leader(Option<Feed>, watch::Receiver<FetchState>),
+    /// Another request started it: the bytes come from the file as it lands.
+    Follower(watch::Receiver<FetchState>),
+}
+
+impl Joined {
+    /// The download's progress.
+    pub fn progress(&mut self) -> &mut watch::Receiver<FetchState> {
+        match self {
+            Joined::Leader(_, rx) | Joined::Follower(rx) => rx,
+        }
+    }
+}
+
+/// Whether the leader of a new download is fed from memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedMode {
+    /// Stream the body as it is hashed (a whole-body request).
+    Memory,
+    /// Read the verified file only (a range request).
+    FileOnly,
 }
 
 /// Downloads in flight, by digest.
@@ -83,30 +133,34 @@ impl Flights {
         Arc::new(Flights::default())
     }
 
-    /// Join the download of `d`, or start one by running `start` detached.
-    /// Returns the progress channel and whether this call started it.
-    pub fn join_or_start<F, Fut>(
-        self: &Arc<Self>,
-        d: &Digest,
-        start: F,
-    ) -> (watch::Receiver<FetchState>, bool)
+    /// Join the download of `d`, or start one by running `start` detached
+    /// (it gets the progress sender and, with [`FeedMode::Memory`], the
+    /// leader's feed to fill).
+    pub fn join_or_start<F, Fut>(self: &Arc<Self>, d: &Digest, mode: FeedMode, start: F) -> Joined
     where
-        F: FnOnce(watch::Sender<FetchState>) -> Fut,
+        F: FnOnce(watch::Sender<FetchState>, Option<Leader>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         match self.map.entry(d.clone()) {
-            Entry::Occupied(e) => (e.get().clone(), false),
+            Entry::Occupied(e) => Joined::Follower(e.get().clone()),
             Entry::Vacant(v) => {
                 let (tx, rx) = watch::channel(FetchState::Connecting);
                 v.insert(rx.clone());
-                let fut = start(tx);
+                let (leader, feed) = match mode {
+                    FeedMode::Memory => {
+                        let (l, f) = Leader::channel();
+                        (Some(l), Some(f))
+                    }
+                    FeedMode::FileOnly => (None, None),
+                };
+                let fut = start(tx, leader);
                 let me = self.clone();
                 let d = d.clone();
                 tokio::spawn(async move {
                     fut.await;
                     me.map.remove(&d);
                 });
-                (rx, true)
+                Joined::Leader(feed, rx)
             }
         }
     }
@@ -123,7 +177,7 @@ impl Flights {
 }
 
 /// Wait until the download has response headers (or failed).
-pub async fn wait_started(rx: &mut watch::Receiver<FetchState>) -> Result<(), OciError> {
+pub async fn wait_started(rx: &mut watch::Receiver<FetchState>) -> Result<(), FetchError> {
     loop {
         match &*rx.borrow_and_update() {
             FetchState::Connecting => {}
@@ -131,13 +185,13 @@ pub async fn wait_started(rx: &mut watch::Receiver<FetchState>) -> Result<(), Oc
             _ => return Ok(()),
         }
         if rx.changed().await.is_err() {
-            return Err(aborted());
+            return Err(FetchError::Aborted);
         }
     }
 }
 
 /// Wait until the download is verified and committed.
-pub async fn wait_done(rx: &mut watch::Receiver<FetchState>) -> Result<(), OciError> {
+pub async fn wait_done(rx: &mut watch::Receiver<FetchState>) -> Result<(), FetchError> {
     loop {
         match &*rx.borrow_and_update() {
             FetchState::Done { .. } => return Ok(()),
@@ -146,24 +200,14 @@ pub async fn wait_done(rx: &mut watch::Receiver<FetchState>) -> Result<(), OciEr
             _ => {}
         }
         if rx.changed().await.is_err() {
-            return Err(aborted());
+            return Err(FetchError::Aborted);
         }
     }
 }
 
-fn passing_through() -> OciError {
-    OciError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Unavailable,
-        "the blob does not fit in modelgate's cache and is being served uncached to another client; retry",
-    )
-}
-
-fn aborted() -> OciError {
-    OciError::new(
-        StatusCode::BAD_GATEWAY,
-        ErrorCode::Unknown,
-        "the upstream download ended unexpectedly",
+fn passing_through() -> FetchError {
+    FetchError::NoRoom(
+        "the blob does not fit in modelgate's cache and is being served uncached to another client; retry".into(),
     )
 }
 
@@ -212,13 +256,9 @@ impl Download {
             crate::metrics::Metrics::reason(&self.metrics.cache_write_failures, "no_space");
             if leader.is_none() {
                 tracing::warn!("{why}; a range request cannot be served uncached");
-                tx.send_replace(FetchState::Failed(OciError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
-                    format!(
-                        "{why}; fetch the whole blob (without Range) to have it served uncached"
-                    ),
-                )));
+                tx.send_replace(FetchState::Failed(FetchError::NoRoom(format!(
+                    "{why}; fetch the whole blob (without Range) to have it served uncached"
+                ))));
                 return;
             }
             tracing::warn!("{why}; serving it uncached");
@@ -227,11 +267,7 @@ impl Download {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a temp file in the cache");
-                tx.send_replace(FetchState::Failed(OciError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Unknown,
-                    format!("modelgate cannot write its cache: {e}"),
-                )));
+                tx.send_replace(FetchState::Failed(FetchError::Cache(e.to_string())));
                 return;
             }
         };
@@ -239,11 +275,7 @@ impl Download {
             Ok(f) => Arc::new(f),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                tx.send_replace(FetchState::Failed(OciError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Unknown,
-                    format!("modelgate cannot read its cache: {e}"),
-                )));
+                tx.send_replace(FetchState::Failed(FetchError::Cache(e.to_string())));
                 return;
             }
         };
@@ -304,11 +336,7 @@ impl Download {
         if let Some(l) = leader.take() {
             let _ = l.tx.send(LeaderMsg::Error(msg.clone())).await;
         }
-        tx.send_replace(FetchState::Failed(OciError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::BlobUnknown,
-            msg,
-        )));
+        tx.send_replace(FetchState::Failed(FetchError::Download(msg)));
     }
 
     /// Hash each frame as it arrives (inline: ~10 µs per 16 KiB) while a
@@ -592,13 +620,16 @@ pub struct Leader {
     tx: tokio::sync::mpsc::Sender<LeaderMsg>,
 }
 
+/// The leader's side of its feed: what [`stream_leader`] reads.
+pub type Feed = tokio::sync::mpsc::Receiver<LeaderMsg>;
+
 /// How long the download waits for a leader that does not keep up before
 /// detaching it (it then reads from the file like any follower).
 const LEADER_PATIENCE: Duration = Duration::from_millis(200);
 
 impl Leader {
     /// A leader channel; the receiver goes to [`stream_leader`].
-    pub fn channel() -> (Leader, tokio::sync::mpsc::Receiver<LeaderMsg>) {
+    pub fn channel() -> (Leader, Feed) {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         (Leader { tx }, rx)
     }
@@ -624,7 +655,7 @@ impl Leader {
 /// The leader's body: frames from memory while attached, then (if it was
 /// detached) the rest from the file.
 pub fn stream_leader(
-    rx: tokio::sync::mpsc::Receiver<LeaderMsg>,
+    rx: Feed,
     state: watch::Receiver<FetchState>,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
@@ -736,9 +767,9 @@ async fn next_from_flight(
                 (Some(file), avail, None)
             }
             FetchState::Done { size, file } => (Some(file), size, Some(size)),
-            FetchState::Failed(e) => return Some(Err(io::Error::other(e.message))),
+            FetchState::Failed(e) => return Some(Err(io::Error::other(e.to_string()))),
             FetchState::PassThrough { .. } => {
-                return Some(Err(io::Error::other(passing_through().message)))
+                return Some(Err(io::Error::other(passing_through().to_string())))
             }
         };
         if let Some(file) = file {
@@ -755,7 +786,7 @@ async fn next_from_flight(
             }
         }
         if rx.changed().await.is_err() {
-            return Some(Err(io::Error::other(aborted().message)));
+            return Some(Err(io::Error::other(FetchError::Aborted.to_string())));
         }
     }
 }

@@ -7,7 +7,7 @@ pub mod holdings;
 pub mod store;
 pub mod tags;
 
-pub use flight::{FetchState, Flights};
+pub use flight::{FeedMode, FetchError, FetchState, Flights, Joined};
 pub use holdings::{Held, Holdings};
 pub use store::{BlobStore, LockError, TempReport, VerifyReport};
 pub use tags::{TagEntry, TagStore};

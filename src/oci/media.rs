@@ -16,6 +16,15 @@ pub const DOCKER_V1: &str = "application/vnd.docker.distribution.manifest.v1+jso
 /// registry should accept.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// A manifest as stored and served: the exact bytes, their digest, and the
+/// media type they are served with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub bytes: bytes::Bytes,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
 /// What we ask an upstream for when the client did not say.
 pub const DEFAULT_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 

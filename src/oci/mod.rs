@@ -10,4 +10,5 @@ pub mod name;
 
 pub use digest::{Digest, DigestError, Sha256Hasher};
 pub use error::{ErrorCode, OciError};
+pub use media::Manifest;
 pub use name::{ImageRef, NameError, Reference, RepoName};

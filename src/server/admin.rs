@@ -9,7 +9,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -25,23 +24,23 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
     Ok(match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
-            app.metrics.encode(),
+            app.metrics().encode(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {
             let unready = |why: String| text(StatusCode::SERVICE_UNAVAILABLE, why, "text/plain");
-            if !app.ready.load(Ordering::Relaxed) {
+            if !app.is_ready() {
                 unready("not ready\n".into())
-            } else if app.conns.saturated() {
+            } else if app.conns().saturated() {
                 unready(format!(
                     "saturated: all {} client connections are in use\n",
-                    app.config.max_connections
+                    app.config().max_connections
                 ))
-            } else if let Err(e) = app.store.ensure_layout() {
+            } else if let Err(e) = app.registry().store().ensure_layout() {
                 unready(format!(
                     "cache {} is not usable: {e}\n",
-                    app.config.cache_dir.display()
+                    app.config().cache_dir.display()
                 ))
             } else {
                 text(StatusCode::OK, "ready\n".into(), "text/plain")

@@ -1,4 +1,5 @@
-//! Response bodies and the headers every answer carries.
+//! Response bodies, the headers every answer carries, and the one OCI error
+//! response every failure becomes.
 
 use crate::oci::OciError;
 use crate::upstream::client::BoxError;
@@ -29,6 +30,13 @@ where
 }
 
 pub const API_VERSION: &str = "Docker-Distribution-API-Version";
+
+/// Set header `k` to `v` when `v` is a valid header value.
+pub fn set_header(h: &mut http::HeaderMap, k: &'static str, v: &str) {
+    if let Ok(v) = HeaderValue::from_str(v) {
+        h.insert(k, v);
+    }
+}
 
 /// An OCI error response.
 pub fn error_response(e: &OciError, head: bool) -> Response<RespBody> {

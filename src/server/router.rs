@@ -33,6 +33,20 @@ impl Endpoint {
         }
     }
 
+    /// What the endpoint is, for messages.
+    pub fn what(&self) -> &'static str {
+        match self {
+            Endpoint::Base => "/v2/",
+            Endpoint::Catalog => "/v2/_catalog",
+            Endpoint::Manifest(..) => "manifests",
+            Endpoint::Blob(..) => "blobs",
+            Endpoint::TagsList(..) => "tags/list",
+            Endpoint::Referrers(..) => "referrers",
+            Endpoint::Upload(_, None) => "blobs/uploads/",
+            Endpoint::Upload(_, Some(_)) => "an upload session",
+        }
+    }
+
     /// Metric label.
     pub fn label(&self) -> &'static str {
         match self {

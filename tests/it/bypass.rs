@@ -186,7 +186,7 @@ async fn denied_content_is_not_readable_under_another_name() {
     assert_denied(&r, "no valid signature");
     // The gate read the config (and the manifest) to decide: both are in
     // the cache now, but `open` does not hold them.
-    assert!(g.app.store.size_of(&c).is_some());
+    assert!(g.app.registry().store().size_of(&c).is_some());
     let r = get(&g.url(&format!("/v2/open/blobs/{c}"))).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
     assert_eq!(r.code(), "BLOB_UNKNOWN");
@@ -245,9 +245,13 @@ async fn a_narrow_accept_is_negotiated_down_without_recording_the_child() {
         "the linux/amd64 child"
     );
     let repo = "local/models/multi";
-    assert_eq!(g.app.gate.seen_tag(repo, "v1.0.0"), Some(id.clone()));
+    assert_eq!(g.app.gate().seen_tag(repo, "v1.0.0"), Some(id.clone()));
     assert_eq!(
-        g.app.tags.get(repo, "v1.0.0").map(|e| e.digest),
+        g.app
+            .registry()
+            .tags()
+            .get(repo, "v1.0.0")
+            .map(|e| e.digest),
         Some(id.clone())
     );
     let r = get(&g.url("/v2/models/multi/manifests/v1.0.0")).await;
@@ -296,7 +300,7 @@ async fn blob_existence_is_per_repository() {
     let r = get(&g.url(&format!("/v2/staging/m/blobs/{layer}"))).await;
     assert_eq!(r.status, StatusCode::OK);
     settle(&g).await;
-    assert!(g.app.store.size_of(&layer).is_some(), "cached");
+    assert!(g.app.registry().store().size_of(&layer).is_some(), "cached");
     let r = send(
         Method::HEAD,
         &g.url(&format!("/v2/prod/m/blobs/{layer}")),

@@ -341,7 +341,7 @@ async fn manifest_lies_are_refused() {
     let r = get(&g.url("/v2/m/x/manifests/v1")).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.code(), "DIGEST_INVALID");
-    assert!(g.app.store.size_of(&md).is_none());
+    assert!(g.app.registry().store().size_of(&md).is_none());
     assert_eq!(
         g.metric("modelgate_digest_mismatches_total{upstream=\"local\"}"),
         1.0
@@ -353,7 +353,7 @@ async fn manifest_lies_are_refused() {
         .copy_manifest("m/x", &md.to_string(), "m/x", &fake.to_string());
     let r = get(&g.url(&format!("/v2/m/x/manifests/{fake}"))).await;
     assert_eq!(r.code(), "DIGEST_INVALID");
-    assert!(g.app.store.size_of(&fake).is_none());
+    assert!(g.app.registry().store().size_of(&fake).is_none());
     g.stop().await;
 }
 

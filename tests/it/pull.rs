@@ -392,11 +392,14 @@ async fn cache_stays_under_max_bytes() {
         );
     }
     settle(&g).await;
-    assert!(g.app.store.total_bytes() <= 250_000);
+    assert!(g.app.registry().store().total_bytes() <= 250_000);
     settle(&g).await;
     assert_eq!(cached_blobs(&g).len(), 2);
     // The most recent ones stayed.
-    assert!(g.app.store.size_of(&ds[3]).is_some() && g.app.store.size_of(&ds[0]).is_none());
+    assert!(
+        g.app.registry().store().size_of(&ds[3]).is_some()
+            && g.app.registry().store().size_of(&ds[0]).is_none()
+    );
     assert!(g.metric("modelgate_cache_bytes") <= 250_000.0);
     assert_eq!(g.metric("modelgate_cache_evictions_total"), 2.0);
     g.stop().await;

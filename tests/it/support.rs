@@ -1006,7 +1006,7 @@ impl Gate {
     }
 
     pub fn metrics(&self) -> String {
-        self.app.metrics.encode()
+        self.app.metrics().encode()
     }
 
     /// The value of one metric line (exact name with labels), 0 if absent.
@@ -1209,7 +1209,7 @@ pub async fn get(url: &str) -> Got {
 /// byte once the blob verified, and the commit to the cache follows.
 pub async fn settle(g: &Gate) {
     for _ in 0..200 {
-        if g.app.flights.in_flight() == 0 {
+        if g.app.registry().flights().in_flight() == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

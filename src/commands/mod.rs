@@ -1,0 +1,15 @@
+//! The command-line tools besides `serve`, one file each: `keygen`, `sign`,
+//! `check`, `policy lint` and `cache`. `check` runs the server's own
+//! decision code (registry + gate), without a server.
+
+pub mod cache;
+pub mod check;
+pub mod keygen;
+pub mod lint;
+pub mod sign;
+
+pub use cache::{cache, CacheAction};
+pub use check::check;
+pub use keygen::keygen;
+pub use lint::policy_lint;
+pub use sign::{sign, SignArgs};

@@ -1,0 +1,173 @@
+//! Gathering what a rule needs to know about one manifest: its annotations,
+//! the labels of its image config (of every image an index lists), and its
+//! valid signers. Every document read is strict JSON (see
+//! [`crate::oci::json`]); a problem reading one is evidence too (a reason to
+//! deny), never a silent pass.
+
+use super::exempt::is_signature_manifest;
+use super::Gate;
+use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
+use crate::oci::{json, Digest, Manifest, Reference};
+use crate::policy::{Evidence, ImageEvidence, LoadedPolicy, Rule};
+use crate::upstream::Route;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Whether signatures are part of the evidence gathered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signatures {
+    /// Look for them (pulls, and pushes that set a tag).
+    Check,
+    /// A push by digest (staging): they are required when a tag is set.
+    Deferred,
+}
+
+/// Whether cached evidence may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Cached,
+    /// Push decisions always look afresh.
+    Fresh,
+}
+
+fn string_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The platform an index child is for (`os/arch[/variant]`, or its digest).
+fn platform_of(child: &Value) -> String {
+    let p = &child["platform"];
+    match (p["os"].as_str(), p["architecture"].as_str()) {
+        (Some(os), Some(arch)) => match p["variant"].as_str() {
+            Some(v) => format!("{os}/{arch}/{v}"),
+            None => format!("{os}/{arch}"),
+        },
+        _ => child["digest"].as_str().unwrap_or("?").to_string(),
+    }
+}
+
+impl Gate {
+    async fn labels_of(
+        &self,
+        r: &Route,
+        manifest: &Value,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let cd: Digest = manifest["config"]["digest"]
+            .as_str()
+            .ok_or("manifest has no config")?
+            .parse()
+            .map_err(|e| format!("config digest: {e}"))?;
+        let config = self
+            .registry
+            .small_blob(r, &cd, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| format!("config {cd}: {e}"))?;
+        let v = json::parse_strict(&config).map_err(|e| format!("config {cd} is {e}"))?;
+        Ok(string_map(&v["config"]["Labels"]))
+    }
+
+    /// Labels of every image an index lists. Children marked
+    /// `unknown/unknown` are skipped only when they really are attestations
+    /// or signatures (by their layers); any other child is checked like a
+    /// platform image.
+    async fn index_children_labels(&self, r: &Route, children: &[Value], ev: &mut Evidence) {
+        for c in children {
+            let p = &c["platform"];
+            let unknown = p["os"] == "unknown" || p["architecture"] == "unknown";
+            let Some(Ok(cd)) = c["digest"].as_str().map(|d| d.parse::<Digest>()) else {
+                ev.errors
+                    .push("index lists a child without a valid digest".into());
+                continue;
+            };
+            let reference = Reference::Digest(cd.clone());
+            let child = match self
+                .registry
+                .manifest(r, &reference, Some(OCI_MANIFEST))
+                .await
+            {
+                Ok(cm) => cm,
+                Err(e) => {
+                    ev.errors.push(format!("child {cd}: {e}"));
+                    continue;
+                }
+            };
+            if unknown && is_signature_manifest(&child.bytes) {
+                continue; // an attestation manifest: no image to label
+            }
+            let labels = match json::parse_strict(&child.bytes) {
+                Ok(doc) => self.labels_of(r, &doc).await,
+                Err(e) => Err(format!("is {e}")),
+            };
+            match labels {
+                Ok(labels) => ev.images.push(ImageEvidence {
+                    platform: Some(platform_of(c)),
+                    labels,
+                }),
+                Err(e) => ev.errors.push(format!("child {cd}: {e}")),
+            }
+        }
+    }
+
+    /// Gather what `rule` needs to know about `m`.
+    pub(super) async fn gather(
+        &self,
+        r: &Route,
+        m: &Manifest,
+        rule: &Rule,
+        loaded: &LoadedPolicy,
+        freshness: Freshness,
+        signatures: Signatures,
+    ) -> Evidence {
+        let repo = &r.canonical;
+        if freshness == Freshness::Cached && signatures == Signatures::Check {
+            if let Some(ev) = self
+                .state
+                .evidence(repo, &m.digest, rule, loaded.generation)
+            {
+                return ev;
+            }
+        }
+        let mut ev = Evidence::default();
+        let doc = json::parse_strict(&m.bytes).unwrap_or_else(|e| {
+            ev.errors.push(format!("manifest is {e}"));
+            Value::Null
+        });
+        ev.annotations = string_map(&doc["annotations"]);
+        if !rule.labels.is_empty() {
+            if let Some(children) = doc["manifests"].as_array() {
+                self.index_children_labels(r, children, &mut ev).await;
+            } else if !doc.is_null() {
+                match self.labels_of(r, &doc).await {
+                    Ok(labels) => ev.images.push(ImageEvidence {
+                        platform: None,
+                        labels,
+                    }),
+                    Err(e) => ev.errors.push(e),
+                }
+            }
+        }
+        if signatures == Signatures::Deferred {
+            ev.signatures_deferred = true;
+            return ev;
+        }
+        if let Some(sig) = &rule.signatures {
+            let keys: Vec<_> = sig
+                .keys
+                .iter()
+                .filter_map(|k| loaded.policy.keys.get(k).map(|pk| (k.clone(), pk.clone())))
+                .collect();
+            let scan = self.scan_signatures(r, &m.digest, &keys).await;
+            ev.signers = scan.signers;
+            ev.signature_notes = scan.notes;
+        }
+        self.state
+            .keep_evidence(repo, &m.digest, loaded.generation, &ev);
+        ev
+    }
+}

@@ -1,0 +1,220 @@
+//! Finding an image's cosign signatures at its upstream, wherever cosign
+//! puts them: the legacy `sha256-<hex>.sig` tag, OCI 1.1 referrers with
+//! cosign's sig artifactType, and Sigstore bundle v0.3 referrers (from the
+//! referrers API or the `sha256-<hex>` tag-schema index). Every candidate is
+//! verified with the rule's keys over the exact bytes fetched (and digest
+//! checked on the way in).
+
+use super::Gate;
+use crate::metrics::{Metrics, ResultLabels};
+use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
+use crate::oci::{Digest, Reference};
+use crate::trust::verify::{
+    verify_bundle, verify_simple_signing, SigError, COSIGN_SIG_ARTIFACT, SIGNATURE_ANNOTATION,
+    SIMPLE_SIGNING,
+};
+use crate::trust::{PublicKey, SigFormat};
+use crate::upstream::Route;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// At most this many referrers and signature layers are examined per image.
+const MAX_CANDIDATES: usize = 32;
+/// cosign's attachment cap is 128 MiB; signatures are tiny, 1 MiB is plenty.
+const MAX_SIGNATURE_BLOB: usize = 1024 * 1024;
+
+/// What the scan found.
+#[derive(Debug, Default, Clone)]
+pub struct SignatureScan {
+    /// Names of keys with a valid signature naming the digest.
+    pub signers: BTreeSet<String>,
+    /// Why other candidates did not count (`format: reason`).
+    pub notes: Vec<String>,
+}
+
+fn is_bundle_type(t: &str) -> bool {
+    t.starts_with("application/vnd.dev.sigstore.bundle")
+}
+
+impl SignatureScan {
+    fn record(
+        &mut self,
+        metrics: &Metrics,
+        format: SigFormat,
+        keys: &[(String, PublicKey)],
+        check: impl Fn(&PublicKey) -> Result<(), SigError>,
+    ) {
+        let mut first_err = None;
+        let mut any = false;
+        for (name, key) in keys {
+            match check(key) {
+                Ok(()) => {
+                    self.signers.insert(name.clone());
+                    any = true;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let result = if any { "valid" } else { "invalid" };
+        metrics
+            .signature_verifications
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if !any {
+            let why = match first_err {
+                Some(SigError::BadSignature) => {
+                    "signature by an unlisted key or corrupted".to_string()
+                }
+                Some(e) => e.to_string(),
+                None => "no key to check".into(),
+            };
+            self.notes.push(format!("{}: {why}", format.as_str()));
+        }
+    }
+
+    /// Simple-signing layers of a `.sig` or OCI 1.1 manifest.
+    async fn simple_signing_layers(
+        &mut self,
+        gate: &Gate,
+        r: &Route,
+        image: &Digest,
+        manifest: &Value,
+        format: SigFormat,
+        keys: &[(String, PublicKey)],
+    ) {
+        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        for l in layers.iter().take(MAX_CANDIDATES) {
+            if l["mediaType"] != SIMPLE_SIGNING {
+                continue;
+            }
+            let (Some(sig), Some(Ok(pd))) = (
+                l["annotations"][SIGNATURE_ANNOTATION].as_str(),
+                l["digest"].as_str().map(|d| d.parse::<Digest>()),
+            ) else {
+                self.notes.push(format!(
+                    "{}: layer without signature annotation or digest",
+                    format.as_str()
+                ));
+                continue;
+            };
+            match gate.registry.small_blob(r, &pd, MAX_SIGNATURE_BLOB).await {
+                Ok(payload) => self.record(&gate.metrics, format, keys, |k| {
+                    verify_simple_signing(&payload, sig, k, image)
+                }),
+                Err(e) => self
+                    .notes
+                    .push(format!("{}: payload {pd}: {e}", format.as_str())),
+            }
+        }
+    }
+}
+
+impl Gate {
+    /// Scan for signatures of `image` in the route's repository.
+    pub(super) async fn scan_signatures(
+        &self,
+        r: &Route,
+        image: &Digest,
+        keys: &[(String, PublicKey)],
+    ) -> SignatureScan {
+        let mut out = SignatureScan::default();
+        // 1. Legacy tag.
+        // Signers rewrite the `.sig` tag in place: always ask the upstream.
+        let sig_tag = format!("{}.sig", image.tag_schema());
+        match self
+            .registry
+            .manifest_fresh(r, &sig_tag, Some(OCI_MANIFEST))
+            .await
+        {
+            Ok(m) => match crate::oci::json::parse_strict(&m.bytes) {
+                Ok(v) => {
+                    out.simple_signing_layers(self, r, image, &v, SigFormat::Legacy, keys)
+                        .await
+                }
+                Err(e) => out.notes.push(format!("legacy: {sig_tag} is {e}")),
+            },
+            Err(e) if e.is_not_found() => {}
+            Err(e) => out.notes.push(format!("legacy: {e}")),
+        }
+        // 2. Referrers (API or tag schema).
+        let index = match self.registry.referrers(r, image, None).await {
+            Ok(refs) => crate::oci::json::parse_strict(&refs.index).unwrap_or(Value::Null),
+            Err(e) => {
+                out.notes.push(format!("referrers: {e}"));
+                Value::Null
+            }
+        };
+        let descs = index["manifests"].as_array().cloned().unwrap_or_default();
+        for d in descs.iter().take(MAX_CANDIDATES) {
+            let at = d["artifactType"].as_str().unwrap_or_default();
+            let format = if at == COSIGN_SIG_ARTIFACT {
+                SigFormat::Oci11
+            } else if is_bundle_type(at) {
+                SigFormat::Bundle
+            } else {
+                continue;
+            };
+            let Some(Ok(md)) = d["digest"].as_str().map(|x| x.parse::<Digest>()) else {
+                continue;
+            };
+            let reference = Reference::Digest(md.clone());
+            let m = match self
+                .registry
+                .manifest(r, &reference, Some(OCI_MANIFEST))
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    out.notes
+                        .push(format!("{}: referrer {md}: {e}", format.as_str()));
+                    continue;
+                }
+            };
+            let Ok(v) = crate::oci::json::parse_strict(&m.bytes) else {
+                out.notes.push(format!(
+                    "{}: referrer {md} is not acceptable JSON",
+                    format.as_str()
+                ));
+                continue;
+            };
+            if v["subject"]["digest"] != image.to_string().as_str() {
+                out.notes.push(format!(
+                    "{}: referrer {md} has another subject",
+                    format.as_str()
+                ));
+                continue;
+            }
+            match format {
+                SigFormat::Bundle => {
+                    let layer = v["layers"]
+                        .as_array()
+                        .and_then(|l| l.first())
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    let (true, Some(Ok(bd))) = (
+                        layer["mediaType"].as_str().is_some_and(is_bundle_type),
+                        layer["digest"].as_str().map(|x| x.parse::<Digest>()),
+                    ) else {
+                        out.notes
+                            .push(format!("bundle: referrer {md} has no bundle layer"));
+                        continue;
+                    };
+                    let max = MAX_SIGNATURE_BLOB.max(MAX_MANIFEST_BYTES);
+                    match self.registry.small_blob(r, &bd, max).await {
+                        Ok(bundle) => out.record(&self.metrics, format, keys, |k| {
+                            verify_bundle(&bundle, k, image)
+                        }),
+                        Err(e) => out.notes.push(format!("bundle: {bd}: {e}")),
+                    }
+                }
+                _ => {
+                    out.simple_signing_layers(self, r, image, &v, format, keys)
+                        .await
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,130 @@
+//! What the gate remembers between requests: evidence per (repository,
+//! digest), what admitted manifests opened in each repository, and the
+//! first digest seen for immutable tags (on disk, across restarts).
+//!
+//! Invariants: evidence and admissions carry the policy generation they were
+//! made under, so a reload re-decides everything; admissions are per
+//! canonical repository.
+
+use crate::cache::TagStore;
+use crate::oci::Digest;
+use crate::policy::{Evidence, Rule};
+use dashmap::DashMap;
+use std::time::{Duration, Instant};
+
+/// How long evidence that lacks signatures is reused: long enough for a
+/// client's HEAD-then-GET pair, short enough that a signature pushed
+/// straight to the upstream counts on the next request.
+pub const INCOMPLETE_EVIDENCE_WINDOW: Duration = Duration::from_secs(1);
+
+/// What an admission opens in a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Referenced by an admitted manifest: served like any blob (and, for a
+    /// child manifest, admitted without a decision of its own).
+    Full,
+    /// Referenced by a signature artifact: served only while it is small.
+    SignaturePayload,
+}
+
+struct CachedEvidence {
+    generation: u64,
+    at: Instant,
+    evidence: Evidence,
+}
+
+/// Decisions remembered between requests.
+pub struct GateState {
+    evidence: DashMap<(String, Digest), CachedEvidence>,
+    /// (repository, blob or child manifest digest) → (policy generation, permit).
+    admitted: DashMap<(String, Digest), (u64, Permit)>,
+    /// First digest seen for tags under immutable rules; survives restarts.
+    seen_tags: TagStore,
+}
+
+impl GateState {
+    pub fn open(dir: std::path::PathBuf) -> std::io::Result<GateState> {
+        Ok(GateState {
+            evidence: DashMap::new(),
+            admitted: DashMap::new(),
+            seen_tags: TagStore::open(dir)?,
+        })
+    }
+
+    /// The first digest seen for `tag` under an immutable rule.
+    pub fn seen_tag(&self, repo: &str, tag: &str) -> Option<Digest> {
+        self.seen_tags.get(repo, tag).map(|e| e.digest)
+    }
+
+    /// Record `tag → d` as the first digest seen (once; later calls keep
+    /// the first).
+    pub fn remember_tag(&self, repo: &str, tag: &str, d: &Digest, media_type: &str) {
+        if self.seen_tags.get(repo, tag).is_none() {
+            if let Err(e) = self.seen_tags.confirm(repo, tag, d, media_type) {
+                tracing::error!(error = %e, "cannot record tag {tag} of {repo} as seen");
+            }
+        }
+    }
+
+    /// Evidence about `d` in `repo` still good for `rule` under `generation`.
+    /// Evidence that lacks signatures is not an answer for long: a signature
+    /// may have been pushed to the upstream since.
+    pub fn evidence(
+        &self,
+        repo: &str,
+        d: &Digest,
+        rule: &Rule,
+        generation: u64,
+    ) -> Option<Evidence> {
+        let c = self.evidence.get(&(repo.to_string(), d.clone()))?;
+        let complete = rule.signatures.as_ref().is_none_or(|s| {
+            s.keys
+                .iter()
+                .filter(|k| c.evidence.signers.contains(*k))
+                .count()
+                >= s.min
+        });
+        let fresh = complete || c.at.elapsed() < INCOMPLETE_EVIDENCE_WINDOW;
+        (c.generation == generation && fresh).then(|| c.evidence.clone())
+    }
+
+    /// Remember the evidence gathered about `d` in `repo`.
+    pub fn keep_evidence(&self, repo: &str, d: &Digest, generation: u64, evidence: &Evidence) {
+        self.evidence.insert(
+            (repo.to_string(), d.clone()),
+            CachedEvidence {
+                generation,
+                at: Instant::now(),
+                evidence: evidence.clone(),
+            },
+        );
+    }
+
+    /// A signature for `d` arrived: decide it afresh next time.
+    pub fn forget_evidence(&self, repo: &str, d: &Digest) {
+        self.evidence.remove(&(repo.to_string(), d.clone()));
+    }
+
+    /// Open `d` in `repo` under `generation`. A full admission is never
+    /// narrowed by a signature's reference.
+    pub fn admit(&self, repo: &str, d: &Digest, generation: u64, permit: Permit) {
+        let key = (repo.to_string(), d.clone());
+        if permit == Permit::SignaturePayload
+            && self
+                .admitted
+                .get(&key)
+                .is_some_and(|e| e.0 == generation && e.1 == Permit::Full)
+        {
+            return;
+        }
+        self.admitted.insert(key, (generation, permit));
+    }
+
+    /// What is open for `d` in `repo` under `generation`.
+    pub fn permit(&self, repo: &str, d: &Digest, generation: u64) -> Option<Permit> {
+        self.admitted
+            .get(&(repo.to_string(), d.clone()))
+            .filter(|e| e.0 == generation)
+            .map(|e| e.1)
+    }
+}
