@@ -39,6 +39,8 @@ pub struct BlobStore {
     recreated: Option<prometheus_client::metrics::counter::Counter>,
     /// The lock file while this process owns the cache.
     lock: std::sync::Mutex<Option<File>>,
+    /// One eviction at a time: concurrent commits must not each evict.
+    evicting: std::sync::Mutex<()>,
 }
 
 /// Directories of the layout under the root.
@@ -87,6 +89,7 @@ impl BlobStore {
             evictions: None,
             recreated: None,
             lock: std::sync::Mutex::new(None),
+            evicting: std::sync::Mutex::new(()),
         };
         // Order the existing entries by modification time so LRU survives a
         // restart approximately.
@@ -271,9 +274,14 @@ impl BlobStore {
         }
     }
 
-    fn forget(&self, d: &Digest) {
-        if let Some((_, e)) = self.index.remove(d) {
-            self.total.fetch_sub(e.size, Ordering::Relaxed);
+    /// Drop `d` from the index; whether it was there.
+    fn forget(&self, d: &Digest) -> bool {
+        match self.index.remove(d) {
+            Some((_, e)) => {
+                self.total.fetch_sub(e.size, Ordering::Relaxed);
+                true
+            }
+            None => false,
         }
     }
 
@@ -351,6 +359,7 @@ impl BlobStore {
         if self.total_bytes() <= bound {
             return (0, 0);
         }
+        let _one_at_a_time = self.evicting.lock();
         let mut all: Vec<(u64, Digest, u64)> = self
             .index
             .iter()
@@ -362,11 +371,13 @@ impl BlobStore {
             if self.total_bytes() <= bound {
                 break;
             }
-            let _ = fs::remove_file(self.blob_path(&d));
-            let _ = fs::remove_file(self.meta_path(&d));
-            self.forget(&d);
-            n += 1;
-            bytes += size;
+            // Counted only when this call removed it.
+            if self.forget(&d) {
+                let _ = fs::remove_file(self.blob_path(&d));
+                let _ = fs::remove_file(self.meta_path(&d));
+                n += 1;
+                bytes += size;
+            }
         }
         if let Some(c) = &self.evictions {
             c.inc_by(n);

@@ -97,16 +97,21 @@ fn err(status: StatusCode, code: ErrorCode, m: impl Into<String>) -> OciError {
     OciError::new(status, code, m)
 }
 
+/// One upstream request of an upload.
+pub struct Step {
+    pub kind: UploadStep,
+    pub method: Method,
+    pub url: Url,
+    pub headers: HeaderMap,
+}
+
 /// Send `client`'s body upstream as one upload step while it flows. With
 /// `check`, the step completes the blob and its last frame goes only if the
 /// whole upload hashes to `check`. Returns the next Location (chunks), the
 /// hasher over everything so far, and the bytes this step carried.
 pub async fn stream_step(
     r: &Route,
-    step: UploadStep,
-    method: Method,
-    url: Url,
-    headers: HeaderMap,
+    step: Step,
     client: Incoming,
     hasher: Sha256Hasher,
     check: Option<&Digest>,
@@ -118,8 +123,9 @@ pub async fn stream_step(
     let fw = forward(client, hasher, hold, r.upstream.idle_timeout());
     let route = r.clone();
     let body = UploadBody::Stream(fw.body);
-    let task =
-        tokio::spawn(async move { upload_step(&route, step, method, url, headers, body).await });
+    let task = tokio::spawn(async move {
+        upload_step(&route, step.kind, step.method, step.url, step.headers, body).await
+    });
     let joined =
         |e: tokio::task::JoinError| err(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, e.to_string());
     let (hasher, n) = match fw.done.await {

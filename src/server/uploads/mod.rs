@@ -242,17 +242,13 @@ pub async fn patch(
     }
     let h = chunk_headers(len, g.offset, true);
     let url = g.upstream_url.clone();
-    let sent = forward::stream_step(
-        &g.route,
-        UploadStep::Chunk,
-        Method::PATCH,
+    let step = forward::Step {
+        kind: UploadStep::Chunk,
+        method: Method::PATCH,
         url,
-        h,
-        req.into_body(),
-        g.hasher.clone(),
-        None,
-    )
-    .await;
+        headers: h,
+    };
+    let sent = forward::stream_step(&g.route, step, req.into_body(), g.hasher.clone(), None).await;
     let (next, hasher, n) = match sent {
         Ok(x) => x,
         Err(e) => {
@@ -349,17 +345,13 @@ async fn finish(
     } else {
         // A final chunk after earlier ones says where it goes.
         let h = chunk_headers(len, s.offset, s.offset > 0);
-        let sent = forward::stream_step(
-            r,
-            UploadStep::Finish,
-            Method::PUT,
+        let step = forward::Step {
+            kind: UploadStep::Finish,
+            method: Method::PUT,
             url,
-            h,
-            req.into_body(),
-            s.hasher.clone(),
-            Some(d),
-        )
-        .await;
+            headers: h,
+        };
+        let sent = forward::stream_step(r, step, req.into_body(), s.hasher.clone(), Some(d)).await;
         if sent.is_err() {
             cancel_upload(r, s.upstream_url.clone()).await;
         }
