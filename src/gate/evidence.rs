@@ -4,8 +4,8 @@
 //! [`crate::oci::json`]); a problem reading one is evidence too (a reason to
 //! deny), never a silent pass.
 
+use super::core::Gate;
 use super::exempt::is_signature_manifest;
-use super::Gate;
 use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
 use crate::oci::{json, Digest, Manifest, Reference};
 use crate::policy::{Evidence, ImageEvidence, LoadedPolicy, Rule};

@@ -3,10 +3,10 @@
 //! handed back as an [`Admitted`]; a blob request gets a [`BlobPermit`] only
 //! when an admission opened that blob in its repository.
 
+use super::core::{immutable_tags, Action, Decided, Gate, GateError, Requester};
 use super::evidence::{Freshness, Signatures};
 use super::exempt::{exemption_of, schema_tag, Exemption};
 use super::state::Permit;
-use super::{immutable_tags, Action, Decided, Gate, GateError, Requester};
 use crate::oci::media::{accepts, ManifestSummary};
 use crate::oci::{json, Digest, Manifest, Reference};
 use crate::policy::eval::evaluate;

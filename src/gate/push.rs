@@ -4,9 +4,9 @@
 //! by digest or on the cosign tag of the image it signs. Deletions are
 //! refused where releases are immutable. Every decision is audited.
 
+use super::core::{immutable_tags, Action, Decided, Gate, GateError, Requester};
 use super::evidence::{Freshness, Signatures};
 use super::exempt::{exemption_of, schema_tag, Exemption};
-use super::{immutable_tags, Action, Decided, Gate, GateError, Requester};
 use crate::oci::media::ManifestSummary;
 use crate::oci::{Digest, Manifest, Reference};
 use crate::policy::eval::evaluate;

@@ -5,7 +5,7 @@
 //! verified with the rule's keys over the exact bytes fetched (and digest
 //! checked on the way in).
 
-use super::Gate;
+use super::core::Gate;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
 use crate::oci::{Digest, Reference};

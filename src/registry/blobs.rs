@@ -3,7 +3,8 @@
 //! [`crate::cache::flight`]); small blobs (configs, signature payloads) read
 //! whole and verified.
 
-use super::{failure, read_body, BadContent, Object, Registry, RegistryError};
+use super::core::Registry;
+use super::error::{failure, read_body, BadContent, Object, RegistryError};
 use crate::cache::flight::{self, Download, Leader};
 use crate::cache::{FeedMode, FetchError, FetchState, Held, Joined};
 use crate::oci::{Digest, RepoName};

@@ -2,7 +2,8 @@
 //! and the referrers of a digest (the referrers API, else the `sha256-<hex>`
 //! tag-schema index, else an empty index).
 
-use super::{failure, read_body, BadContent, Object, Registry, RegistryError};
+use super::core::Registry;
+use super::error::{failure, read_body, BadContent, Object, RegistryError};
 use crate::oci::media::{ManifestSummary, MAX_MANIFEST_BYTES, OCI_INDEX};
 use crate::oci::Digest;
 use crate::upstream::Route;

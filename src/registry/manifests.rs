@@ -3,7 +3,8 @@
 //! `tag_ttl`, then revalidated with a HEAD; with the upstream down, a tag
 //! resolves to its last known digest.
 
-use super::{failure, read_body, BadContent, Object, Registry, RegistryError, DIGEST_HEADER};
+use super::core::Registry;
+use super::error::{failure, read_body, BadContent, Object, RegistryError, DIGEST_HEADER};
 use crate::cache::Held;
 use crate::metrics::UpstreamLabels;
 use crate::oci::media::{self, content_type_for, DEFAULT_MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};

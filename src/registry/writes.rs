@@ -3,7 +3,8 @@
 //! upstream confirms), existence checks and deletions. The policy has
 //! decided before any of this is called.
 
-use super::{failure, Object, Registry, RegistryError};
+use super::core::Registry;
+use super::error::{failure, Object, RegistryError};
 use crate::cache::Held;
 use crate::oci::media::DEFAULT_MANIFEST_ACCEPT;
 use crate::oci::{Digest, Manifest, Reference, RepoName};

@@ -2,8 +2,8 @@
 //! answers) and `/readyz` (the client listener is accepting, has a free
 //! connection slot, and the cache directory is usable).
 
+use super::app::App;
 use super::body::{full, RespBody};
-use super::App;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;

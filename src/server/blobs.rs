@@ -2,9 +2,8 @@
 //! Range from verified blobs), HEAD (existence and size for pushing
 //! clients) and DELETE.
 
-use super::body::{empty, error_response, full, stream, RespBody};
-use super::dispatch::Ctx;
-use super::manifests::{accepted, digest_headers};
+use super::body::{accepted, digest_headers, empty, error_response, full, stream, RespBody};
+use super::ctx::Ctx;
 use crate::cache::flight;
 use crate::cache::Joined;
 use crate::gate::BlobRead;

@@ -1,11 +1,12 @@
 //! Response bodies, the headers every answer carries, and the one OCI error
 //! response every failure becomes.
 
-use crate::oci::OciError;
+use crate::oci::{Digest, OciError};
 use crate::upstream::client::BoxError;
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
-use http::{HeaderValue, Response, StatusCode};
+use http::header::{CONTENT_LENGTH, ETAG};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
@@ -36,6 +37,23 @@ pub fn set_header(h: &mut http::HeaderMap, k: &'static str, v: &str) {
     if let Ok(v) = HeaderValue::from_str(v) {
         h.insert(k, v);
     }
+}
+
+/// `Docker-Content-Digest` and `ETag` for `d`.
+pub fn digest_headers(h: &mut HeaderMap, d: &Digest) {
+    set_header(h, "docker-content-digest", &d.to_string());
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{d}\"")) {
+        h.insert(ETAG, v);
+    }
+}
+
+/// 202 with no body.
+pub fn accepted() -> Response<RespBody> {
+    let mut out = Response::new(empty());
+    *out.status_mut() = StatusCode::ACCEPTED;
+    out.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(0));
+    out
 }
 
 /// An OCI error response.

@@ -3,13 +3,13 @@
 //! response, count it. Every failure goes through one place
 //! ([`super::body::error_response`] over `crate::error`'s mapping).
 
+use super::app::App;
 use super::body::{empty, error_response, full, RespBody, API_VERSION};
+use super::ctx::{method_not_allowed, Ctx};
 use super::router::{self, Endpoint};
-use super::{auth, blobs, conn, listing, manifests, uploads, App};
-use crate::gate::Requester;
+use super::{auth, blobs, conn, listing, manifests, uploads};
 use crate::metrics::{EndpointLabels, RequestLabels};
-use crate::oci::{ErrorCode, OciError, RepoName};
-use crate::upstream::Route;
+use crate::oci::{ErrorCode, OciError};
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -18,47 +18,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What every handler knows about its request besides the body.
-pub struct Ctx<'a> {
-    pub app: &'a Arc<App>,
-    pub peer: SocketAddr,
-    pub user: Option<String>,
-    pub query: Option<String>,
-    client: String,
-}
-
-impl Ctx<'_> {
-    /// Query parameter `key`, percent-decoded.
-    pub fn param(&self, key: &str) -> Option<String> {
-        url::form_urlencoded::parse(self.query.as_deref()?.as_bytes())
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
-    }
-
-    /// Which upstream serves `name` (`?ns=` first).
-    pub fn route(&self, name: &RepoName) -> Result<Route, OciError> {
-        let ns = self.param("ns");
-        Ok(self.app.router.route(name, ns.as_deref())?)
-    }
-
-    /// Who asked, for the audit log.
-    pub fn who(&self) -> Requester<'_> {
-        Requester {
-            client: &self.client,
-            user: self.user.as_deref(),
-        }
-    }
-}
-
-/// 405 for methods an endpoint does not serve.
-pub fn method_not_allowed(method: &Method, what: &str) -> OciError {
-    OciError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::Unsupported,
-        format!("{method} is not supported on {what}"),
-    )
-}
 
 /// Answer one client request.
 pub async fn handle(

@@ -3,7 +3,8 @@
 //! idle watchdog, and a graceful shutdown that lets requests and downloads
 //! in flight finish (at most 30 s).
 
-use super::{admin, conn, dispatch, App, StartError};
+use super::app::{App, StartError};
+use super::{admin, conn, dispatch};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;

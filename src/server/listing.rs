@@ -2,7 +2,7 @@
 //! point at modelgate) and `/v2/<name>/referrers/<digest>`.
 
 use super::body::{full, RespBody};
-use super::dispatch::Ctx;
+use super::ctx::Ctx;
 use crate::oci::media::OCI_INDEX;
 use crate::oci::{Digest, OciError, RepoName};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK};

@@ -1,16 +1,16 @@
 //! `/v2/<name>/manifests/<reference>`: GET and HEAD (through the gate), PUT
 //! (validated here, decided by the gate, then forwarded) and DELETE.
 
-use super::body::{empty, full, set_header, RespBody};
-use super::dispatch::Ctx;
+use super::body::{accepted, digest_headers, empty, full, set_header, RespBody};
+use super::ctx::Ctx;
 use crate::cache::Held;
 use crate::gate::Admitted;
 use crate::oci::media::{self, ManifestSummary, MAX_MANIFEST_BYTES};
 use crate::oci::{json, Digest, ErrorCode, Manifest, OciError, Reference, RepoName};
 use crate::registry::Deletion;
 use crate::upstream::Route;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -20,14 +20,6 @@ const PUSHABLE: [&str; 4] = [
     media::DOCKER_MANIFEST,
     media::DOCKER_LIST,
 ];
-
-/// `Docker-Content-Digest` and `ETag` for `d`.
-pub fn digest_headers(h: &mut HeaderMap, d: &Digest) {
-    set_header(h, "docker-content-digest", &d.to_string());
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{d}\"")) {
-        h.insert(ETAG, v);
-    }
-}
 
 /// The response for an admitted manifest: exactly the bytes decided.
 fn manifest_response(admitted: &Admitted) -> Response<RespBody> {
@@ -242,13 +234,4 @@ pub async fn delete(
     ctx.app.gate().decide_delete(&r, &what, &ctx.who())?;
     ctx.app.registry().delete(&r, &what).await?;
     Ok(accepted())
-}
-
-/// 202 with no body.
-pub fn accepted() -> Response<RespBody> {
-    let mut out = Response::new(empty());
-    *out.status_mut() = StatusCode::ACCEPTED;
-    out.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(0));
-    out
 }

@@ -6,10 +6,12 @@
 //! [`body::error_response`] (docs/ARCHITECTURE.md).
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod blobs;
 pub mod body;
 pub mod conn;
+pub mod ctx;
 pub mod dispatch;
 pub mod listener;
 pub mod listing;
@@ -17,118 +19,5 @@ pub mod manifests;
 pub mod router;
 pub mod uploads;
 
+pub use app::{App, StartError};
 pub use listener::{run, tls_acceptor};
-
-use crate::config::Config;
-use crate::gate::{Gate, GateOpenError};
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::upstream::{Router, Upstream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-/// Everything a request handler needs.
-pub struct App {
-    config: Config,
-    router: Router,
-    registry: Arc<Registry>,
-    gate: Gate,
-    metrics: Arc<Metrics>,
-    ready: AtomicBool,
-    uploads: uploads::Uploads,
-    htpasswd: Option<auth::Htpasswd>,
-    conns: Arc<conn::ConnLimits>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cache directory {0}: {1}")]
-    Cache(String, std::io::Error),
-    #[error(transparent)]
-    Upstream(#[from] crate::upstream::UpstreamError),
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error(transparent)]
-    Gate(#[from] GateOpenError),
-    #[error("{0}")]
-    Auth(String),
-}
-
-impl App {
-    pub fn new(config: Config) -> Result<Arc<App>, StartError> {
-        let metrics = Arc::new(Metrics::new());
-        let registry = Registry::open(&config, metrics.clone())
-            .map_err(|e| StartError::Cache(config.cache_dir.display().to_string(), e))?;
-        let registry = Arc::new(registry);
-        let mut ups = Vec::new();
-        for u in &config.upstreams {
-            ups.push((Arc::new(Upstream::new(u, metrics.clone())?), u.default));
-        }
-        let gate = Gate::open(&config, registry.clone(), metrics.clone())?;
-        let htpasswd = config
-            .htpasswd
-            .as_deref()
-            .map(auth::Htpasswd::load)
-            .transpose()
-            .map_err(StartError::Auth)?
-            .map(|h| h.with_failure_limit(config.auth_failures_per_minute));
-        Ok(Arc::new(App {
-            uploads: uploads::Uploads::new(
-                config.max_uploads,
-                config.max_uploads_per_client,
-                config.upload_timeout,
-                metrics.clone(),
-            ),
-            htpasswd,
-            gate,
-            router: Router::new(ups),
-            registry,
-            conns: conn::ConnLimits::new(config.max_connections, config.max_connections_per_client),
-            metrics,
-            ready: AtomicBool::new(false),
-            config,
-        }))
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Which upstream serves a repository name.
-    pub fn router(&self) -> &Router {
-        &self.router
-    }
-
-    /// Content from the cache or the upstreams.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
-    /// The policy decisions.
-    pub fn gate(&self) -> &Gate {
-        &self.gate
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Upload sessions in progress.
-    pub fn uploads(&self) -> &uploads::Uploads {
-        &self.uploads
-    }
-
-    /// Client connection limits.
-    pub fn conns(&self) -> &Arc<conn::ConnLimits> {
-        &self.conns
-    }
-
-    /// Whether the client listener is accepting.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-
-    fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-}

@@ -9,7 +9,7 @@ pub mod sessions;
 pub use sessions::{UploadSession, Uploads};
 
 use super::body::{empty, error_response, set_header, RespBody};
-use super::dispatch::Ctx;
+use super::ctx::Ctx;
 use crate::gate::BlobAccess;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName, Sha256Hasher};
 use crate::registry::writes::{

@@ -1,0 +1,154 @@
+//! The gate itself: its parts (registry below it, remembered decisions,
+//! the policy in force, the audit log), its errors, and how a decision is
+//! recorded.
+
+use super::state::GateState;
+use crate::audit::{now_rfc3339, AuditLog, AuditRecord};
+use crate::config::Config;
+use crate::metrics::{DecisionLabels, Metrics};
+use crate::oci::Digest;
+use crate::policy::{LoadedPolicy, PolicyDecision, PolicyError, PolicyHolder, Rule};
+use crate::registry::{Registry, RegistryError};
+use crate::upstream::Route;
+use std::sync::Arc;
+
+/// Errors of the gate layer.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// Occurs when the policy denies the request; the message names the rule
+    /// and every failed requirement.
+    #[error("{0}")]
+    Denied(String),
+    /// Occurs when content needed for the decision (or to be served) could
+    /// not be had.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Why the gate could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GateOpenError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("audit log {0}: {1}")]
+    Audit(String, std::io::Error),
+    #[error("tag memory in {0}: {1}")]
+    State(String, std::io::Error),
+}
+
+/// Who asked, for the audit log.
+pub struct Requester<'a> {
+    pub client: &'a str,
+    pub user: Option<&'a str>,
+}
+
+/// What an audited decision is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// One decision, as recorded.
+pub struct Decided<'a> {
+    pub action: Action,
+    pub route: &'a Route,
+    pub reference: &'a str,
+    /// None when the request was refused before any content was fetched.
+    pub digest: Option<&'a Digest>,
+    pub decision: &'a PolicyDecision,
+    /// What the audit log gives as reasons (the failed requirements, or
+    /// why no decision was needed).
+    pub reasons: Vec<String>,
+}
+
+/// Policy decisions over the content the registry layer provides.
+pub struct Gate {
+    pub(super) registry: Arc<Registry>,
+    pub(super) state: GateState,
+    pub(super) policy: Arc<PolicyHolder>,
+    pub(super) audit: AuditLog,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+/// Whether `rule` makes tags immutable.
+pub fn immutable_tags(rule: Option<&Rule>) -> bool {
+    rule.and_then(|r| r.tags.as_ref())
+        .is_some_and(|t| t.immutable)
+}
+
+impl Gate {
+    /// The policy and audit log of `config`, over `registry`.
+    pub fn open(
+        config: &Config,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gate, GateOpenError> {
+        let policy = Arc::new(PolicyHolder::load(config.policy_file.clone())?);
+        let audit = AuditLog::open(&config.audit_path)
+            .map_err(|e| GateOpenError::Audit(config.audit_path.clone(), e))?;
+        let dir = config.cache_dir.join("seen-tags");
+        let state = GateState::open(dir.clone())
+            .map_err(|e| GateOpenError::State(dir.display().to_string(), e))?;
+        Ok(Gate {
+            registry,
+            state,
+            policy,
+            audit,
+            metrics,
+        })
+    }
+
+    /// The policy holder (for reloads).
+    pub fn policy(&self) -> &Arc<PolicyHolder> {
+        &self.policy
+    }
+
+    /// The content layer under the gate.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The first digest seen for an immutable tag.
+    pub fn seen_tag(&self, repo: &str, tag: &str) -> Option<Digest> {
+        self.state.seen_tag(repo, tag)
+    }
+
+    /// Count and log one decision.
+    pub fn record(&self, loaded: &LoadedPolicy, x: Decided<'_>, who: &Requester<'_>) {
+        let d = x.decision;
+        self.metrics
+            .policy_decisions
+            .get_or_create(&DecisionLabels {
+                action: x.action.as_str(),
+                decision: d.decision.as_str(),
+                rule: d.rule_label(),
+            })
+            .inc();
+        self.audit.record(&AuditRecord {
+            time: now_rfc3339(),
+            action: x.action.as_str(),
+            client: who.client.to_string(),
+            user: who.user.map(str::to_string),
+            upstream: x.route.upstream.name.clone(),
+            repository: x.route.canonical.clone(),
+            reference: x.reference.to_string(),
+            digest: x.digest.map(Digest::to_string).unwrap_or_default(),
+            decision: d.decision.as_str(),
+            rule: d.rule.clone(),
+            reasons: x.reasons,
+            policy_sha256: loaded.sha256.clone(),
+        });
+    }
+}
