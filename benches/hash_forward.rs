@@ -9,8 +9,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use futures_util::stream;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
-use modelgate::cache::flight::{Download, FetchState};
+use modelgate::cache::download::Download;
 use modelgate::cache::BlobStore;
+use modelgate::cache::FetchState;
 use modelgate::metrics::Metrics;
 use modelgate::oci::{Digest, Sha256Hasher};
 use sha2::Digest as _;

@@ -263,6 +263,124 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{s:?} is not a size ({e}); write e.g. \"20GiB\""))
 }
 
+/// One `[[upstreams]]` entry, checked against the ones before it.
+fn parse_upstream(
+    u: &RawUpstream,
+    earlier: &[UpstreamConfig],
+) -> Result<UpstreamConfig, ConfigError> {
+    let url = url::Url::parse(&u.url).map_err(|e| {
+        ConfigError::Invalid(format!("upstream {:?}: url {:?}: {e}", u.name, u.url))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "upstream {:?}: url {:?} must be http:// or https:// with a host",
+            u.name, u.url
+        )));
+    }
+    if u.name.is_empty() || u.name.contains('/') || u.name.chars().any(char::is_whitespace) {
+        return Err(ConfigError::Invalid(format!(
+            "upstream name {:?} must be a host name like \"docker.io\" (no '/')",
+            u.name
+        )));
+    }
+    if let Some(twin) = earlier.iter().find(|x| same_registry(&x.url, &url)) {
+        return Err(ConfigError::Invalid(format!(
+            "upstreams {:?} and {:?} have the same url {:?}: one repository would have two canonical names and a policy rule would govern only one of them; keep one upstream per registry",
+            twin.name, u.name, u.url
+        )));
+    }
+    if earlier.iter().any(|x| x.name == u.name) {
+        return Err(ConfigError::Invalid(format!(
+            "upstream {:?} is listed twice",
+            u.name
+        )));
+    }
+    let password = match (&u.password, &u.password_env) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "upstream {:?}: password_env {var:?} is not set in the environment",
+                u.name
+            ))
+        })?),
+        (None, None) => None,
+    };
+    if password.is_some() && u.username.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "upstream {:?}: a password needs a username",
+            u.name
+        )));
+    }
+    Ok(UpstreamConfig {
+        name: u.name.clone(),
+        url,
+        default: u.default,
+        username: u.username.clone(),
+        password,
+        ca_cert: u.ca_cert.clone(),
+        connect_timeout: duration(
+            "connect_timeout",
+            u.connect_timeout.as_deref().unwrap_or("10s"),
+        )?,
+        idle_timeout: duration("idle_timeout", u.idle_timeout.as_deref().unwrap_or("60s"))?,
+    })
+}
+
+/// Every `[[upstreams]]` entry: at least one, at most one default.
+fn parse_upstreams(raw: &[RawUpstream]) -> Result<Vec<UpstreamConfig>, ConfigError> {
+    let mut upstreams = Vec::new();
+    for u in raw {
+        let parsed = parse_upstream(u, &upstreams)?;
+        upstreams.push(parsed);
+    }
+    if upstreams.is_empty() {
+        return Err(ConfigError::Invalid(
+            "no [[upstreams]]: name at least one registry to proxy".into(),
+        ));
+    }
+    if upstreams.iter().filter(|u| u.default).count() > 1 {
+        return Err(ConfigError::Invalid(
+            "more than one upstream has default = true".into(),
+        ));
+    }
+    Ok(upstreams)
+}
+
+/// `tls_cert` and `tls_key`, both or neither.
+fn tls_of(s: &RawServer) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::Invalid(
+            "server.tls_cert and server.tls_key must be set together".into(),
+        )),
+    }
+}
+
+/// `log_format`: whether logs are JSON.
+fn log_json_of(s: &RawServer) -> Result<bool, ConfigError> {
+    match s.log_format.as_str() {
+        "json" => Ok(true),
+        "text" => Ok(false),
+        other => Err(ConfigError::Invalid(format!(
+            "server.log_format = {other:?}: use \"text\" or \"json\""
+        ))),
+    }
+}
+
+/// `cache.max_bytes` (more than zero).
+fn max_bytes_of(c: &RawCache) -> Result<u64, ConfigError> {
+    match parse_size(&c.max_bytes)
+        .map_err(|e| ConfigError::Invalid(format!("cache.max_bytes: {e}")))?
+    {
+        0 => Err(ConfigError::Invalid(format!(
+            "cache.max_bytes = {:?} leaves no room to cache anything; give a size like \"20GiB\"",
+            c.max_bytes
+        ))),
+        n => Ok(n),
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
@@ -284,102 +402,12 @@ impl Config {
             message: e.to_string(),
         })?;
         let s = &raw.server;
-        let tls = match (&s.tls_cert, &s.tls_key) {
-            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "server.tls_cert and server.tls_key must be set together".into(),
-                ))
-            }
-        };
-        let log_json = match s.log_format.as_str() {
-            "json" => true,
-            "text" => false,
-            other => {
-                return Err(ConfigError::Invalid(format!(
-                    "server.log_format = {other:?}: use \"text\" or \"json\""
-                )))
-            }
-        };
         if s.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "server.max_connections must be > 0".into(),
             ));
         }
-        let mut upstreams = Vec::new();
-        for u in &raw.upstreams {
-            let url = url::Url::parse(&u.url).map_err(|e| {
-                ConfigError::Invalid(format!("upstream {:?}: url {:?}: {e}", u.name, u.url))
-            })?;
-            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(ConfigError::Invalid(format!(
-                    "upstream {:?}: url {:?} must be http:// or https:// with a host",
-                    u.name, u.url
-                )));
-            }
-            if u.name.is_empty() || u.name.contains('/') || u.name.chars().any(char::is_whitespace)
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "upstream name {:?} must be a host name like \"docker.io\" (no '/')",
-                    u.name
-                )));
-            }
-            if let Some(twin) = upstreams
-                .iter()
-                .find(|x: &&UpstreamConfig| same_registry(&x.url, &url))
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "upstreams {:?} and {:?} have the same url {:?}: one repository would have two canonical names and a policy rule would govern only one of them; keep one upstream per registry",
-                    twin.name, u.name, u.url
-                )));
-            }
-            if upstreams.iter().any(|x: &UpstreamConfig| x.name == u.name) {
-                return Err(ConfigError::Invalid(format!(
-                    "upstream {:?} is listed twice",
-                    u.name
-                )));
-            }
-            let password = match (&u.password, &u.password_env) {
-                (Some(p), _) => Some(p.clone()),
-                (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
-                    ConfigError::Invalid(format!(
-                        "upstream {:?}: password_env {var:?} is not set in the environment",
-                        u.name
-                    ))
-                })?),
-                (None, None) => None,
-            };
-            if password.is_some() && u.username.is_none() {
-                return Err(ConfigError::Invalid(format!(
-                    "upstream {:?}: a password needs a username",
-                    u.name
-                )));
-            }
-            upstreams.push(UpstreamConfig {
-                name: u.name.clone(),
-                url,
-                default: u.default,
-                username: u.username.clone(),
-                password,
-                ca_cert: u.ca_cert.clone(),
-                connect_timeout: duration(
-                    "connect_timeout",
-                    u.connect_timeout.as_deref().unwrap_or("10s"),
-                )?,
-                idle_timeout: duration("idle_timeout", u.idle_timeout.as_deref().unwrap_or("60s"))?,
-            });
-        }
-        if upstreams.is_empty() {
-            return Err(ConfigError::Invalid(
-                "no [[upstreams]]: name at least one registry to proxy".into(),
-            ));
-        }
-        if upstreams.iter().filter(|u| u.default).count() > 1 {
-            return Err(ConfigError::Invalid(
-                "more than one upstream has default = true".into(),
-            ));
-        }
+        let upstreams = parse_upstreams(&raw.upstreams)?;
         Ok(Config {
             listen: addr("server.listen", &s.listen)?,
             admin_listen: s
@@ -387,11 +415,11 @@ impl Config {
                 .as_deref()
                 .map(|a| addr("server.admin_listen", a))
                 .transpose()?,
-            tls,
+            tls: tls_of(s)?,
             htpasswd: s.htpasswd.clone(),
             pull_auth: s.pull_auth,
             max_connections: s.max_connections,
-            log_json,
+            log_json: log_json_of(s)?,
             header_timeout: duration(
                 "server.header_timeout",
                 s.header_timeout.as_deref().unwrap_or("30s"),
@@ -416,17 +444,7 @@ impl Config {
             min_free_bytes: parse_size(&raw.cache.min_free_bytes)
                 .map_err(|e| ConfigError::Invalid(format!("cache.min_free_bytes: {e}")))?,
             cache_dir: raw.cache.dir.clone(),
-            max_bytes: match parse_size(&raw.cache.max_bytes)
-                .map_err(|e| ConfigError::Invalid(format!("cache.max_bytes: {e}")))?
-            {
-                0 => {
-                    return Err(ConfigError::Invalid(format!(
-                        "cache.max_bytes = {:?} leaves no room to cache anything; give a size like \"20GiB\"",
-                        raw.cache.max_bytes
-                    )))
-                }
-                n => n,
-            },
+            max_bytes: max_bytes_of(&raw.cache)?,
             tag_ttl: positive_duration("cache.tag_ttl", &raw.cache.tag_ttl)?,
             policy_file: raw.policy.file.clone(),
             policy_reload_interval: duration(

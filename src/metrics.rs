@@ -105,6 +105,17 @@ pub struct Metrics {
     pub uploads_refused: Family<ReasonLabels, Counter>,
 }
 
+/// Register `m` under `name` and hand it back.
+fn reg<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    m: M,
+) -> M {
+    r.register(name, help, m.clone());
+    m
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -113,131 +124,30 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("modelgate");
-        let m = Metrics {
-            http_requests: Family::default(),
-            http_duration: Family::new_with_constructor(request_histogram),
-            cache_requests: Family::default(),
-            bytes_served: Family::default(),
-            upstream_requests: Family::default(),
-            fetches_coalesced: Counter::default(),
-            digest_mismatches: Family::default(),
-            cache_bytes: Gauge::default(),
-            stale_served: Family::default(),
-            policy_decisions: Family::default(),
-            signature_verifications: Family::default(),
-            policy_reloads: Family::default(),
-            cache_evictions: Counter::default(),
-            auth_failures: Counter::default(),
-            connections_open: Gauge::default(),
-            connections_closed: Family::default(),
-            cache_write_failures: Family::default(),
-            cache_passthrough: Counter::default(),
-            cache_layout_recreated: Counter::default(),
-            uploads_refused: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "http_requests",
-            "Client requests by method, endpoint and status",
-            m.http_requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to answer a client request (headers; bodies stream afterwards)",
-            m.http_duration.clone(),
-        );
-        registry.register(
-            "cache_requests",
-            "Cache lookups by kind and result",
-            m.cache_requests.clone(),
-        );
-        registry.register(
-            "bytes_served",
-            "Body bytes sent to clients, by where they came from",
-            m.bytes_served.clone(),
-        );
-        registry.register(
-            "upstream_requests",
-            "Requests sent to upstream registries, by status",
-            m.upstream_requests.clone(),
-        );
-        registry.register(
-            "upstream_fetches_coalesced",
-            "Blob requests that joined a download already in flight",
-            m.fetches_coalesced.clone(),
-        );
-        registry.register(
-            "digest_mismatches",
-            "Upstream bodies whose SHA-256 did not match their digest",
-            m.digest_mismatches.clone(),
-        );
-        registry.register(
-            "cache_bytes",
-            "Bytes held in the content-addressed cache",
-            m.cache_bytes.clone(),
-        );
-        registry.register(
-            "stale_served",
-            "Answers served from the last known state because the upstream was unreachable",
-            m.stale_served.clone(),
-        );
-        registry.register(
-            "policy_decisions",
-            "Policy decisions",
-            m.policy_decisions.clone(),
-        );
-        registry.register(
-            "signature_verifications",
-            "Signature verifications by result",
-            m.signature_verifications.clone(),
-        );
-        registry.register(
-            "policy_reloads",
-            "Policy reloads by result",
-            m.policy_reloads.clone(),
-        );
-        registry.register(
-            "cache_evictions",
-            "Cache entries evicted to stay under max_bytes",
-            m.cache_evictions.clone(),
-        );
-        registry.register(
-            "auth_failures",
-            "Failed or throttled client logins",
-            m.auth_failures.clone(),
-        );
-        registry.register(
-            "connections_open",
-            "Client connections open now",
-            m.connections_open.clone(),
-        );
-        registry.register(
-            "connections_closed",
-            "Client connections modelgate closed, by reason (first_byte_timeout, idle, per_client_limit)",
-            m.connections_closed.clone(),
-        );
-        registry.register(
-            "cache_write_failures",
-            "Blobs that could not be written to the cache, by reason (no_space, io)",
-            m.cache_write_failures.clone(),
-        );
-        registry.register(
-            "cache_passthrough",
-            "Blobs served verified but not cached (they did not fit)",
-            m.cache_passthrough.clone(),
-        );
-        registry.register(
-            "cache_layout_recreated",
-            "Times the cache directory layout was found missing and made again",
-            m.cache_layout_recreated.clone(),
-        );
-        registry.register(
-            "uploads_refused",
-            "Upload sessions refused, by reason (limit, per_client)",
-            m.uploads_refused.clone(),
-        );
-        Metrics { registry, ..m }
+        let mut r = Registry::with_prefix("modelgate");
+        Metrics {
+            http_requests: reg(&mut r, "http_requests", "Client requests by method, endpoint and status", Family::default()),
+            http_duration: reg(&mut r, "http_request_duration_seconds", "Time to answer a client request (headers; bodies stream afterwards)", Family::new_with_constructor(request_histogram)),
+            cache_requests: reg(&mut r, "cache_requests", "Cache lookups by kind and result", Family::default()),
+            bytes_served: reg(&mut r, "bytes_served", "Body bytes sent to clients, by where they came from", Family::default()),
+            upstream_requests: reg(&mut r, "upstream_requests", "Requests sent to upstream registries, by status", Family::default()),
+            fetches_coalesced: reg(&mut r, "upstream_fetches_coalesced", "Blob requests that joined a download already in flight", Counter::default()),
+            digest_mismatches: reg(&mut r, "digest_mismatches", "Upstream bodies whose SHA-256 did not match their digest", Family::default()),
+            cache_bytes: reg(&mut r, "cache_bytes", "Bytes held in the content-addressed cache", Gauge::default()),
+            stale_served: reg(&mut r, "stale_served", "Answers served from the last known state because the upstream was unreachable", Family::default()),
+            policy_decisions: reg(&mut r, "policy_decisions", "Policy decisions", Family::default()),
+            signature_verifications: reg(&mut r, "signature_verifications", "Signature verifications by result", Family::default()),
+            policy_reloads: reg(&mut r, "policy_reloads", "Policy reloads by result", Family::default()),
+            cache_evictions: reg(&mut r, "cache_evictions", "Cache entries evicted to stay under max_bytes", Counter::default()),
+            auth_failures: reg(&mut r, "auth_failures", "Failed or throttled client logins", Counter::default()),
+            connections_open: reg(&mut r, "connections_open", "Client connections open now", Gauge::default()),
+            connections_closed: reg(&mut r, "connections_closed", "Client connections modelgate closed, by reason (first_byte_timeout, idle, per_client_limit)", Family::default()),
+            cache_write_failures: reg(&mut r, "cache_write_failures", "Blobs that could not be written to the cache, by reason (no_space, io)", Family::default()),
+            cache_passthrough: reg(&mut r, "cache_passthrough", "Blobs served verified but not cached (they did not fit)", Counter::default()),
+            cache_layout_recreated: reg(&mut r, "cache_layout_recreated", "Times the cache directory layout was found missing and made again", Counter::default()),
+            uploads_refused: reg(&mut r, "uploads_refused", "Upload sessions refused, by reason (limit, per_client)", Family::default()),
+            registry: r,
+        }
     }
 
     /// Prometheus text exposition.

@@ -111,8 +111,30 @@ impl SignatureScan {
     }
 }
 
+/// What a referrer descriptor points at, if it is a signature.
+fn signature_format(descriptor: &Value) -> Option<SigFormat> {
+    let at = descriptor["artifactType"].as_str().unwrap_or_default();
+    if at == COSIGN_SIG_ARTIFACT {
+        Some(SigFormat::Oci11)
+    } else if is_bundle_type(at) {
+        Some(SigFormat::Bundle)
+    } else {
+        None
+    }
+}
+
+/// The bundle blob a bundle referrer's first layer names.
+fn bundle_layer(referrer: &Value) -> Option<Digest> {
+    let layer = referrer["layers"].as_array()?.first()?;
+    if !layer["mediaType"].as_str().is_some_and(is_bundle_type) {
+        return None;
+    }
+    layer["digest"].as_str()?.parse().ok()
+}
+
 impl Gate {
-    /// Scan for signatures of `image` in the route's repository.
+    /// Scan for signatures of `image` in the route's repository: the legacy
+    /// tag, then the referrers (API or tag schema).
     pub(super) async fn scan_signatures(
         &self,
         r: &Route,
@@ -120,14 +142,43 @@ impl Gate {
         keys: &[(String, PublicKey)],
     ) -> SignatureScan {
         let mut out = SignatureScan::default();
-        // 1. Legacy tag.
-        // Signers rewrite the `.sig` tag in place: always ask the upstream.
+        self.legacy_signatures(r, image, keys, &mut out).await;
+        let index = match self.registry.referrers(r, image, None).await {
+            Ok(refs) => crate::oci::json::parse_strict(&refs.index).unwrap_or(Value::Null),
+            Err(e) => {
+                out.notes.push(format!("referrers: {e}"));
+                Value::Null
+            }
+        };
+        let descs = index["manifests"].as_array().cloned().unwrap_or_default();
+        for d in descs.iter().take(MAX_CANDIDATES) {
+            let Some(format) = signature_format(d) else {
+                continue;
+            };
+            let Some(Ok(md)) = d["digest"].as_str().map(|x| x.parse::<Digest>()) else {
+                continue;
+            };
+            self.referrer_signature(r, image, keys, format, &md, &mut out)
+                .await;
+        }
+        out
+    }
+
+    /// The legacy `sha256-<hex>.sig` tag. Signers rewrite it in place:
+    /// always ask the upstream.
+    async fn legacy_signatures(
+        &self,
+        r: &Route,
+        image: &Digest,
+        keys: &[(String, PublicKey)],
+        out: &mut SignatureScan,
+    ) {
         let sig_tag = format!("{}.sig", image.tag_schema());
-        match self
+        let found = self
             .registry
             .manifest_fresh(r, &sig_tag, Some(OCI_MANIFEST))
-            .await
-        {
+            .await;
+        match found {
             Ok(m) => match crate::oci::json::parse_strict(&m.bytes) {
                 Ok(v) => {
                     out.simple_signing_layers(self, r, image, &v, SigFormat::Legacy, keys)
@@ -138,83 +189,54 @@ impl Gate {
             Err(e) if e.is_not_found() => {}
             Err(e) => out.notes.push(format!("legacy: {e}")),
         }
-        // 2. Referrers (API or tag schema).
-        let index = match self.registry.referrers(r, image, None).await {
-            Ok(refs) => crate::oci::json::parse_strict(&refs.index).unwrap_or(Value::Null),
-            Err(e) => {
-                out.notes.push(format!("referrers: {e}"));
-                Value::Null
-            }
+    }
+
+    /// One referrer manifest `md` (OCI 1.1 simple signing or a bundle).
+    async fn referrer_signature(
+        &self,
+        r: &Route,
+        image: &Digest,
+        keys: &[(String, PublicKey)],
+        format: SigFormat,
+        md: &Digest,
+        out: &mut SignatureScan,
+    ) {
+        let f = format.as_str();
+        let reference = Reference::Digest(md.clone());
+        let m = match self
+            .registry
+            .manifest(r, &reference, Some(OCI_MANIFEST))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => return out.notes.push(format!("{f}: referrer {md}: {e}")),
         };
-        let descs = index["manifests"].as_array().cloned().unwrap_or_default();
-        for d in descs.iter().take(MAX_CANDIDATES) {
-            let at = d["artifactType"].as_str().unwrap_or_default();
-            let format = if at == COSIGN_SIG_ARTIFACT {
-                SigFormat::Oci11
-            } else if is_bundle_type(at) {
-                SigFormat::Bundle
-            } else {
-                continue;
-            };
-            let Some(Ok(md)) = d["digest"].as_str().map(|x| x.parse::<Digest>()) else {
-                continue;
-            };
-            let reference = Reference::Digest(md.clone());
-            let m = match self
-                .registry
-                .manifest(r, &reference, Some(OCI_MANIFEST))
-                .await
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    out.notes
-                        .push(format!("{}: referrer {md}: {e}", format.as_str()));
-                    continue;
-                }
-            };
-            let Ok(v) = crate::oci::json::parse_strict(&m.bytes) else {
-                out.notes.push(format!(
-                    "{}: referrer {md} is not acceptable JSON",
-                    format.as_str()
-                ));
-                continue;
-            };
-            if v["subject"]["digest"] != image.to_string().as_str() {
-                out.notes.push(format!(
-                    "{}: referrer {md} has another subject",
-                    format.as_str()
-                ));
-                continue;
-            }
-            match format {
-                SigFormat::Bundle => {
-                    let layer = v["layers"]
-                        .as_array()
-                        .and_then(|l| l.first())
-                        .cloned()
-                        .unwrap_or(Value::Null);
-                    let (true, Some(Ok(bd))) = (
-                        layer["mediaType"].as_str().is_some_and(is_bundle_type),
-                        layer["digest"].as_str().map(|x| x.parse::<Digest>()),
-                    ) else {
-                        out.notes
-                            .push(format!("bundle: referrer {md} has no bundle layer"));
-                        continue;
-                    };
-                    let max = MAX_SIGNATURE_BLOB.max(MAX_MANIFEST_BYTES);
-                    match self.registry.small_blob(r, &bd, max).await {
-                        Ok(bundle) => out.record(&self.metrics, format, keys, |k| {
-                            verify_bundle(&bundle, k, image)
-                        }),
-                        Err(e) => out.notes.push(format!("bundle: {bd}: {e}")),
-                    }
-                }
-                _ => {
-                    out.simple_signing_layers(self, r, image, &v, format, keys)
-                        .await
-                }
-            }
+        let Ok(v) = crate::oci::json::parse_strict(&m.bytes) else {
+            return out
+                .notes
+                .push(format!("{f}: referrer {md} is not acceptable JSON"));
+        };
+        if v["subject"]["digest"] != image.to_string().as_str() {
+            return out
+                .notes
+                .push(format!("{f}: referrer {md} has another subject"));
         }
-        out
+        if format != SigFormat::Bundle {
+            return out
+                .simple_signing_layers(self, r, image, &v, format, keys)
+                .await;
+        }
+        let Some(bd) = bundle_layer(&v) else {
+            return out
+                .notes
+                .push(format!("bundle: referrer {md} has no bundle layer"));
+        };
+        let max = MAX_SIGNATURE_BLOB.max(MAX_MANIFEST_BYTES);
+        match self.registry.small_blob(r, &bd, max).await {
+            Ok(bundle) => out.record(&self.metrics, format, keys, |k| {
+                verify_bundle(&bundle, k, image)
+            }),
+            Err(e) => out.notes.push(format!("bundle: {bd}: {e}")),
+        }
     }
 }

@@ -5,7 +5,8 @@
 
 use super::core::Registry;
 use super::error::{failure, read_body, BadContent, Object, RegistryError};
-use crate::cache::flight::{self, Download, Leader};
+use crate::cache::download::{Download, Leader};
+use crate::cache::flight;
 use crate::cache::{FeedMode, FetchError, FetchState, Held, Joined};
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{Route, Upstream, UpstreamError};

@@ -4,7 +4,7 @@
 
 use super::body::{accepted, digest_headers, empty, error_response, full, stream, RespBody};
 use super::ctx::Ctx;
-use crate::cache::flight;
+use crate::cache::reader;
 use crate::cache::Joined;
 use crate::gate::BlobRead;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
@@ -84,7 +84,7 @@ fn serve_file(
         }
     };
     let metrics = ctx.app.metrics().clone();
-    let mut r = Response::new(stream(flight::stream_file(file, start, end, metrics)));
+    let mut r = Response::new(stream(reader::stream_file(file, start, end, metrics)));
     *r.status_mut() = status;
     blob_headers(r.headers_mut(), d, Some(end - start));
     if status == StatusCode::PARTIAL_CONTENT {
@@ -128,9 +128,9 @@ pub async fn get(
         }
         BlobRead::Body(BlobBody::Flight { joined, size }) => {
             let body = match joined {
-                Joined::Leader(Some(feed), rx) => stream(flight::stream_leader(feed, rx, metrics)),
+                Joined::Leader(Some(feed), rx) => stream(reader::stream_leader(feed, rx, metrics)),
                 Joined::Leader(None, rx) | Joined::Follower(rx) => {
-                    stream(flight::stream_flight(rx, metrics))
+                    stream(reader::stream_flight(rx, metrics))
                 }
             };
             let mut resp = Response::new(body);
