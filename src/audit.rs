@@ -1,4 +1,4 @@
-//! The audit log: one JSON object per policy decision (DESIGN §4), to stdout
+//! The audit log: one JSON object per policy decision, to stdout
 //! or a file, so "who pulled what, and why was it allowed" is never a guess.
 
 use serde::Serialize;

@@ -177,6 +177,14 @@ struct RawUpstream {
     idle_timeout: Option<String>,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -186,7 +194,7 @@ pub struct Config {
     pub htpasswd: Option<PathBuf>,
     pub pull_auth: bool,
     pub max_connections: usize,
-    pub log_json: bool,
+    pub log_format: LogFormat,
     pub header_timeout: Duration,
     pub upload_timeout: Duration,
     pub max_uploads: usize,
@@ -357,11 +365,11 @@ fn tls_of(s: &RawServer) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
     }
 }
 
-/// `log_format`: whether logs are JSON.
-fn log_json_of(s: &RawServer) -> Result<bool, ConfigError> {
+/// `log_format`: text or JSON lines.
+fn log_format_of(s: &RawServer) -> Result<LogFormat, ConfigError> {
     match s.log_format.as_str() {
-        "json" => Ok(true),
-        "text" => Ok(false),
+        "json" => Ok(LogFormat::Json),
+        "text" => Ok(LogFormat::Text),
         other => Err(ConfigError::Invalid(format!(
             "server.log_format = {other:?}: use \"text\" or \"json\""
         ))),
@@ -419,7 +427,7 @@ impl Config {
             htpasswd: s.htpasswd.clone(),
             pull_auth: s.pull_auth,
             max_connections: s.max_connections,
-            log_json: log_json_of(s)?,
+            log_format: log_format_of(s)?,
             header_timeout: duration(
                 "server.header_timeout",
                 s.header_timeout.as_deref().unwrap_or("30s"),

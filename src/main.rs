@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use modelgate::config::Config;
+use modelgate::config::{Config, LogFormat};
 use modelgate::server::{self, App};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -127,16 +127,15 @@ enum CacheAction {
     Gc,
 }
 
-fn init_logging(json: bool) {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MODELGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
     }
 }
 
@@ -154,7 +153,7 @@ async fn shutdown_signal() {
 
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::load(&config)?;
-    init_logging(cfg.log_json);
+    init_logging(cfg.log_format);
     let tls = match &cfg.tls {
         Some((c, k)) => Some(server::tls_acceptor(c, k)?),
         None => None,
@@ -200,7 +199,13 @@ fn main() -> ExitCode {
             json,
         } => {
             let code = match runtime() {
-                Ok(rt) => rt.block_on(modelgate::commands::check(&config, &image, json)),
+                Ok(rt) => {
+                    let output = match json {
+                        true => modelgate::commands::Output::Json,
+                        false => modelgate::commands::Output::Human,
+                    };
+                    rt.block_on(modelgate::commands::check(&config, &image, output))
+                }
                 Err(e) => {
                     eprintln!("modelgate: {e:#}");
                     2

@@ -1,4 +1,4 @@
-//! Every metric modelgate exports (DESIGN §4), owned by one [`Metrics`] value
+//! Every metric modelgate exports (README "Operations"), owned by one [`Metrics`] value
 //! that is passed around, never global, so tests can read what a request did.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -74,6 +74,13 @@ pub fn method_label(m: &http::Method) -> &'static str {
         "OPTIONS" => "OPTIONS",
         _ => "OTHER",
     }
+}
+
+/// Whether a cache lookup found what it looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
 }
 
 fn request_histogram() -> Histogram {
@@ -175,11 +182,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn cache(&self, kind: &'static str, hit: bool) {
+    pub fn cache(&self, kind: &'static str, result: CacheResult) {
         self.cache_requests
             .get_or_create(&CacheLabels {
                 kind,
-                result: if hit { "hit" } else { "miss" },
+                result: match result {
+                    CacheResult::Hit => "hit",
+                    CacheResult::Miss => "miss",
+                },
             })
             .inc();
     }
@@ -204,7 +214,7 @@ mod tests {
     fn encodes_design_names() {
         let m = Metrics::new();
         m.upstream_request("docker.io", "200");
-        m.cache("blob", true);
+        m.cache("blob", CacheResult::Hit);
         m.fetches_coalesced.inc();
         let text = m.encode();
         for name in [

@@ -15,5 +15,5 @@ pub mod tags;
 pub use flight::{FeedMode, Flights, Joined};
 pub use holdings::{Held, Holdings};
 pub use progress::{FetchError, FetchState};
-pub use store::{BlobStore, LockError, TempReport, VerifyReport};
+pub use store::{BlobStore, LockError, Repair, TempReport, VerifyReport};
 pub use tags::{TagEntry, TagStore};

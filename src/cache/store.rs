@@ -62,6 +62,15 @@ pub struct TempReport {
     pub bytes: u64,
 }
 
+/// What `cache verify` does with an object whose bytes are wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Remove it (only the owner of the cache may).
+    RemoveCorrupt,
+    /// Only report it.
+    ReportOnly,
+}
+
 /// What `cache verify` found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -387,7 +396,7 @@ impl BlobStore {
 
     /// Re-hash every cached blob; with `remove`, remove the ones whose
     /// bytes are wrong (only the owner of the cache may).
-    pub fn verify(&self, remove: bool) -> io::Result<VerifyReport> {
+    pub fn verify(&self, repair: Repair) -> io::Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let digests: Vec<Digest> = self.index.iter().map(|e| e.key().clone()).collect();
         let mut buf = vec![0u8; 1 << 20];
@@ -407,7 +416,7 @@ impl BlobStore {
             report.checked += 1;
             report.bytes += h.len();
             if h.finish() != d {
-                if remove {
+                if repair == Repair::RemoveCorrupt {
                     let _ = fs::remove_file(self.blob_path(&d));
                     let _ = fs::remove_file(self.meta_path(&d));
                     self.forget(&d);
@@ -457,7 +466,7 @@ mod tests {
         let b = put(&s, b"will be damaged");
         fs::write(s.blob_path(&b), b"damaged!").unwrap();
         let (tmp, _) = s.temp_file().unwrap();
-        let r = s.verify(true).unwrap();
+        let r = s.verify(Repair::RemoveCorrupt).unwrap();
         assert_eq!(r.checked, 2);
         assert_eq!(r.corrupt, vec![b.clone()]);
         assert!(s.size_of(&a).is_some() && s.size_of(&b).is_none());
@@ -480,7 +489,7 @@ mod tests {
         assert!(reader.owned_elsewhere());
         assert!(matches!(reader.lock_exclusive(), Err(LockError::Held(_))));
         assert_eq!(reader.temp_report().files, 1);
-        let r = reader.verify(false).unwrap();
+        let r = reader.verify(Repair::ReportOnly).unwrap();
         assert_eq!(r.corrupt, vec![bad.clone()]);
         assert!(reader.blob_path(&bad).exists() && tmp.exists());
         owner.unlock();

@@ -2,7 +2,7 @@
 //! they are safe next to a running server; deleting (corrupt objects, LRU
 //! eviction) needs the cache's lock, which a running server holds.
 
-use crate::cache::BlobStore;
+use crate::cache::{BlobStore, Repair};
 use crate::config::Config;
 use std::path::Path;
 
@@ -48,7 +48,11 @@ fn gc(cfg: &Config, store: &BlobStore) -> Result<(), String> {
 /// reports (the server re-fetches a blob whose bytes do not verify).
 fn verify(store: &BlobStore) -> Result<(), String> {
     let owner = store.lock_exclusive().is_ok();
-    let r = store.verify(owner).map_err(|e| e.to_string())?;
+    let repair = match owner {
+        true => Repair::RemoveCorrupt,
+        false => Repair::ReportOnly,
+    };
+    let r = store.verify(repair).map_err(|e| e.to_string())?;
     println!("checked {} objects, {}", r.checked, human(r.bytes));
     let what = match owner {
         true => "removed",

@@ -13,7 +13,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// `modelgate check`: 0 admitted, 1 denied, 2 error.
-pub async fn check(config: &Path, image: &str, json: bool) -> u8 {
+/// How `check` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+pub async fn check(config: &Path, image: &str, output: Output) -> u8 {
     match check_inner(config, image).await {
         Ok(report) => {
             let code = if report.decision.decision == Decision::Deny {
@@ -21,21 +28,19 @@ pub async fn check(config: &Path, image: &str, json: bool) -> u8 {
             } else {
                 0
             };
-            if json {
-                println!(
+            match output {
+                Output::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&report.json()).unwrap_or_default()
-                );
-            } else {
-                print!("{}", report.human());
+                ),
+                Output::Human => print!("{}", report.human()),
             }
             code
         }
         Err(e) => {
-            if json {
-                println!("{}", serde_json::json!({"image": image, "error": e}));
-            } else {
-                eprintln!("modelgate check: {e}");
+            match output {
+                Output::Json => println!("{}", serde_json::json!({"image": image, "error": e})),
+                Output::Human => eprintln!("modelgate check: {e}"),
             }
             2
         }

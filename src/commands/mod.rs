@@ -9,7 +9,7 @@ pub mod lint;
 pub mod sign;
 
 pub use cache::{cache, CacheAction};
-pub use check::check;
+pub use check::{check, Output};
 pub use keygen::keygen;
 pub use lint::policy_lint;
 pub use sign::{sign, SignArgs};

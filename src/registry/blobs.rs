@@ -8,6 +8,7 @@ use super::error::{failure, read_body, BadContent, Object, RegistryError};
 use crate::cache::download::{Download, Leader};
 use crate::cache::flight;
 use crate::cache::{FeedMode, FetchError, FetchState, Held, Joined};
+use crate::metrics::CacheResult;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{Route, Upstream, UpstreamError};
 use bytes::Bytes;
@@ -91,10 +92,10 @@ impl Registry {
     pub async fn blob_size(&self, r: &Route, d: &Digest) -> Result<u64, RegistryError> {
         self.ensure_blob_held(r, d).await?;
         if let Some((_, size)) = self.verified_file(d) {
-            self.metrics.cache("blob", true);
+            self.metrics.cache("blob", CacheResult::Hit);
             return Ok(size);
         }
-        self.metrics.cache("blob", false);
+        self.metrics.cache("blob", CacheResult::Miss);
         let resp = upstream_blob(&r.upstream, Method::HEAD, &r.path, d).await?;
         if resp.status() != StatusCode::OK {
             if resp.status() == StatusCode::NOT_FOUND {
@@ -116,10 +117,10 @@ impl Registry {
     ) -> Result<BlobBody, RegistryError> {
         self.ensure_blob_held(r, d).await?;
         if let Some((file, size)) = self.verified_file(d) {
-            self.metrics.cache("blob", true);
+            self.metrics.cache("blob", CacheResult::Hit);
             return Ok(BlobBody::File { file, size });
         }
-        self.metrics.cache("blob", false);
+        self.metrics.cache("blob", CacheResult::Miss);
         // The client that starts the download is fed from memory; ranges are
         // served only once the whole blob verified, so they need no feed.
         let mode = match want {

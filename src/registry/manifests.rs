@@ -6,6 +6,7 @@
 use super::core::Registry;
 use super::error::{failure, read_body, BadContent, Object, RegistryError, DIGEST_HEADER};
 use crate::cache::Held;
+use crate::metrics::CacheResult;
 use crate::metrics::UpstreamLabels;
 use crate::oci::media::{self, content_type_for, DEFAULT_MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Manifest, Reference};
@@ -63,14 +64,14 @@ impl Registry {
         let m = match reference {
             Reference::Digest(d) => match self.cached_manifest(d) {
                 Some(m) => {
-                    self.metrics.cache("manifest", true);
+                    self.metrics.cache("manifest", CacheResult::Hit);
                     if !self.holdings.holds(&r.canonical, d, Held::Manifest) {
                         self.confirm_held(r, Held::Manifest, d).await?;
                     }
                     m
                 }
                 None => {
-                    self.metrics.cache("manifest", false);
+                    self.metrics.cache("manifest", CacheResult::Miss);
                     self.fetch_manifest(r, reference, &accept).await?
                 }
             },
@@ -97,22 +98,22 @@ impl Registry {
             .get(&r.canonical, tag)
             .and_then(|e| self.cached_manifest(&e.digest).map(|m| (e, m)));
         let Some((entry, m)) = cached else {
-            self.metrics.cache("manifest", false);
+            self.metrics.cache("manifest", CacheResult::Miss);
             return self.fetch_manifest(r, &reference, accept).await;
         };
         if entry.confirmed.is_some_and(|t| t.elapsed() < self.tag_ttl) {
-            self.metrics.cache("manifest", true);
+            self.metrics.cache("manifest", CacheResult::Hit);
             return Ok(m);
         }
         // Stale: ask the upstream whether the tag still points here.
         match self.tag_digest(r, tag).await {
             Ok(Some(d)) if d == entry.digest => {
-                self.metrics.cache("manifest", true);
+                self.metrics.cache("manifest", CacheResult::Hit);
                 let _ = self.tags.confirm(&r.canonical, tag, &d, &m.media_type);
                 Ok(m)
             }
             Ok(_) => {
-                self.metrics.cache("manifest", false);
+                self.metrics.cache("manifest", CacheResult::Miss);
                 match self.fetch_manifest(r, &reference, accept).await {
                     Err(e) if e.is_unreachable() => Ok(self.serve_stale(r, tag, m, &e)),
                     other => other,

@@ -114,7 +114,13 @@ impl App {
         self.ready.load(Ordering::Relaxed)
     }
 
-    pub(super) fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// The client listener accepts from now on.
+    pub(super) fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The client listener stopped accepting.
+    pub(super) fn mark_stopping(&self) {
+        self.ready.store(false, Ordering::Relaxed);
     }
 }

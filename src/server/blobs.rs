@@ -76,7 +76,7 @@ fn serve_file(
                     range.unwrap_or_default()
                 ),
             );
-            let mut r = error_response(&e, false);
+            let mut r = error_response(&e, &http::Method::GET);
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 r.headers_mut().insert(CONTENT_RANGE, v);
             }

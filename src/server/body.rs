@@ -57,7 +57,8 @@ pub fn accepted() -> Response<RespBody> {
 }
 
 /// An OCI error response.
-pub fn error_response(e: &OciError, head: bool) -> Response<RespBody> {
+pub fn error_response(e: &OciError, method: &http::Method) -> Response<RespBody> {
+    let head = method == http::Method::HEAD;
     let body = e.body();
     let len = body.len();
     let mut r = Response::new(if head { empty() } else { full(body) });

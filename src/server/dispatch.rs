@@ -41,7 +41,7 @@ pub async fn handle(
         } else {
             tracing::debug!(%peer, %method, path, code = e.code.as_str(), "{}", e.message);
         }
-        error_response(&e, method == Method::HEAD)
+        error_response(&e, &method)
     });
     resp.headers_mut()
         .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));

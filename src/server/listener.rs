@@ -86,9 +86,9 @@ pub async fn run(
         .policy()
         .watch(app.metrics.clone(), app.config.policy_reload_interval);
     spawn_upload_sweeper(&app);
-    app.set_ready(true);
+    app.mark_ready();
     accept_until(&app, &listener, tls, stop_rx, shutdown).await;
-    app.set_ready(false);
+    app.mark_stopping();
     drop(listener);
     tracing::info!("shutting down: waiting for requests in flight");
     let _ = stop_tx.send(true);

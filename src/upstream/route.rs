@@ -1,4 +1,4 @@
-//! Which upstream serves a request (DESIGN §2): `?ns=<host>` first, then a
+//! Which upstream serves a request: `?ns=<host>` first, then a
 //! first path segment naming an upstream (stripped), then the default
 //! upstream. Every repository gets one canonical name `<upstream>/<path>`
 //! that policy, audit and metrics use.

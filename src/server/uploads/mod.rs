@@ -78,7 +78,14 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
 }
 
 /// Headers of a chunk of `len` bytes starting at `offset`.
-fn chunk_headers(len: Option<u64>, offset: u64, with_range: bool) -> HeaderMap {
+/// Whether a chunk says where it goes (`Content-Range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkRange {
+    Send,
+    Omit,
+}
+
+fn chunk_headers(len: Option<u64>, offset: u64, range: ChunkRange) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         CONTENT_TYPE,
@@ -86,7 +93,7 @@ fn chunk_headers(len: Option<u64>, offset: u64, with_range: bool) -> HeaderMap {
     );
     if let Some(l) = len {
         h.insert(CONTENT_LENGTH, HeaderValue::from(l));
-        if l > 0 && with_range {
+        if l > 0 && range == ChunkRange::Send {
             set_header(
                 &mut h,
                 "content-range",
@@ -151,7 +158,7 @@ pub async fn post(
         offset: 0,
         hasher: Sha256Hasher::new(),
         last_used: Instant::now(),
-        slot,
+        _slot: slot,
     };
     match digest {
         // Monolithic upload: the body is the whole blob.
@@ -230,7 +237,7 @@ pub async fn patch(
                 ErrorCode::BlobUploadInvalid,
                 format!("chunk {a}-{b} is out of order: the upload has {0} bytes, the next chunk starts at {0}", g.offset),
             );
-            let mut resp = error_response(&e, false);
+            let mut resp = error_response(&e, &Method::PATCH);
             let ours = upload_response(StatusCode::RANGE_NOT_SATISFIABLE, &g, id);
             for k in ["location", "range"] {
                 if let Some(v) = ours.headers().get(k) {
@@ -240,7 +247,7 @@ pub async fn patch(
             return Ok(resp);
         }
     }
-    let h = chunk_headers(len, g.offset, true);
+    let h = chunk_headers(len, g.offset, ChunkRange::Send);
     let url = g.upstream_url.clone();
     let step = forward::Step {
         kind: UploadStep::Chunk,
@@ -344,7 +351,11 @@ async fn finish(
         .map_err(OciError::from)
     } else {
         // A final chunk after earlier ones says where it goes.
-        let h = chunk_headers(len, s.offset, s.offset > 0);
+        let range = match s.offset {
+            0 => ChunkRange::Omit,
+            _ => ChunkRange::Send,
+        };
+        let h = chunk_headers(len, s.offset, range);
         let step = forward::Step {
             kind: UploadStep::Finish,
             method: Method::PUT,

@@ -14,15 +14,15 @@ use url::Url;
 
 /// One upload in progress.
 pub struct UploadSession {
-    pub route: Route,
-    pub client_name: RepoName,
+    pub(super) route: Route,
+    pub(super) client_name: RepoName,
     /// Where the upstream wants the next request of this upload.
-    pub upstream_url: Url,
-    pub offset: u64,
-    pub hasher: Sha256Hasher,
-    pub last_used: Instant,
+    pub(super) upstream_url: Url,
+    pub(super) offset: u64,
+    pub(super) hasher: Sha256Hasher,
+    pub(super) last_used: Instant,
     /// The client's claim on the session limits, released with the session.
-    pub slot: UploadSlot,
+    pub(super) _slot: UploadSlot,
 }
 
 /// Sessions held, in all and per client address.
