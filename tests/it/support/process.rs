@@ -1,0 +1,55 @@
+//! Ports, child processes and the `modelgate` binary.
+
+/// A free loopback port (for servers that take a port, not a listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start `cmd` with no input and its output in `log`.
+pub fn spawn_logged(
+    cmd: &mut std::process::Command,
+    log: &std::path::Path,
+) -> std::io::Result<std::process::Child> {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(std::fs::File::create(log)?))
+        .spawn()
+}
+
+/// Run the `modelgate` binary: (exit code, stdout + stderr).
+pub fn modelgate_cli<I, S>(args: I) -> (Option<i32>, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(args)
+        .output()
+        .expect("run modelgate");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `modelgate cache <action> --config <cfg>`.
+pub fn cache_cli(action: &str, cfg: &std::path::Path) -> (Option<i32>, String) {
+    modelgate_cli([
+        std::ffi::OsStr::new("cache"),
+        std::ffi::OsStr::new(action),
+        std::ffi::OsStr::new("--config"),
+        cfg.as_os_str(),
+    ])
+}
+
+/// An htpasswd file in `dir` with user `ci-bot`, password `s3cret`; returns
+/// the `[server]` line that uses it.
+pub fn htpasswd_with_ci_bot(dir: &std::path::Path) -> String {
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(dir.join("htpasswd"), format!("ci-bot:{hash}\n")).unwrap();
+    format!("htpasswd = \"{}\"", dir.join("htpasswd").display())
+}
