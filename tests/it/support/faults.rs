@@ -3,7 +3,7 @@
 
 use super::answers::full;
 use super::answers::Body;
-use super::mock::MockState;
+use super::mock::{Fault, MockState};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
@@ -11,21 +11,6 @@ use hyper::body::Frame;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How the mock misbehaves when serving one blob.
-#[derive(Clone, Debug)]
-pub enum Fault {
-    /// Serve these bytes (same length announced) instead of the real ones.
-    WrongBytes(Bytes),
-    /// Chunked body (no length) that ends cleanly after this many bytes.
-    ShortChunked(usize),
-    /// Announce the full length, send this many bytes, then break the connection.
-    DropAfter(usize),
-    /// Send in chunks of `chunk` bytes with `delay` between them.
-    Drip { chunk: usize, delay: Duration },
-    /// Send this many bytes, then nothing at all.
-    StallAfter(usize),
-}
 
 pub fn faulty_body(st: Arc<MockState>, data: Bytes, fault: Option<Fault>) -> (Body, Option<u64>) {
     use futures_util::stream;

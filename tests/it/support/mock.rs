@@ -2,13 +2,28 @@
 //! asked, how it behaves ([`super::endpoints`] says what it answers,
 //! [`super::server`] runs it).
 
-use super::faults::Fault;
 use bytes::Bytes;
 use http::Method;
 use modelgate::oci::Digest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Mutex;
+use std::time::Duration;
+
+/// How the mock misbehaves when serving one blob.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Serve these bytes (same length announced) instead of the real ones.
+    WrongBytes(Bytes),
+    /// Chunked body (no length) that ends cleanly after this many bytes.
+    ShortChunked(usize),
+    /// Announce the full length, send this many bytes, then break the connection.
+    DropAfter(usize),
+    /// Send in chunks of `chunk` bytes with `delay` between them.
+    Drip { chunk: usize, delay: Duration },
+    /// Send this many bytes, then nothing at all.
+    StallAfter(usize),
+}
 
 #[derive(Clone, Debug, Default)]
 pub enum Auth {

@@ -16,7 +16,6 @@ pub mod server;
 pub mod uploads;
 
 pub use client::*;
-pub use faults::*;
 pub use gate::*;
 pub use mock::*;
 pub use process::*;
