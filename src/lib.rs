@@ -1,8 +1,11 @@
-//! modelgate: a streaming pull-through proxy for OCI registries.
+//! modelgate: a streaming pull-through proxy for OCI registries that admits
+//! only what its policy allows.
 //!
-//! Data flows request → [`server`] (routing, handlers) → [`upstream`] /
-//! [`cache`] → response; [`oci`] holds the protocol vocabulary and
-//! [`metrics`] what operators scrape.
+//! Dependencies point one way, as the data flows (docs/ARCHITECTURE.md):
+//! [`server`] (HTTP only) → [`gate`] (policy decisions, signatures,
+//! evidence) → [`registry`] (content from the cache or the upstream) →
+//! [`cache`], [`upstream`], [`oci`]. [`policy`] and [`trust`] are pure;
+//! [`error`] is the one place errors become what a client sees.
 
 #![forbid(unsafe_code)]
 

@@ -2,7 +2,7 @@
 //! checks one signature over exact bytes (pure functions, tested against
 //! vectors made by another implementation), [`sign`] builds signature
 //! artifacts in cosign's formats. Finding an image's signatures at an
-//! upstream is the server's job (`server::signatures`).
+//! upstream is the gate's job (`gate::signatures`).
 
 pub mod keys;
 pub mod sign;
