@@ -1,14 +1,14 @@
 //! `/v2/<name>/blobs/<digest>`: GET (bytes only with the gate's permit,
-//! Range from verified blobs), HEAD (existence and size for pushing
-//! clients) and DELETE.
+//! Range from verified blobs) and HEAD (existence and size for pushing
+//! clients).
 
-use super::body::{accepted, digest_headers, empty, error_response, full, stream, RespBody};
+use super::body::{digest_headers, empty, error_response, full, stream, RespBody};
 use super::ctx::Ctx;
 use crate::cache::reader;
 use crate::cache::Joined;
 use crate::gate::BlobRead;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
-use crate::registry::{BlobBody, BlobWant, Deletion};
+use crate::registry::{BlobBody, BlobWant};
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -152,19 +152,6 @@ pub async fn head(
     let mut resp = Response::new(empty());
     blob_headers(resp.headers_mut(), d, Some(size));
     Ok(resp)
-}
-
-/// DELETE: decided (refused where releases are immutable), then proxied.
-pub async fn delete(
-    ctx: &Ctx<'_>,
-    name: &RepoName,
-    d: Digest,
-) -> Result<Response<RespBody>, OciError> {
-    let r = ctx.route(name)?;
-    let what = Deletion::Blob(d);
-    ctx.app.gate().decide_delete(&r, &what, &ctx.who())?;
-    ctx.app.registry().delete(&r, &what).await?;
-    Ok(accepted())
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@ use super::app::App;
 use super::body::{empty, error_response, full, RespBody, API_VERSION};
 use super::ctx::{method_not_allowed, Ctx};
 use super::router::{self, Endpoint};
-use super::{auth, blobs, conn, listing, manifests, uploads};
+use super::{auth, blobs, conn, deletes, listing, manifests, uploads};
 use crate::metrics::{EndpointLabels, RequestLabels};
 use crate::oci::{ErrorCode, OciError};
+use crate::registry::Deletion;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -112,10 +113,14 @@ async fn dispatch(
             manifests::get(ctx, &n, &r, &req).await
         }
         (Endpoint::Manifest(n, r), &Method::PUT) => manifests::put(ctx, &n, r, req).await,
-        (Endpoint::Manifest(n, r), &Method::DELETE) => manifests::delete(ctx, &n, r).await,
+        (Endpoint::Manifest(n, r), &Method::DELETE) => {
+            deletes::delete(ctx, &n, Deletion::Manifest(r)).await
+        }
         (Endpoint::Blob(n, d), &Method::GET) => blobs::get(ctx, &n, &d, &req).await,
         (Endpoint::Blob(n, d), &Method::HEAD) => blobs::head(ctx, &n, &d).await,
-        (Endpoint::Blob(n, d), &Method::DELETE) => blobs::delete(ctx, &n, d).await,
+        (Endpoint::Blob(n, d), &Method::DELETE) => {
+            deletes::delete(ctx, &n, Deletion::Blob(d)).await
+        }
         (Endpoint::TagsList(n), &Method::GET) => listing::tags(ctx, &n).await,
         (Endpoint::Referrers(n, d), &Method::GET) => listing::referrers(ctx, &n, &d).await,
         (Endpoint::Upload(n, None), &Method::POST) => uploads::post(ctx, n, req).await,

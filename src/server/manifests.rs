@@ -1,13 +1,12 @@
-//! `/v2/<name>/manifests/<reference>`: GET and HEAD (through the gate), PUT
-//! (validated here, decided by the gate, then forwarded) and DELETE.
+//! `/v2/<name>/manifests/<reference>`: GET and HEAD (through the gate) and
+//! PUT (validated here, decided by the gate, then forwarded).
 
-use super::body::{accepted, digest_headers, empty, full, set_header, RespBody};
+use super::body::{digest_headers, empty, full, set_header, RespBody};
 use super::ctx::Ctx;
 use crate::cache::Held;
 use crate::gate::Admitted;
 use crate::oci::media::{self, ManifestSummary, MAX_MANIFEST_BYTES};
 use crate::oci::{json, Digest, ErrorCode, Manifest, OciError, Reference, RepoName};
-use crate::registry::Deletion;
 use crate::upstream::Route;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -221,17 +220,4 @@ pub async fn put(
         set_header(h, "oci-tag", &confirmed.join(","));
     }
     Ok(out)
-}
-
-/// DELETE: decided (refused where releases are immutable), then proxied.
-pub async fn delete(
-    ctx: &Ctx<'_>,
-    name: &RepoName,
-    reference: Reference,
-) -> Result<Response<RespBody>, OciError> {
-    let r = ctx.route(name)?;
-    let what = Deletion::Manifest(reference);
-    ctx.app.gate().decide_delete(&r, &what, &ctx.who())?;
-    ctx.app.registry().delete(&r, &what).await?;
-    Ok(accepted())
 }

@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod body;
 pub mod conn;
 pub mod ctx;
+pub mod deletes;
 pub mod dispatch;
 pub mod listener;
 pub mod listing;

@@ -477,14 +477,7 @@ async fn push_needs_credentials_and_records_the_user() {
 }
 
 fn tags_upstream(up: &Mock, repo: &str) -> Vec<String> {
-    up.state
-        .manifests
-        .lock()
-        .unwrap()
-        .keys()
-        .filter(|(r, t)| r == repo && !t.starts_with("sha256:"))
-        .map(|(_, t)| t.clone())
-        .collect()
+    up.state.tags(repo)
 }
 
 #[tokio::test]

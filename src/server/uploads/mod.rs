@@ -177,16 +177,26 @@ pub async fn post(
     }
 }
 
+/// Upload session `id` of `name`, locked and marked as used now.
+async fn session(
+    ctx: &Ctx<'_>,
+    name: &RepoName,
+    id: &str,
+) -> Result<tokio::sync::OwnedMutexGuard<UploadSession>, OciError> {
+    let r = ctx.route(name)?;
+    let s = ctx.app.uploads().get(id, &r.canonical).await?;
+    let mut g = s.lock_owned().await;
+    g.last_used = Instant::now();
+    Ok(g)
+}
+
 /// GET: where the upload stands.
 pub async fn status(
     ctx: &Ctx<'_>,
     name: &RepoName,
     id: &str,
 ) -> Result<Response<RespBody>, OciError> {
-    let r = ctx.route(name)?;
-    let s = ctx.app.uploads().get(id, &r.canonical).await?;
-    let mut g = s.lock().await;
-    g.last_used = Instant::now();
+    let g = session(ctx, name, id).await?;
     Ok(upload_response(StatusCode::NO_CONTENT, &g, id))
 }
 
@@ -196,9 +206,7 @@ pub async fn cancel(
     name: &RepoName,
     id: &str,
 ) -> Result<Response<RespBody>, OciError> {
-    let r = ctx.route(name)?;
-    let s = ctx.app.uploads().get(id, &r.canonical).await?;
-    let g = s.lock().await;
+    let g = session(ctx, name, id).await?;
     cancel_upload(&g.route, g.upstream_url.clone()).await;
     drop(g);
     ctx.app.uploads().remove(id);
@@ -214,10 +222,7 @@ pub async fn patch(
     id: &str,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, OciError> {
-    let r = ctx.route(name)?;
-    let s = ctx.app.uploads().get(id, &r.canonical).await?;
-    let mut g = s.lock().await;
-    g.last_used = Instant::now();
+    let mut g = session(ctx, name, id).await?;
     let len = content_length(req.headers());
     if let Some(rg) = req
         .headers()
@@ -280,10 +285,7 @@ pub async fn put(
     id: &str,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, OciError> {
-    let r = ctx.route(name)?;
-    let s = ctx.app.uploads().get(id, &r.canonical).await?;
-    let mut g = s.lock().await;
-    g.last_used = Instant::now();
+    let g = session(ctx, name, id).await?;
     let d = digest_param(ctx, "digest")?.ok_or_else(|| {
         err(
             StatusCode::BAD_REQUEST,

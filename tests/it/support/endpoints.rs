@@ -102,15 +102,7 @@ fn challenge(st: &MockState, req: &Request<Incoming>) -> Option<Response<Body>> 
 
 /// `GET /v2/<repo>/tags/list`.
 fn tags_list(st: &MockState, repo: &str) -> Response<Body> {
-    let mut tags: Vec<String> = st
-        .manifests
-        .lock()
-        .unwrap()
-        .keys()
-        .filter(|(r, t)| r == repo && !t.starts_with("sha256:"))
-        .map(|(_, t)| t.clone())
-        .collect();
-    tags.sort();
+    let tags = st.tags(repo);
     let mut r = Response::new(full(
         serde_json::json!({"name": repo, "tags": tags}).to_string(),
     ));

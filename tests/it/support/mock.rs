@@ -138,6 +138,20 @@ impl MockState {
         );
     }
 
+    /// The tags `repo` has (sorted).
+    pub fn tags(&self, repo: &str) -> Vec<String> {
+        let mut tags: Vec<String> = self
+            .manifests
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(r, t)| r == repo && !t.starts_with("sha256:"))
+            .map(|(_, t)| t.clone())
+            .collect();
+        tags.sort();
+        tags
+    }
+
     /// What the mock has been asked so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
