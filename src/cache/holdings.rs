@@ -24,10 +24,12 @@ pub enum Held {
     Manifest,
 }
 
-/// The known (repository, digest) pairs.
+/// The known (repository, digest) pairs, by repository (so a lookup
+/// allocates nothing).
 #[derive(Default)]
 pub struct Holdings {
-    map: DashMap<(String, Digest), Held>,
+    map: DashMap<String, DashMap<Digest, Held>>,
+    entries: std::sync::atomic::AtomicUsize,
 }
 
 impl Holdings {
@@ -37,23 +39,42 @@ impl Holdings {
 
     /// Remember that `repo` holds `d`.
     pub fn hold(&self, repo: &str, d: &Digest, kind: Held) {
-        if self.map.len() >= MAX_ENTRIES {
-            self.map.clear();
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.holds(repo, d, kind) {
+            return;
         }
-        self.map.insert((repo.to_string(), d.clone()), kind);
+        if self.entries.load(Relaxed) >= MAX_ENTRIES {
+            self.map.clear();
+            self.entries.store(0, Relaxed);
+        }
+        let added = match self.map.get(repo) {
+            Some(m) => m.insert(d.clone(), kind).is_none(),
+            None => {
+                let m = self.map.entry(repo.to_string()).or_default();
+                m.insert(d.clone(), kind).is_none()
+            }
+        };
+        if added {
+            self.entries.fetch_add(1, Relaxed);
+        }
     }
 
     /// Whether `repo` is known to hold `d` as `kind`.
     pub fn holds(&self, repo: &str, d: &Digest, kind: Held) -> bool {
         self.map
-            .get(&(repo.to_string(), d.clone()))
-            .is_some_and(|k| *k == kind)
+            .get(repo)
+            .is_some_and(|m| m.get(d).is_some_and(|k| *k == kind))
     }
 
     /// `repo` no longer holds `d` (deleted through modelgate, or the
     /// upstream said 404).
     pub fn release(&self, repo: &str, d: &Digest) {
-        self.map.remove(&(repo.to_string(), d.clone()));
+        if let Some(m) = self.map.get(repo) {
+            if m.remove(d).is_some() {
+                self.entries
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -25,6 +25,16 @@ pub const MAX_SIGNATURE_BLOB: usize = 4 * 1024 * 1024;
 /// descriptor claims about the document (`artifactType`, a `subject`)
 /// counts for nothing; duplicate or case-twin keys make it no signature.
 pub fn is_signature_manifest(bytes: &[u8]) -> bool {
+    // Every signature layer type names one of these. A document without
+    // them is no signature artifact, and needs no parse to say so (an
+    // escaped spelling only makes it "not a signature": a full decision).
+    let marks: [&[u8]; 4] = [b"simplesigning", b"sigstore", b"dsse", b"in-toto"];
+    if !marks
+        .iter()
+        .any(|m| bytes.windows(m.len()).any(|w| w == *m))
+    {
+        return false;
+    }
     let Ok(v) = crate::oci::json::parse_strict(bytes) else {
         return false;
     };
@@ -96,10 +106,13 @@ pub fn exemption_of(reference: &Reference, bytes: &[u8]) -> Option<Exemption> {
         };
     }
     if let Reference::Tag(t) = reference {
-        let is_index = crate::oci::media::ManifestSummary::parse(bytes)
-            .map(|s| s.is_index())
-            .unwrap_or(false);
-        if is_index && schema_tag(t).is_some_and(|(_, k)| k == SchemaTag::Referrers) {
+        let referrers_tag = schema_tag(t).is_some_and(|(_, k)| k == SchemaTag::Referrers);
+        let is_index = || {
+            crate::oci::media::ManifestSummary::parse(bytes)
+                .map(|s| s.is_index())
+                .unwrap_or(false)
+        };
+        if referrers_tag && is_index() {
             return Some(Exemption::ReferrersIndex);
         }
     }

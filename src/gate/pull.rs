@@ -107,6 +107,14 @@ impl Gate {
     ) -> Outcome {
         let repo = &r.canonical;
         let rule = loaded.policy.rule_for(repo);
+        // Where nothing is enforced, nothing needs an exemption.
+        if rule.is_none() && loaded.policy.default_allow {
+            return Outcome {
+                decision: allow(rule),
+                evidence: Evidence::default(),
+                exempt: None,
+            };
+        }
         let exempt = exemption_of(reference, &manifest.bytes).or_else(|| match reference {
             Reference::Digest(d) if rule.is_some() => {
                 (self.state.permit(repo, d, loaded.generation) == Some(Permit::Full))
@@ -259,6 +267,12 @@ impl Gate {
             Some(Exemption::SignatureArtifact) => Permit::SignaturePayload,
             Some(Exemption::ChildOfAdmittedIndex) | None => Permit::Full,
         };
+        if !self
+            .state
+            .first_opening(repo, &m.digest, generation, permit)
+        {
+            return; // opened already, the same way, under this policy
+        }
         let Ok(summary) = ManifestSummary::parse(&m.bytes) else {
             return;
         };

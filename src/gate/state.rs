@@ -40,6 +40,9 @@ pub struct GateState {
     admitted: DashMap<(String, Digest), (u64, Permit)>,
     /// First digest seen for tags under immutable rules; survives restarts.
     seen_tags: TagStore,
+    /// Manifests whose references were opened: repository → digest →
+    /// (policy generation, how) — so an admitted manifest is parsed once.
+    opened: DashMap<String, DashMap<Digest, (u64, Permit)>>,
 }
 
 impl GateState {
@@ -48,6 +51,7 @@ impl GateState {
             evidence: DashMap::new(),
             admitted: DashMap::new(),
             seen_tags: TagStore::open(dir)?,
+            opened: DashMap::new(),
         })
     }
 
@@ -103,6 +107,24 @@ impl GateState {
     /// A signature for `d` arrived: decide it afresh next time.
     pub fn forget_evidence(&self, repo: &str, d: &Digest) {
         self.evidence.remove(&(repo.to_string(), d.clone()));
+    }
+
+    /// Whether manifest `d` is opened in `repo` with `permit` for the first
+    /// time under `generation` (and note that it is).
+    pub fn first_opening(&self, repo: &str, d: &Digest, generation: u64, permit: Permit) -> bool {
+        if let Some(m) = self.opened.get(repo) {
+            if m.get(d).is_some_and(|e| *e == (generation, permit)) {
+                return false;
+            }
+        }
+        if self.opened.len() > 100_000 {
+            self.opened.clear();
+        }
+        self.opened
+            .entry(repo.to_string())
+            .or_default()
+            .insert(d.clone(), (generation, permit));
+        true
     }
 
     /// Open `d` in `repo` under `generation`. A full admission is never

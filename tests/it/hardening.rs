@@ -565,3 +565,41 @@ async fn unknown_platform_children_are_checked_unless_they_are_attestations() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "not admitted as a child");
     g.stop().await;
 }
+
+/// Item 23: `modelgate check` names an exempt signature artifact as such,
+/// not as "allowed by the policy default".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_an_exempt_signature_artifact() {
+    let up = Mock::start().await;
+    crate::policy::seed_image(&up, "models/demo", "v1.0.0");
+    crate::policy::seed_legacy(&up, "models/demo", "ecdsa-p256-legacy-valid");
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = policy_text("", "enforce").replace("local/models/**", "registry.test/models/**");
+    std::fs::write(tmp.path().join("policy.toml"), policy).unwrap();
+    let cfg = tmp.path().join("modelgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[cache]\ndir = \"{}\"\n[policy]\nfile = \"{}\"\n[audit]\npath = \"{}\"\n{}",
+            tmp.path().join("cache").display(),
+            tmp.path().join("policy.toml").display(),
+            tmp.path().join("audit.log").display(),
+            upstream_toml("registry.test", &up.url(), true, "")
+        ),
+    )
+    .unwrap();
+    let sig_tag = crate::policy::fx_str("vectors/ecdsa-p256-legacy-valid/sig-tag.txt");
+    let image = format!("registry.test/models/demo:{sig_tag}");
+    let (code, out) = modelgate_cli([
+        "check".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        image.as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("readable without a decision: signature artifact"),
+        "{out}"
+    );
+    assert!(!out.contains("policy default"), "{out}");
+}
