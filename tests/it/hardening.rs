@@ -576,18 +576,7 @@ async fn check_names_an_exempt_signature_artifact() {
     let tmp = tempfile::tempdir().unwrap();
     let policy = policy_text("", "enforce").replace("local/models/**", "registry.test/models/**");
     std::fs::write(tmp.path().join("policy.toml"), policy).unwrap();
-    let cfg = tmp.path().join("modelgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\n[cache]\ndir = \"{}\"\n[policy]\nfile = \"{}\"\n[audit]\npath = \"{}\"\n{}",
-            tmp.path().join("cache").display(),
-            tmp.path().join("policy.toml").display(),
-            tmp.path().join("audit.log").display(),
-            upstream_toml("registry.test", &up.url(), true, "")
-        ),
-    )
-    .unwrap();
+    let cfg = check_config(tmp.path(), &up.url());
     let sig_tag = crate::policy::fx_str("vectors/ecdsa-p256-legacy-valid/sig-tag.txt");
     let image = format!("registry.test/models/demo:{sig_tag}");
     let (code, out) = modelgate_cli([

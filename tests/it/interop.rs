@@ -652,18 +652,7 @@ async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
         );
     }
     // `modelgate check` explains each the same way, with the same exit codes.
-    let cfg = tmp.path().join("modelgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\n[cache]\ndir = \"{}\"\n[policy]\nfile = \"{}\"\n[audit]\npath = \"{}\"\n{}",
-            tmp.path().join("check-cache").display(),
-            tmp.path().join("policy.toml").display(),
-            tmp.path().join("check-audit.log").display(),
-            upstream_toml("registry.test", &reg.url(), true, "")
-        ),
-    )
-    .unwrap();
+    let cfg = check_config(tmp.path(), &reg.url());
     for (repo, code, needle) in [
         ("signed", 0, "ADMITTED"),
         ("unsigned", 1, "no valid signature by [release]"),

@@ -20,6 +20,25 @@ pub fn spawn_logged(
         .spawn()
 }
 
+/// A config for the command-line tools in `dir`: upstream `registry.test`
+/// at `upstream_url`, the `policy.toml` in `dir`, its own cache and audit
+/// log. Returns its path.
+pub fn check_config(dir: &std::path::Path, upstream_url: &str) -> std::path::PathBuf {
+    let cfg = dir.join("modelgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[cache]\ndir = \"{}\"\n[policy]\nfile = \"{}\"\n[audit]\npath = \"{}\"\n{}",
+            dir.join("check-cache").display(),
+            dir.join("policy.toml").display(),
+            dir.join("check-audit.log").display(),
+            super::gate::upstream_toml("registry.test", upstream_url, true, "")
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// Run the `modelgate` binary: (exit code, stdout + stderr).
 pub fn modelgate_cli<I, S>(args: I) -> (Option<i32>, String)
 where
