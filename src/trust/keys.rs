@@ -38,6 +38,17 @@ impl PublicKey {
         Err("not a PEM \"PUBLIC KEY\" (SubjectPublicKeyInfo) for Ed25519 or ECDSA P-256".into())
     }
 
+    /// Parse a DER `SubjectPublicKeyInfo` of either type.
+    pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, String> {
+        if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_der(der) {
+            return Ok(PublicKey::Ed25519(k));
+        }
+        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
+            return Ok(PublicKey::P256(k));
+        }
+        Err("not a DER SubjectPublicKeyInfo for Ed25519 or ECDSA P-256".into())
+    }
+
     pub fn algorithm(&self) -> &'static str {
         match self {
             PublicKey::Ed25519(_) => "ed25519",

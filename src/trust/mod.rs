@@ -6,6 +6,7 @@
 
 pub mod keys;
 pub mod sign;
+pub mod sigstore;
 pub mod verify;
 
 pub use keys::{PrivateKey, PublicKey};
