@@ -255,15 +255,7 @@ pub fn key_id_of(spki_der: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    pub fn fixture(rel: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/keyless")
-                .join(rel),
-        )
-        .unwrap()
-    }
+    use crate::trust::sigstore::testdata::fixture;
 
     #[test]
     fn the_public_good_root_parses_with_its_windows() {

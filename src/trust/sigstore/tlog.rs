@@ -165,34 +165,14 @@ pub fn verify_checkpoint(log: &Log, envelope: &str) -> Result<Checkpoint, TlogEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trust::sigstore::testdata::material;
     use crate::trust::sigstore::TrustedRoot;
     use serde_json::Value;
 
-    fn fixture(rel: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/keyless")
-                .join(rel),
-        )
-        .unwrap()
-    }
-
     /// The trusted root and the bundle's tlog entry of a keyless vector.
     fn case(name: &str) -> (TrustedRoot, Value) {
-        let root = TrustedRoot::parse(&fixture(&format!("{name}/trusted_root.json"))).unwrap();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/keyless")
-            .join(name)
-            .join("signature/blobs");
-        let entry = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| {
-                serde_json::from_slice::<Value>(&std::fs::read(e.unwrap().path()).unwrap()).ok()
-            })
-            .find(|b| b.get("verificationMaterial").is_some())
-            .expect("a bundle blob")["verificationMaterial"]["tlogEntries"][0]
-            .clone();
-        (root, entry)
+        let (root, material) = material(name);
+        (root, material["tlogEntries"][0].clone())
     }
 
     fn num(v: &Value) -> i64 {
