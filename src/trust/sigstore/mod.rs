@@ -1,8 +1,10 @@
 //! The Sigstore side of keyless signing, checked offline: the trusted root
 //! ([`root`]), the transparency log's evidence ([`tlog`]), Fulcio signing
-//! certificates ([`cert`]) and their CT timestamps ([`sct`]). Pure: bytes
+//! certificates ([`cert`]) and their CT timestamps ([`sct`]), put together
+//! for a keyless cosign bundle in [`bundle`]. Pure: bytes
 //! in, verdicts out. (Issue #9 builds keyless verification on these.)
 
+pub mod bundle;
 pub mod cert;
 pub mod root;
 pub mod sct;
@@ -10,6 +12,7 @@ pub mod sct;
 mod testdata;
 pub mod tlog;
 
+pub use bundle::{verify_keyless, KeylessError, KeylessSignature};
 pub use cert::{signer_identity, verify_chain, CertError, SignerIdentity};
 pub use root::{RootError, TrustedRoot};
 pub use sct::{verify_embedded_sct, SctError};
