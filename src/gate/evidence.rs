@@ -162,7 +162,15 @@ impl Gate {
                 .iter()
                 .filter_map(|k| loaded.policy.keys.get(k).map(|pk| (k.clone(), pk.clone())))
                 .collect();
-            let scan = self.scan_signatures(r, &m.digest, &keys).await;
+            let keyless: Vec<_> = sig
+                .keyless
+                .iter()
+                .filter_map(|k| {
+                    let root = loaded.policy.trust.get(&k.trust)?;
+                    Some((k.clone(), root.clone()))
+                })
+                .collect();
+            let scan = self.scan_signatures(r, &m.digest, &keys, &keyless).await;
             ev.signers = scan.signers;
             ev.signature_notes = scan.notes;
         }

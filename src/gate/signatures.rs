@@ -3,12 +3,16 @@
 //! cosign's sig artifactType, and Sigstore bundle v0.3 referrers (from the
 //! referrers API or the `sha256-<hex>` tag-schema index). Every candidate is
 //! verified with the rule's keys over the exact bytes fetched (and digest
-//! checked on the way in).
+//! checked on the way in); a bundle that carries a Fulcio certificate is a
+//! keyless signature, verified against the rule's trusted roots and counted
+//! only for an identity one of the rule's keyless entries accepts.
 
 use super::core::Gate;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
 use crate::oci::{Digest, Reference};
+use crate::policy::{KeylessSigner, KEYLESS_SIGNER};
+use crate::trust::sigstore::{verify_keyless, TrustedRoot};
 use crate::trust::verify::{
     verify_bundle, verify_simple_signing, SigError, COSIGN_SIG_ARTIFACT, SIGNATURE_ANNOTATION,
     SIMPLE_SIGNING,
@@ -17,16 +21,21 @@ use crate::trust::{PublicKey, SigFormat};
 use crate::upstream::Route;
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// At most this many referrers and signature layers are examined per image.
 const MAX_CANDIDATES: usize = 32;
 /// cosign's attachment cap is 128 MiB; signatures are tiny, 1 MiB is plenty.
 const MAX_SIGNATURE_BLOB: usize = 1024 * 1024;
 
+/// A keyless entry of the rule with the trusted root it names.
+pub type KeylessTrust = (KeylessSigner, Arc<TrustedRoot>);
+
 /// What the scan found.
 #[derive(Debug, Default, Clone)]
 pub struct SignatureScan {
-    /// Names of keys with a valid signature naming the digest.
+    /// Names of keys, and keyless identities (`keyless:<subject> (<issuer>)`),
+    /// with a valid signature naming the digest.
     pub signers: BTreeSet<String>,
     /// Why other candidates did not count (`format: reason`).
     pub notes: Vec<String>,
@@ -71,6 +80,58 @@ impl SignatureScan {
                 None => "no key to check".into(),
             };
             self.notes.push(format!("{}: {why}", format.as_str()));
+        }
+    }
+
+    /// A keyless bundle: verified once per trusted root the rule names; its
+    /// signer counts if an entry with that root accepts the identity.
+    fn record_keyless(
+        &mut self,
+        metrics: &Metrics,
+        keyless: &[KeylessTrust],
+        bundle: &[u8],
+        image: &Digest,
+    ) {
+        let mut why = None;
+        let mut any = false;
+        let mut tried: Vec<&Arc<TrustedRoot>> = Vec::new();
+        for (_, root) in keyless {
+            if tried.iter().any(|t| Arc::ptr_eq(t, root)) {
+                continue;
+            }
+            tried.push(root);
+            let sig = match verify_keyless(bundle, root, image) {
+                Ok(sig) => sig,
+                Err(e) => {
+                    why.get_or_insert(e.to_string());
+                    continue;
+                }
+            };
+            let id = &sig.identity;
+            for (entry, _) in keyless.iter().filter(|(_, r)| Arc::ptr_eq(r, root)) {
+                let subject = id.subjects.iter().find(|s| entry.subject.matches(s));
+                if let Some(subject) = subject.filter(|_| entry.issuer.matches(&id.issuer)) {
+                    self.signers
+                        .insert(format!("{KEYLESS_SIGNER}{subject} ({})", id.issuer));
+                    any = true;
+                }
+            }
+            if !any {
+                why.get_or_insert(format!(
+                    "signed by {} from {}, an identity no keyless entry of the rule accepts",
+                    id.subjects.join(", "),
+                    id.issuer
+                ));
+            }
+        }
+        let result = if any { "valid" } else { "invalid" };
+        metrics
+            .signature_verifications
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if !any {
+            let why = why.unwrap_or_else(|| "the rule accepts no keyless signers".into());
+            self.notes.push(format!("keyless: {why}"));
         }
     }
 
@@ -123,6 +184,15 @@ fn signature_format(descriptor: &Value) -> Option<SigFormat> {
     }
 }
 
+/// Whether a bundle carries a signing certificate (keyless) rather than a
+/// key hint.
+fn is_keyless(bundle: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bundle).is_ok_and(|b| {
+        let m = &b["verificationMaterial"];
+        m["certificate"].is_object() || m["x509CertificateChain"].is_object()
+    })
+}
+
 /// The bundle blob a bundle referrer's first layer names.
 fn bundle_layer(referrer: &Value) -> Option<Digest> {
     let layer = referrer["layers"].as_array()?.first()?;
@@ -140,6 +210,7 @@ impl Gate {
         r: &Route,
         image: &Digest,
         keys: &[(String, PublicKey)],
+        keyless: &[KeylessTrust],
     ) -> SignatureScan {
         let mut out = SignatureScan::default();
         self.legacy_signatures(r, image, keys, &mut out).await;
@@ -158,7 +229,7 @@ impl Gate {
             let Some(Ok(md)) = d["digest"].as_str().map(|x| x.parse::<Digest>()) else {
                 continue;
             };
-            self.referrer_signature(r, image, keys, format, &md, &mut out)
+            self.referrer_signature(r, image, (keys, keyless), format, &md, &mut out)
                 .await;
         }
         out
@@ -196,7 +267,7 @@ impl Gate {
         &self,
         r: &Route,
         image: &Digest,
-        keys: &[(String, PublicKey)],
+        (keys, keyless): (&[(String, PublicKey)], &[KeylessTrust]),
         format: SigFormat,
         md: &Digest,
         out: &mut SignatureScan,
@@ -233,6 +304,9 @@ impl Gate {
         };
         let max = MAX_SIGNATURE_BLOB.max(MAX_MANIFEST_BYTES);
         match self.registry.small_blob(r, &bd, max).await {
+            Ok(bundle) if is_keyless(&bundle) => {
+                out.record_keyless(&self.metrics, keyless, &bundle, image)
+            }
             Ok(bundle) => out.record(&self.metrics, format, keys, |k| {
                 verify_bundle(&bundle, k, image)
             }),

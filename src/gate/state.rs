@@ -81,13 +81,10 @@ impl GateState {
         generation: u64,
     ) -> Option<Evidence> {
         let c = self.evidence.get(&(repo.to_string(), d.clone()))?;
-        let complete = rule.signatures.as_ref().is_none_or(|s| {
-            s.keys
-                .iter()
-                .filter(|k| c.evidence.signers.contains(*k))
-                .count()
-                >= s.min
-        });
+        let complete = rule
+            .signatures
+            .as_ref()
+            .is_none_or(|s| s.counted(&c.evidence.signers).len() >= s.min);
         let fresh = complete || c.at.elapsed() < INCOMPLETE_EVIDENCE_WINDOW;
         (c.generation == generation && fresh).then(|| c.evidence.clone())
     }

@@ -157,24 +157,17 @@ pub fn evaluate(policy: &Policy, repo: &str, ev: &Evidence) -> PolicyDecision {
     };
     let mut reasons = ev.errors.clone();
     if let Some(sig) = rule.signatures.as_ref().filter(|_| !ev.signatures_deferred) {
-        let good: Vec<&String> = sig
-            .keys
-            .iter()
-            .filter(|k| ev.signers.contains(*k))
-            .collect();
+        let good = sig.counted(&ev.signers);
         if good.len() < sig.min {
             let mut r = if good.is_empty() {
-                format!("no valid signature by [{}]", sig.keys.join(", "))
+                format!("no valid signature by {}", sig.describe_signers())
             } else {
                 format!(
-                    "{} of {} required signatures by [{}] (valid: {})",
+                    "{} of {} required signatures by {} (valid: {})",
                     good.len(),
                     sig.min,
-                    sig.keys.join(", "),
-                    good.iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    sig.describe_signers(),
+                    good.join(", ")
                 )
             };
             if !ev.signature_notes.is_empty() {

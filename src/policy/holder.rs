@@ -56,10 +56,12 @@ fn drops_everything(old: &Policy, new: &Policy) -> Option<String> {
             old.rules.len()
         ));
     }
-    if !old.keys.is_empty() && new.keys.is_empty() {
+    let anchors = |p: &Policy| p.keys.len() + p.trust.len();
+    if anchors(old) > 0 && anchors(new) == 0 {
         return Some(format!(
-            "the new file has no keys (the policy in force has {})",
-            old.keys.len()
+            "the new file has no keys and no trusted roots (the policy in force has {} keys, {} trusted roots)",
+            old.keys.len(),
+            old.trust.len()
         ));
     }
     None
@@ -86,6 +88,7 @@ impl PolicyHolder {
                 policy: Policy {
                     default_allow: true,
                     keys: Default::default(),
+                    trust: Default::default(),
                     rules: vec![],
                 },
                 sha256: "none".into(),

@@ -13,4 +13,6 @@ pub mod parse;
 pub use eval::{Decision, Evidence, ImageEvidence, PolicyDecision};
 pub use holder::{LoadedPolicy, PolicyHolder};
 pub use lint::{Finding, Severity};
-pub use model::{Constraint, Mode, Policy, PolicyError, Rule};
+pub use model::{
+    Constraint, FieldMatch, KeylessSigner, Mode, Policy, PolicyError, Rule, KEYLESS_SIGNER,
+};

@@ -1,6 +1,7 @@
 //! The policy as modelgate holds it: rules, their constraints, keys. Read
 //! from a file by [`super::parse`], checked by [`super::lint`]. Pure.
 
+use crate::trust::sigstore::TrustedRoot;
 use crate::trust::PublicKey;
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use std::collections::BTreeMap;
@@ -38,10 +39,75 @@ impl Mode {
     }
 }
 
+/// How a certificate field is matched: exactly, or by a regular
+/// expression anchored at both ends.
+#[derive(Debug, Clone)]
+pub enum FieldMatch {
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl FieldMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            FieldMatch::Exact(s) => s == value,
+            FieldMatch::Regex(r) => r.is_match(value),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            FieldMatch::Exact(s) => format!("{s:?}"),
+            FieldMatch::Regex(r) => format!("/{}/", r.as_str()),
+        }
+    }
+}
+
+/// One accepted keyless (Fulcio) signer: a certificate from the named
+/// trusted root whose OIDC issuer and subject match.
+#[derive(Debug, Clone)]
+pub struct KeylessSigner {
+    pub trust: String,
+    pub issuer: FieldMatch,
+    pub subject: FieldMatch,
+}
+
+/// Signers of keyless signatures are named `keyless:<subject> (<issuer>)`
+/// in evidence, apart from key names (which cannot contain a colon-space
+/// pair like this one; see `parse`).
+pub const KEYLESS_SIGNER: &str = "keyless:";
+
 #[derive(Debug, Clone)]
 pub struct SignatureRule {
     pub keys: Vec<String>,
+    pub keyless: Vec<KeylessSigner>,
     pub min: usize,
+}
+
+impl SignatureRule {
+    /// The distinct signers in `signers` this rule counts: its keys, and
+    /// every keyless identity (only identities one of the rule's keyless
+    /// entries accepted are recorded).
+    pub fn counted<'a>(&self, signers: &'a std::collections::BTreeSet<String>) -> Vec<&'a str> {
+        signers
+            .iter()
+            .filter(|s| s.starts_with(KEYLESS_SIGNER) || self.keys.contains(*s))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Who may sign, for messages: `[release, keyless "subject" from "issuer"]`.
+    pub fn describe_signers(&self) -> String {
+        let keyless = self.keyless.iter().map(|k| {
+            format!(
+                "keyless {} from {}",
+                k.subject.describe(),
+                k.issuer.describe()
+            )
+        });
+        let all: Vec<String> = self.keys.iter().cloned().chain(keyless).collect();
+        format!("[{}]", all.join(", "))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +152,8 @@ impl Rule {
 pub struct Policy {
     pub default_allow: bool,
     pub keys: BTreeMap<String, PublicKey>,
+    /// Sigstore trusted roots by their `[trust.NAME]`.
+    pub trust: BTreeMap<String, std::sync::Arc<TrustedRoot>>,
     pub rules: Vec<Rule>,
 }
 
@@ -114,6 +182,14 @@ impl Policy {
         for (k, v) in &self.keys {
             s += &format!("key {k}: {} (hint {})\n", v.algorithm(), v.hint());
         }
+        for (name, root) in &self.trust {
+            s += &format!(
+                "trust {name}: Sigstore root with {} certificate authorities, {} transparency logs, {} CT logs\n",
+                root.certificate_authorities.len(),
+                root.tlogs.len(),
+                root.ctlogs.len()
+            );
+        }
         for (i, r) in self.rules.iter().enumerate() {
             s += &format!(
                 "rule {} {:?} ({}): repositories {}\n",
@@ -124,9 +200,9 @@ impl Policy {
             );
             if let Some(sig) = &r.signatures {
                 s += &format!(
-                    "  signatures: at least {} of [{}]\n",
+                    "  signatures: at least {} of {}\n",
                     sig.min,
-                    sig.keys.join(", ")
+                    sig.describe_signers()
                 );
             }
             for (what, list) in [("label", &r.labels), ("annotation", &r.annotations)] {

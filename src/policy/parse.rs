@@ -2,12 +2,17 @@
 //! errors naming the line), then one small step per part — default, keys,
 //! each rule's globs, mode, signatures, constraints and tags.
 
-use super::model::{glob, Constraint, Mode, Policy, PolicyError, Rule, SignatureRule, TagRule};
+use super::model::{
+    glob, Constraint, FieldMatch, KeylessSigner, Mode, Policy, PolicyError, Rule, SignatureRule,
+    TagRule, KEYLESS_SIGNER,
+};
+use crate::trust::sigstore::TrustedRoot;
 use crate::trust::PublicKey;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use toml::Spanned;
 
 #[derive(Deserialize)]
@@ -18,7 +23,15 @@ struct RawPolicy {
     #[serde(default)]
     keys: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
+    trust: BTreeMap<String, Spanned<RawTrust>>,
+    #[serde(default)]
     rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    trusted_root: String,
 }
 
 #[derive(Deserialize)]
@@ -41,9 +54,22 @@ struct RawRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSignatures {
+    #[serde(default)]
     keys: Vec<String>,
+    #[serde(default)]
+    keyless: Vec<Spanned<RawKeyless>>,
     #[serde(default = "one")]
     min: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyless {
+    trust: String,
+    issuer: Option<String>,
+    issuer_regex: Option<String>,
+    subject: Option<String>,
+    subject_regex: Option<String>,
 }
 
 fn one() -> usize {
@@ -115,6 +141,12 @@ fn parse_keys(
 ) -> Result<BTreeMap<String, PublicKey>, PolicyError> {
     let mut keys = BTreeMap::new();
     for (kname, v) in raw {
+        if kname.starts_with(KEYLESS_SIGNER) {
+            return Err(src.at(
+                v.span(),
+                format!("key {kname:?}: names starting with {KEYLESS_SIGNER:?} are kept for keyless signers"),
+            ));
+        }
         let s = v.get_ref();
         let pem = if s.trim_start().starts_with("-----BEGIN") {
             s.clone()
@@ -175,13 +207,20 @@ fn parse_signatures(
     src: &Source<'_>,
     r: &RawRule,
     keys: &BTreeMap<String, PublicKey>,
+    trust: &BTreeMap<String, Arc<TrustedRoot>>,
 ) -> Result<Option<SignatureRule>, PolicyError> {
     let Some(s) = &r.signatures else {
         return Ok(None);
     };
     let (sp, s) = (s.span(), s.get_ref());
-    if s.keys.is_empty() {
-        return Err(src.at(sp, format!("rule {:?}: signatures.keys is empty", r.name)));
+    if s.keys.is_empty() && s.keyless.is_empty() {
+        return Err(src.at(
+            sp,
+            format!(
+                "rule {:?}: signatures lists no keys and no keyless signers",
+                r.name
+            ),
+        ));
     }
     if let Some(k) = s.keys.iter().find(|k| !keys.contains_key(*k)) {
         return Err(src.at(
@@ -192,7 +231,9 @@ fn parse_signatures(
             ),
         ));
     }
-    if s.min == 0 || s.min > s.keys.len() {
+    // Several keyless identities may match one entry, so only keys alone
+    // bound `min`.
+    if s.min == 0 || (s.keyless.is_empty() && s.min > s.keys.len()) {
         return Err(src.at(
             sp,
             format!(
@@ -203,10 +244,74 @@ fn parse_signatures(
             ),
         ));
     }
+    let keyless = s
+        .keyless
+        .iter()
+        .map(|k| parse_keyless(src, &r.name, k, trust))
+        .collect::<Result<_, _>>()?;
     Ok(Some(SignatureRule {
         keys: s.keys.clone(),
+        keyless,
         min: s.min,
     }))
+}
+
+fn parse_keyless(
+    src: &Source<'_>,
+    rule: &str,
+    raw: &Spanned<RawKeyless>,
+    trust: &BTreeMap<String, Arc<TrustedRoot>>,
+) -> Result<KeylessSigner, PolicyError> {
+    let (span, k) = (raw.span(), raw.get_ref());
+    let err = |m: String| src.at(span.clone(), format!("rule {rule:?}: keyless signer: {m}"));
+    if !trust.contains_key(&k.trust) {
+        return Err(err(format!(
+            "trust = {:?} is not a [trust.NAME] table",
+            k.trust
+        )));
+    }
+    let field = |name: &str, exact: &Option<String>, regex: &Option<String>| {
+        match (exact, regex) {
+            (Some(e), None) if !e.is_empty() => Ok(FieldMatch::Exact(e.clone())),
+            (None, Some(r)) => regex::Regex::new(&format!("^(?:{r})$"))
+                .map(FieldMatch::Regex)
+                .map_err(|e| err(format!("{name}_regex: {e}"))),
+            _ => Err(err(format!(
+                "set exactly one of {name} and {name}_regex (a keyless signer must name whom it trusts)"
+            ))),
+        }
+    };
+    Ok(KeylessSigner {
+        trust: k.trust.clone(),
+        issuer: field("issuer", &k.issuer, &k.issuer_regex)?,
+        subject: field("subject", &k.subject, &k.subject_regex)?,
+    })
+}
+
+fn parse_trust(
+    src: &Source<'_>,
+    base: &Path,
+    raw: &BTreeMap<String, Spanned<RawTrust>>,
+) -> Result<BTreeMap<String, Arc<TrustedRoot>>, PolicyError> {
+    let mut out = BTreeMap::new();
+    for (name, t) in raw {
+        let p = base.join(&t.get_ref().trusted_root);
+        let at = |m: String| src.at(t.span(), format!("trust {name:?}: {m}"));
+        let bytes =
+            std::fs::read(&p).map_err(|e| at(format!("cannot read {}: {e}", p.display())))?;
+        let root = TrustedRoot::parse(&bytes).map_err(|e| at(format!("{}: {e}", p.display())))?;
+        if root.certificate_authorities.is_empty()
+            || root.tlogs.is_empty()
+            || root.ctlogs.is_empty()
+        {
+            return Err(at(format!(
+                "{} needs at least one certificate authority, transparency log and CT log to verify keyless signatures",
+                p.display()
+            )));
+        }
+        out.insert(name.clone(), Arc::new(root));
+    }
+    Ok(out)
 }
 
 fn parse_constraint(
@@ -280,6 +385,7 @@ fn parse_rule(
     src: &Source<'_>,
     raw: &Spanned<RawRule>,
     keys: &BTreeMap<String, PublicKey>,
+    trust: &BTreeMap<String, Arc<TrustedRoot>>,
     earlier: &[Rule],
 ) -> Result<Rule, PolicyError> {
     let (span, r) = (raw.span(), raw.get_ref());
@@ -304,7 +410,7 @@ fn parse_rule(
             .collect(),
         matchers: parse_globs(src, r)?,
         mode: parse_mode(src, r)?,
-        signatures: parse_signatures(src, r, keys)?,
+        signatures: parse_signatures(src, r, keys, trust)?,
         labels: parse_constraints(src, "label", r, &r.labels)?,
         annotations: parse_constraints(src, "annotation", r, &r.annotations)?,
         tags: parse_tags(src, r)?,
@@ -319,14 +425,16 @@ impl Policy {
             toml::from_str(text).map_err(|e| src.err(e.to_string().trim_end().to_string()))?;
         let default_allow = parse_default(&src, &raw.default)?;
         let keys = parse_keys(&src, base, &raw.keys)?;
+        let trust = parse_trust(&src, base, &raw.trust)?;
         let mut rules: Vec<Rule> = Vec::new();
         for r in &raw.rules {
-            let rule = parse_rule(&src, r, &keys, &rules)?;
+            let rule = parse_rule(&src, r, &keys, &trust, &rules)?;
             rules.push(rule);
         }
         Ok(Policy {
             default_allow,
             keys,
+            trust,
             rules,
         })
     }
@@ -342,5 +450,104 @@ impl Policy {
             Policy::parse(&text, base, &path.display().to_string())?,
             text,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keyless")
+    }
+
+    fn parse(body: &str) -> Result<Policy, String> {
+        let text = format!(
+            "[trust.good]\ntrusted_root = \"public-good-trusted_root.json\"\n[[rules]]\nname = \"m\"\nrepositories = [\"a/**\"]\n[rules.signatures]\n{body}"
+        );
+        Policy::parse(&text, &root_dir(), "p.toml").map_err(|e| e.to_string())
+    }
+
+    const GITHUB: &str = "issuer = \"https://token.actions.githubusercontent.com\"\n";
+
+    #[test]
+    fn keyless_signers_are_read_with_anchored_regexes() {
+        let p = parse(&format!(
+            "min = 2\n[[rules.signatures.keyless]]\ntrust = \"good\"\n{GITHUB}subject_regex = 'https://github\\.com/acme/.*'\n"
+        ))
+        .unwrap();
+        let sig = p.rules[0].signatures.as_ref().unwrap();
+        assert_eq!(sig.min, 2, "several identities may match one entry");
+        let k = &sig.keyless[0];
+        assert!(k.subject.matches("https://github.com/acme/x"));
+        assert!(!k.subject.matches("evil https://github.com/acme/x"));
+        assert!(k
+            .issuer
+            .matches("https://token.actions.githubusercontent.com"));
+        assert!(!k
+            .issuer
+            .matches("https://token.actions.githubusercontent.com.evil"));
+        let d = p.describe();
+        assert!(d.contains("trust good: Sigstore root"), "{d}");
+        assert!(d.contains("keyless /^(?:https://github"), "{d}");
+    }
+
+    #[test]
+    fn keyless_mistakes_name_the_line_and_the_fix() {
+        let entry = |fields: &str| format!("[[rules.signatures.keyless]]\n{fields}");
+        for (body, needle) in [
+            (
+                entry(&format!("trust = \"nope\"\n{GITHUB}subject = \"s\"\n")),
+                "not a [trust.NAME]",
+            ),
+            (
+                entry(&format!("trust = \"good\"\n{GITHUB}")),
+                "exactly one of subject and subject_regex",
+            ),
+            (
+                entry(&format!(
+                    "trust = \"good\"\n{GITHUB}subject = \"s\"\nsubject_regex = \"s\"\n"
+                )),
+                "exactly one of subject",
+            ),
+            (
+                entry("trust = \"good\"\nsubject = \"s\"\n"),
+                "exactly one of issuer",
+            ),
+            (
+                entry(&format!("trust = \"good\"\n{GITHUB}subject_regex = '('\n")),
+                "subject_regex",
+            ),
+            (
+                entry(&format!("trust = \"good\"\n{GITHUB}subject = \"\"\n")),
+                "exactly one of subject",
+            ),
+            (
+                entry(&format!("trust = \"good\"\n{GITHUB}subjekt = \"s\"\n")),
+                "subjekt",
+            ),
+            (String::from("min = 1\n"), "no keys and no keyless signers"),
+        ] {
+            let e = parse(&body).unwrap_err();
+            assert!(e.contains(needle), "{body}: {e}");
+            assert!(e.contains("line "), "{e}");
+        }
+    }
+
+    #[test]
+    fn trusted_roots_must_load_and_keys_keep_their_names() {
+        let bad = |text: &str| {
+            Policy::parse(text, &root_dir(), "p.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("[trust.x]\ntrusted_root = \"missing.json\"\n");
+        assert!(e.contains("line 1") && e.contains("missing.json"), "{e}");
+        let e = bad("[trust.x]\ntrusted_root = \"README.md\"\n");
+        assert!(e.contains("trust \"x\""), "{e}");
+        let e = bad("[trust.x]\nnotation_certs = []\n");
+        assert!(e.contains("notation_certs"), "{e}");
+        let e = bad("[keys]\n\"keyless:me\" = \"k.pub\"\n");
+        assert!(e.contains("kept for keyless signers"), "{e}");
     }
 }

@@ -21,3 +21,5 @@ mod push;
 mod bypass;
 // Regression tests for the protocol, resource and operability items of issue #7.
 mod hardening;
+// Keyless (Fulcio/Rekor) signatures from a fake Sigstore instance, through the gate.
+mod keyless;

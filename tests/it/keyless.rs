@@ -1,0 +1,180 @@
+//! Keyless cosign signatures (Sigstore bundles with a Fulcio certificate)
+//! through the gate, against vectors made by another implementation and
+//! checked with sigstore-python (tests/fixtures/keyless): the signer counts
+//! only when the bundle verifies against the policy's trusted root AND a
+//! keyless entry of the rule accepts its issuer and subject.
+
+use crate::policy::{assert_denied, gate_with_policy};
+use crate::support::*;
+use bytes::Bytes;
+use http::StatusCode;
+use modelgate::oci::Digest;
+use std::path::{Path, PathBuf};
+
+const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const WORKFLOW_RE: &str =
+    r"https://github\.com/acme/models/\.github/workflows/release\.yml@refs/tags/v.*";
+const GITHUB: &str = "https://token.actions.githubusercontent.com";
+
+fn dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keyless")
+        .join(case)
+}
+
+fn read(case: &str, rel: &str) -> Bytes {
+    Bytes::from(std::fs::read(dir(case).join(rel)).unwrap())
+}
+
+/// The vector's image at `models/demo:v1.0.0` with its bundle attached
+/// through the tag-schema referrers index; returns the image digest.
+fn seed(up: &Mock, case: &str) -> Digest {
+    let d = up.state.add_manifest(
+        "models/demo",
+        Some("v1.0.0"),
+        read(case, "subject.json"),
+        OCI,
+    );
+    for blob in std::fs::read_dir(dir(case).join("signature/blobs")).unwrap() {
+        up.state
+            .add_blob(Bytes::from(std::fs::read(blob.unwrap().path()).unwrap()));
+    }
+    up.state.add_manifest(
+        "models/demo",
+        None,
+        read(case, "signature/manifest.json"),
+        OCI,
+    );
+    up.state.add_manifest(
+        "models/demo",
+        Some(&d.tag_schema()),
+        read(case, "signature/referrers.json"),
+        INDEX,
+    );
+    d
+}
+
+/// A policy trusting the vectors' fake Sigstore root, with `signers` as
+/// the rule's `[rules.signatures]` body.
+fn policy(signers: &str) -> String {
+    format!(
+        r#"default = "allow"
+[trust.fake-sigstore]
+trusted_root = "{}"
+[[rules]]
+name = "models"
+repositories = ["local/models/**"]
+[rules.signatures]
+{signers}
+"#,
+        dir("bundle-valid-uri").join("trusted_root.json").display()
+    )
+}
+
+fn keyless(issuer: &str, subject_regex: &str) -> String {
+    format!(
+        "[[rules.signatures.keyless]]\ntrust = \"fake-sigstore\"\nissuer = \"{issuer}\"\nsubject_regex = '{subject_regex}'\n"
+    )
+}
+
+#[tokio::test]
+async fn a_keyless_signature_by_an_accepted_identity_admits_the_image() {
+    for (case, subject_regex) in [
+        ("bundle-valid-uri", WORKFLOW_RE),
+        ("bundle-valid-github-ext", WORKFLOW_RE),
+        ("bundle-valid-email", r"model-signer@example\.test"),
+    ] {
+        let up = Mock::start().await;
+        let d = seed(&up, case);
+        let c: serde_json::Value = serde_json::from_slice(&read(case, "case.json")).unwrap();
+        let issuer = c["expected_issuer"].as_str().unwrap();
+        let (g, _t) = gate_with_policy(&up, &policy(&keyless(issuer, subject_regex))).await;
+        let r = get(&g.url("/v2/models/demo/manifests/v1.0.0")).await;
+        assert_eq!(r.status, StatusCode::OK, "{case}: {:?}", r.body);
+        assert_eq!(r.bytes(), &read(case, "subject.json"));
+        let audit = g.audit();
+        let rec = audit.iter().find(|a| a["digest"] == d.to_string().as_str());
+        assert_eq!(
+            rec.map(|a| &a["decision"]),
+            Some(&"allow".into()),
+            "{case}: {audit:?}"
+        );
+        assert!(g.metric("modelgate_signature_verifications_total{result=\"valid\"}") >= 1.0);
+        g.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_valid_keyless_signature_by_another_identity_is_denied() {
+    let up = Mock::start().await;
+    seed(&up, "bundle-valid-uri");
+    for (issuer, subject) in [
+        // Another repository's workflow, same issuer.
+        (GITHUB, r"https://github\.com/other/models/.*"),
+        // The right workflow vouched for by another issuer.
+        ("https://accounts.example.test", WORKFLOW_RE),
+        // The regex is anchored: a prefix of the identity is not enough.
+        (GITHUB, r"https://github\.com/acme/models"),
+    ] {
+        let (g, _t) = gate_with_policy(&up, &policy(&keyless(issuer, subject))).await;
+        let r = get(&g.url("/v2/models/demo/manifests/v1.0.0")).await;
+        assert_denied(&r, "no valid signature by [keyless");
+        assert!(
+            r.message()
+                .contains("an identity no keyless entry of the rule accepts"),
+            "{subject}: {}",
+            r.message()
+        );
+        g.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn keyless_signatures_that_do_not_verify_are_denied_with_the_reason() {
+    for (case, needle) in [
+        (
+            "bundle-untrusted-root",
+            "does not chain to a certificate authority",
+        ),
+        ("bundle-time-outside-cert", "CertExpired"),
+        ("bundle-no-sct", "no signed certificate timestamp"),
+        ("bundle-cert-mismatch", "records another signature"),
+        ("bundle-claim-digest", "signed payload names sha256:"),
+        ("bundle-bad-set", "signed entry timestamp"),
+        ("bundle-issuer-v1-mismatch", "issuer extensions disagree"),
+    ] {
+        let up = Mock::start().await;
+        seed(&up, case);
+        let (g, _t) = gate_with_policy(&up, &policy(&keyless(GITHUB, WORKFLOW_RE))).await;
+        let r = get(&g.url("/v2/models/demo/manifests/v1.0.0")).await;
+        assert_denied(&r, needle);
+        assert!(g.metric("modelgate_signature_verifications_total{result=\"invalid\"}") >= 1.0);
+        g.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_keyless_signer_is_one_of_the_distinct_signers_min_counts() {
+    let up = Mock::start().await;
+    seed(&up, "bundle-valid-uri");
+    let key = crate::policy::fx_str("keys/ecdsa-p256.pub.pem");
+    let text = policy(&format!(
+        "keys = [\"release\"]\nmin = 2\n{}",
+        keyless(GITHUB, WORKFLOW_RE)
+    ))
+    .replace(
+        "[[rules]]",
+        &format!("[keys]\nrelease = \"\"\"{key}\"\"\"\n[[rules]]"),
+    );
+    let (g, _t) = gate_with_policy(&up, &text).await;
+    let r = get(&g.url("/v2/models/demo/manifests/v1.0.0")).await;
+    assert_denied(&r, "1 of 2 required signatures");
+    assert!(
+        r.message()
+            .contains("valid: keyless:https://github.com/acme/models/"),
+        "{}",
+        r.message()
+    );
+    g.stop().await;
+}
