@@ -12,7 +12,10 @@ use crate::metrics::{Metrics, ResultLabels};
 use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
 use crate::oci::{Digest, Reference};
 use crate::policy::{KeylessSigner, KEYLESS_SIGNER};
-use crate::trust::sigstore::{verify_keyless, TrustedRoot};
+use crate::trust::sigstore::{
+    is_keyless_layer, verify_keyless, verify_keyless_legacy, KeylessError, KeylessSignature,
+    TrustedRoot,
+};
 use crate::trust::verify::{
     verify_bundle, verify_simple_signing, SigError, COSIGN_SIG_ARTIFACT, SIGNATURE_ANNOTATION,
     SIMPLE_SIGNING,
@@ -30,6 +33,9 @@ const MAX_SIGNATURE_BLOB: usize = 1024 * 1024;
 
 /// A keyless entry of the rule with the trusted root it names.
 pub type KeylessTrust = (KeylessSigner, Arc<TrustedRoot>);
+
+/// Whom a rule accepts: its keys by name, and its keyless entries.
+type Signers<'a> = (&'a [(String, PublicKey)], &'a [KeylessTrust]);
 
 /// What the scan found.
 #[derive(Debug, Default, Clone)]
@@ -83,14 +89,14 @@ impl SignatureScan {
         }
     }
 
-    /// A keyless bundle: verified once per trusted root the rule names; its
-    /// signer counts if an entry with that root accepts the identity.
+    /// A keyless signature (bundle or legacy layer): verified once per
+    /// trusted root the rule names; its signer counts if an entry with that
+    /// root accepts the identity.
     fn record_keyless(
         &mut self,
         metrics: &Metrics,
         keyless: &[KeylessTrust],
-        bundle: &[u8],
-        image: &Digest,
+        verify: impl Fn(&TrustedRoot) -> Result<KeylessSignature, KeylessError>,
     ) {
         let mut why = None;
         let mut any = false;
@@ -100,7 +106,7 @@ impl SignatureScan {
                 continue;
             }
             tried.push(root);
-            let sig = match verify_keyless(bundle, root, image) {
+            let sig = match verify(root) {
                 Ok(sig) => sig,
                 Err(e) => {
                     why.get_or_insert(e.to_string());
@@ -143,7 +149,7 @@ impl SignatureScan {
         image: &Digest,
         manifest: &Value,
         format: SigFormat,
-        keys: &[(String, PublicKey)],
+        (keys, keyless): Signers<'_>,
     ) {
         let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
         for l in layers.iter().take(MAX_CANDIDATES) {
@@ -160,10 +166,16 @@ impl SignatureScan {
                 ));
                 continue;
             };
+            let annotations = l["annotations"].as_object();
             match gate.registry.small_blob(r, &pd, MAX_SIGNATURE_BLOB).await {
-                Ok(payload) => self.record(&gate.metrics, format, keys, |k| {
-                    verify_simple_signing(&payload, sig, k, image)
-                }),
+                Ok(payload) => match annotations.filter(|a| is_keyless_layer(a)) {
+                    Some(a) => self.record_keyless(&gate.metrics, keyless, |root| {
+                        verify_keyless_legacy(&payload, a, root, image)
+                    }),
+                    None => self.record(&gate.metrics, format, keys, |k| {
+                        verify_simple_signing(&payload, sig, k, image)
+                    }),
+                },
                 Err(e) => self
                     .notes
                     .push(format!("{}: payload {pd}: {e}", format.as_str())),
@@ -213,7 +225,8 @@ impl Gate {
         keyless: &[KeylessTrust],
     ) -> SignatureScan {
         let mut out = SignatureScan::default();
-        self.legacy_signatures(r, image, keys, &mut out).await;
+        self.legacy_signatures(r, image, (keys, keyless), &mut out)
+            .await;
         let index = match self.registry.referrers(r, image, None).await {
             Ok(refs) => crate::oci::json::parse_strict(&refs.index).unwrap_or(Value::Null),
             Err(e) => {
@@ -241,7 +254,7 @@ impl Gate {
         &self,
         r: &Route,
         image: &Digest,
-        keys: &[(String, PublicKey)],
+        signers: Signers<'_>,
         out: &mut SignatureScan,
     ) {
         let sig_tag = format!("{}.sig", image.tag_schema());
@@ -252,7 +265,7 @@ impl Gate {
         match found {
             Ok(m) => match crate::oci::json::parse_strict(&m.bytes) {
                 Ok(v) => {
-                    out.simple_signing_layers(self, r, image, &v, SigFormat::Legacy, keys)
+                    out.simple_signing_layers(self, r, image, &v, SigFormat::Legacy, signers)
                         .await
                 }
                 Err(e) => out.notes.push(format!("legacy: {sig_tag} is {e}")),
@@ -267,7 +280,7 @@ impl Gate {
         &self,
         r: &Route,
         image: &Digest,
-        (keys, keyless): (&[(String, PublicKey)], &[KeylessTrust]),
+        (keys, keyless): Signers<'_>,
         format: SigFormat,
         md: &Digest,
         out: &mut SignatureScan,
@@ -294,7 +307,7 @@ impl Gate {
         }
         if format != SigFormat::Bundle {
             return out
-                .simple_signing_layers(self, r, image, &v, format, keys)
+                .simple_signing_layers(self, r, image, &v, format, (keys, keyless))
                 .await;
         }
         let Some(bd) = bundle_layer(&v) else {
@@ -305,7 +318,9 @@ impl Gate {
         let max = MAX_SIGNATURE_BLOB.max(MAX_MANIFEST_BYTES);
         match self.registry.small_blob(r, &bd, max).await {
             Ok(bundle) if is_keyless(&bundle) => {
-                out.record_keyless(&self.metrics, keyless, &bundle, image)
+                out.record_keyless(&self.metrics, keyless, |root| {
+                    verify_keyless(&bundle, root, image)
+                })
             }
             Ok(bundle) => out.record(&self.metrics, format, keys, |k| {
                 verify_bundle(&bundle, k, image)

@@ -2,7 +2,8 @@
 //! through the gate, against vectors made by another implementation and
 //! checked with sigstore-python (tests/fixtures/keyless): the signer counts
 //! only when the bundle verifies against the policy's trusted root AND a
-//! keyless entry of the rule accepts its issuer and subject.
+//! keyless entry of the rule accepts its issuer and subject. Both of
+//! cosign's forms: a bundle referrer, and a legacy `.sig` layer.
 
 use crate::policy::{assert_denied, gate_with_policy};
 use crate::support::*;
@@ -27,31 +28,28 @@ fn read(case: &str, rel: &str) -> Bytes {
     Bytes::from(std::fs::read(dir(case).join(rel)).unwrap())
 }
 
-/// The vector's image at `models/demo:v1.0.0` with its bundle attached
-/// through the tag-schema referrers index; returns the image digest.
+/// The vector's image at `models/demo:v1.0.0` with its signature where
+/// cosign puts it: a bundle through the tag-schema referrers index, a
+/// legacy layer at the `.sig` tag. Returns the image digest.
 fn seed(up: &Mock, case: &str) -> Digest {
-    let d = up.state.add_manifest(
-        "models/demo",
-        Some("v1.0.0"),
-        read(case, "subject.json"),
-        OCI,
-    );
+    let repo = "models/demo";
+    let d = up
+        .state
+        .add_manifest(repo, Some("v1.0.0"), read(case, "subject.json"), OCI);
     for blob in std::fs::read_dir(dir(case).join("signature/blobs")).unwrap() {
         up.state
             .add_blob(Bytes::from(std::fs::read(blob.unwrap().path()).unwrap()));
     }
-    up.state.add_manifest(
-        "models/demo",
-        None,
-        read(case, "signature/manifest.json"),
-        OCI,
-    );
-    up.state.add_manifest(
-        "models/demo",
-        Some(&d.tag_schema()),
-        read(case, "signature/referrers.json"),
-        INDEX,
-    );
+    let sig = read(case, "signature/manifest.json");
+    if case.starts_with("legacy-") {
+        let tag = format!("{}.sig", d.tag_schema());
+        up.state.add_manifest(repo, Some(&tag), sig, OCI);
+        return d;
+    }
+    up.state.add_manifest(repo, None, sig, OCI);
+    let referrers = read(case, "signature/referrers.json");
+    up.state
+        .add_manifest(repo, Some(&d.tag_schema()), referrers, INDEX);
     d
 }
 
@@ -84,6 +82,8 @@ async fn a_keyless_signature_by_an_accepted_identity_admits_the_image() {
         ("bundle-valid-uri", WORKFLOW_RE),
         ("bundle-valid-github-ext", WORKFLOW_RE),
         ("bundle-valid-email", r"model-signer@example\.test"),
+        ("legacy-valid-uri", WORKFLOW_RE),
+        ("legacy-valid-email", r"model-signer@example\.test"),
     ] {
         let up = Mock::start().await;
         let d = seed(&up, case);
@@ -143,6 +143,16 @@ async fn keyless_signatures_that_do_not_verify_are_denied_with_the_reason() {
         ("bundle-claim-digest", "signed payload names sha256:"),
         ("bundle-bad-set", "signed entry timestamp"),
         ("bundle-issuer-v1-mismatch", "issuer extensions disagree"),
+        (
+            "legacy-untrusted-root",
+            "does not chain to a certificate authority",
+        ),
+        ("legacy-cert-mismatch", "records another signature"),
+        ("legacy-claim-digest", "signed payload names sha256:"),
+        (
+            "legacy-wrong-log-id",
+            "no entry from a log of the trusted root",
+        ),
     ] {
         let up = Mock::start().await;
         seed(&up, case);

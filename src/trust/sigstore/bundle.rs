@@ -174,18 +174,18 @@ struct BodySig {
     verifier: String,
 }
 
-fn malformed(what: impl std::fmt::Display) -> KeylessError {
+pub(super) fn malformed(what: impl std::fmt::Display) -> KeylessError {
     KeylessError::Malformed(what.to_string())
 }
 
 /// protobuf-JSON int64: a string, or a number from lenient writers.
-fn int(v: &Value, what: &str) -> Result<i64, KeylessError> {
+pub(super) fn int(v: &Value, what: &str) -> Result<i64, KeylessError> {
     v.as_i64()
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         .ok_or_else(|| malformed(format!("{what} is not an integer")))
 }
 
-fn b64(s: &str, what: &str) -> Result<Vec<u8>, KeylessError> {
+pub(super) fn b64(s: &str, what: &str) -> Result<Vec<u8>, KeylessError> {
     B64.decode(s)
         .map_err(|_| malformed(format!("{what} is not base64")))
 }
@@ -234,14 +234,8 @@ pub fn verify_keyless(
         };
         match check_entry(entry, log, &leaf, env, &payload) {
             Ok(at) => {
-                let ca = verify_chain(root, &leaf, at)?;
-                let issuer = ca
-                    .chain
-                    .first()
-                    .ok_or_else(|| malformed("a certificate authority without certificates"))?;
-                verify_embedded_sct(root, &leaf, issuer)?;
-                let identity = signer_identity(&leaf)?;
-                verify_bundle(bundle, &leaf_key(&leaf)?, image)?;
+                let (identity, key) = verify_leaf(root, &leaf, at)?;
+                verify_bundle(bundle, &key, image)?;
                 return Ok(KeylessSignature {
                     identity,
                     integrated_time: at,
@@ -346,9 +340,30 @@ fn check_entry(
     Ok(at)
 }
 
+/// Steps 1–3 for a leaf at a trusted time: it chains to a CA of the root
+/// and may sign code, a CT log of the root saw it, and it names a signer.
+/// Returns the signer and the leaf's key.
+pub(super) fn verify_leaf(
+    root: &TrustedRoot,
+    leaf: &[u8],
+    at: OffsetDateTime,
+) -> Result<(SignerIdentity, PublicKey), KeylessError> {
+    let ca = verify_chain(root, leaf, at)?;
+    let issuer = ca
+        .chain
+        .first()
+        .ok_or_else(|| malformed("a certificate authority without certificates"))?;
+    verify_embedded_sct(root, leaf, issuer)?;
+    Ok((signer_identity(leaf)?, leaf_key(leaf)?))
+}
+
 /// The DER of a base64-encoded PEM certificate (how Rekor records one).
-fn pem_cert_der(b64_pem: &str) -> Option<Vec<u8>> {
-    let pem = String::from_utf8(B64.decode(b64_pem).ok()?).ok()?;
+pub(super) fn pem_cert_der(b64_pem: &str) -> Option<Vec<u8>> {
+    pem_to_der(&String::from_utf8(B64.decode(b64_pem).ok()?).ok()?)
+}
+
+/// The DER of the first certificate of a PEM text.
+pub(super) fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let body: String = pem
         .lines()
         .map(str::trim)
