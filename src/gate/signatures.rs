@@ -115,8 +115,7 @@ impl SignatureScan {
             };
             let id = &sig.identity;
             for (entry, _) in keyless.iter().filter(|(_, r)| Arc::ptr_eq(r, root)) {
-                let subject = id.subjects.iter().find(|s| entry.subject.matches(s));
-                if let Some(subject) = subject.filter(|_| entry.issuer.matches(&id.issuer)) {
+                if let Some(subject) = entry.accepts(&id.subjects, &id.issuer, &id.fulcio) {
                     self.signers
                         .insert(format!("{KEYLESS_SIGNER}{subject} ({})", id.issuer));
                     any = true;

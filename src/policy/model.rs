@@ -70,6 +70,77 @@ pub struct KeylessSigner {
     pub trust: String,
     pub issuer: FieldMatch,
     pub subject: FieldMatch,
+    /// Pins on the GitHub Actions facts Fulcio records (all must hold).
+    pub github: Vec<GithubPin>,
+}
+
+/// One GitHub Actions fact a keyless certificate must carry. Fulcio's
+/// extension arc (under 1.3.6.1.4.1.57264.1) of the current UTF8String
+/// form and of the deprecated raw form, and the expected value of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GithubPin {
+    pub field: &'static str,
+    pub arc: u32,
+    pub expected: String,
+    pub legacy_arc: Option<u32>,
+    pub legacy_expected: String,
+}
+
+impl GithubPin {
+    /// `field` = `value` as the pin it makes; `None` for an unknown field.
+    pub fn new(field: &str, value: &str) -> Option<GithubPin> {
+        let pin = |field, arc, expected: String, legacy_arc, legacy: &str| GithubPin {
+            field,
+            arc,
+            expected,
+            legacy_arc,
+            legacy_expected: legacy.to_string(),
+        };
+        Some(match field {
+            // "owner/name": .12 holds the URL, legacy .5 the bare name.
+            "repository" => pin(
+                "repository",
+                12,
+                format!("https://github.com/{value}"),
+                Some(5),
+                value,
+            ),
+            "trigger" => pin("trigger", 20, value.into(), Some(2), value),
+            "ref" => pin("ref", 14, value.into(), Some(6), value),
+            "sha" => pin("sha", 13, value.into(), Some(3), value),
+            "runner_environment" => pin("runner_environment", 11, value.into(), None, value),
+            _ => return None,
+        })
+    }
+
+    /// Whether Fulcio's extensions (by arc) satisfy the pin: the current
+    /// form when present, else the deprecated one; absent fails.
+    pub fn holds(&self, fulcio: &BTreeMap<u32, String>) -> bool {
+        match (
+            fulcio.get(&self.arc),
+            self.legacy_arc.and_then(|a| fulcio.get(&a)),
+        ) {
+            (Some(v), _) => *v == self.expected,
+            (None, Some(v)) => *v == self.legacy_expected,
+            (None, None) => false,
+        }
+    }
+}
+
+impl KeylessSigner {
+    /// Whether a verified signer is one this entry accepts; the subject
+    /// that matched if so.
+    pub fn accepts<'a>(
+        &self,
+        subjects: &'a [String],
+        issuer: &str,
+        fulcio: &BTreeMap<u32, String>,
+    ) -> Option<&'a String> {
+        if !self.issuer.matches(issuer) || !self.github.iter().all(|p| p.holds(fulcio)) {
+            return None;
+        }
+        subjects.iter().find(|s| self.subject.matches(s))
+    }
 }
 
 /// Signers of keyless signatures are named `keyless:<subject> (<issuer>)`
@@ -99,8 +170,18 @@ impl SignatureRule {
     /// Who may sign, for messages: `[release, keyless "subject" from "issuer"]`.
     pub fn describe_signers(&self) -> String {
         let keyless = self.keyless.iter().map(|k| {
+            let pins: Vec<String> = k
+                .github
+                .iter()
+                .map(|p| format!("{}={:?}", p.field, p.legacy_expected))
+                .collect();
+            let pins = if pins.is_empty() {
+                String::new()
+            } else {
+                format!(" (github {})", pins.join(" "))
+            };
             format!(
-                "keyless {} from {}",
+                "keyless {} from {}{pins}",
                 k.subject.describe(),
                 k.issuer.describe()
             )
@@ -252,5 +333,54 @@ impl Constraint {
         } else {
             parts.join(", ")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(pairs: &[(u32, &str)]) -> BTreeMap<u32, String> {
+        pairs.iter().map(|(a, v)| (*a, v.to_string())).collect()
+    }
+
+    #[test]
+    fn github_pins_read_the_current_extension_then_the_deprecated_one() {
+        let repo = GithubPin::new("repository", "acme/models").unwrap();
+        assert!(repo.holds(&ext(&[(12, "https://github.com/acme/models")])));
+        assert!(repo.holds(&ext(&[(5, "acme/models")])), "legacy only");
+        assert!(
+            !repo.holds(&ext(&[
+                (12, "https://github.com/evil/models"),
+                (5, "acme/models")
+            ])),
+            "the current form decides when present"
+        );
+        assert!(!repo.holds(&ext(&[])), "absent fails closed");
+        let runner = GithubPin::new("runner_environment", "github-hosted").unwrap();
+        assert!(!runner.holds(&ext(&[(2, "github-hosted")])));
+        assert!(GithubPin::new("workflow_name", "x").is_none());
+    }
+
+    #[test]
+    fn a_keyless_entry_accepts_only_a_full_match() {
+        let entry = KeylessSigner {
+            trust: "t".into(),
+            issuer: FieldMatch::Exact("https://issuer".into()),
+            subject: FieldMatch::Regex(regex::Regex::new("^(?:a.*)$").unwrap()),
+            github: vec![GithubPin::new("trigger", "push").unwrap()],
+        };
+        let subjects = vec!["b".to_string(), "abc".to_string()];
+        let push = ext(&[(20, "push")]);
+        assert_eq!(
+            entry.accepts(&subjects, "https://issuer", &push),
+            Some(&subjects[1])
+        );
+        assert_eq!(entry.accepts(&subjects, "https://other", &push), None);
+        assert_eq!(
+            entry.accepts(&subjects, "https://issuer", &ext(&[(20, "tag")])),
+            None
+        );
+        assert_eq!(entry.accepts(&subjects[..1], "https://issuer", &push), None);
     }
 }

@@ -3,8 +3,8 @@
 //! each rule's globs, mode, signatures, constraints and tags.
 
 use super::model::{
-    glob, Constraint, FieldMatch, KeylessSigner, Mode, Policy, PolicyError, Rule, SignatureRule,
-    TagRule, KEYLESS_SIGNER,
+    glob, Constraint, FieldMatch, GithubPin, KeylessSigner, Mode, Policy, PolicyError, Rule,
+    SignatureRule, TagRule, KEYLESS_SIGNER,
 };
 use crate::trust::sigstore::TrustedRoot;
 use crate::trust::PublicKey;
@@ -70,6 +70,8 @@ struct RawKeyless {
     issuer_regex: Option<String>,
     subject: Option<String>,
     subject_regex: Option<String>,
+    #[serde(default)]
+    github: BTreeMap<String, String>,
 }
 
 fn one() -> usize {
@@ -281,10 +283,22 @@ fn parse_keyless(
             ))),
         }
     };
+    let github = k
+        .github
+        .iter()
+        .map(|(f, v)| match GithubPin::new(f, v) {
+            Some(pin) if !v.is_empty() => Ok(pin),
+            Some(_) => Err(err(format!("github.{f} is empty"))),
+            None => Err(err(format!(
+                "github.{f} is not a pin: use repository, trigger, ref, sha or runner_environment"
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
     Ok(KeylessSigner {
         trust: k.trust.clone(),
         issuer: field("issuer", &k.issuer, &k.issuer_regex)?,
         subject: field("subject", &k.subject, &k.subject_regex)?,
+        github,
     })
 }
 

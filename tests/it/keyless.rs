@@ -188,3 +188,44 @@ async fn a_keyless_signer_is_one_of_the_distinct_signers_min_counts() {
     );
     g.stop().await;
 }
+
+#[tokio::test]
+async fn github_pins_must_all_hold() {
+    let pinned = |pins: &str| format!("{}github = {{ {pins} }}\n", keyless(GITHUB, WORKFLOW_RE));
+    for (case, pins, admitted) in [
+        (
+            "bundle-valid-github-ext",
+            r#"repository = "acme/models", trigger = "push""#,
+            true,
+        ),
+        (
+            "bundle-valid-github-ext",
+            r#"ref = "refs/tags/v1.0.0", runner_environment = "github-hosted""#,
+            true,
+        ),
+        (
+            "bundle-valid-github-ext",
+            r#"repository = "acme/models", trigger = "pull_request""#,
+            false,
+        ),
+        (
+            "bundle-valid-github-ext",
+            r#"repository = "other/models""#,
+            false,
+        ),
+        // A certificate without GitHub facts cannot satisfy a pin.
+        ("bundle-valid-uri", r#"repository = "acme/models""#, false),
+    ] {
+        let up = Mock::start().await;
+        seed(&up, case);
+        let (g, _t) = gate_with_policy(&up, &policy(&pinned(pins))).await;
+        let r = get(&g.url("/v2/models/demo/manifests/v1.0.0")).await;
+        if admitted {
+            assert_eq!(r.status, StatusCode::OK, "{case} {pins}: {:?}", r.body);
+        } else {
+            assert_denied(&r, "an identity no keyless entry of the rule accepts");
+            assert!(r.message().contains("(github "), "{}", r.message());
+        }
+        g.stop().await;
+    }
+}
