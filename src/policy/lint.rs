@@ -1,8 +1,9 @@
 //! What `policy lint` finds beyond parse errors: globs that can never match
-//! a canonical name (checked against the config's upstreams when known) and
-//! rules an earlier rule shadows. Each finding names its line.
+//! a canonical name (checked against the config's upstreams when known),
+//! rules an earlier rule shadows, and keyless signers whose regex accepts
+//! anyone. Each finding names its line.
 
-use super::model::{glob, Policy};
+use super::model::{glob, FieldMatch, Policy, Rule};
 
 impl Policy {
     /// What `policy lint` finds beyond parse errors: globs that can never
@@ -16,6 +17,7 @@ impl Policy {
                     out.push(f);
                 }
             }
+            out.extend(keyless_catch_alls(r));
         }
         for (i, r) in self.rules.iter().enumerate() {
             let samples: Vec<String> = r
@@ -78,6 +80,34 @@ impl std::fmt::Display for Finding {
         };
         write!(f, "{level}: line {}: {}", self.line, self.message)
     }
+}
+
+/// Identities no policy means to accept; a regex that takes them all
+/// accepts anyone with a certificate from the trusted root.
+const STRANGERS: [&str; 4] = [
+    "",
+    "https://github.com/attacker/repo/.github/workflows/x.yml@refs/heads/main",
+    "attacker@evil.example",
+    "https://accounts.evil.example",
+];
+
+fn keyless_catch_alls(r: &Rule) -> Vec<Finding> {
+    let keyless = r.signatures.iter().flat_map(|s| &s.keyless);
+    keyless
+        .flat_map(|k| [("subject", &k.subject, k.line), ("issuer", &k.issuer, k.line)])
+        .filter_map(|(what, m, line)| match m {
+            FieldMatch::Regex(re) if STRANGERS.iter().all(|s| re.is_match(s)) => Some(Finding {
+                severity: Severity::Warning,
+                line,
+                message: format!(
+                    "rule {:?}: keyless {what}_regex {:?} accepts any {what}: anyone the trusted root's certificate authority certifies would count as a signer",
+                    r.name,
+                    re.as_str()
+                ),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 fn has_wildcard(s: &str) -> bool {
@@ -209,5 +239,31 @@ mod tests {
         // A narrower rule first shadows nothing.
         let p = parse(&(rule("one", "\"*/models/a\"") + &rule("all", "\"*/models/**\""))).unwrap();
         assert!(p.lint(None).is_empty());
+    }
+
+    #[test]
+    fn keyless_regexes_that_accept_anyone_are_warned_about() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keyless");
+        let text = |subject: &str, issuer: &str| {
+            format!(
+                "[trust.t]\ntrusted_root = \"public-good-trusted_root.json\"\n[[rules]]\nname = \"m\"\nrepositories = [\"*/m/**\"]\n[rules.signatures]\n[[rules.signatures.keyless]]\ntrust = \"t\"\n{subject}\n{issuer}\n"
+            )
+        };
+        let lint = |subject: &str, issuer: &str| {
+            Policy::parse(&text(subject, issuer), &root, "p.toml")
+                .unwrap()
+                .lint(None)
+        };
+        let f = lint("subject_regex = '.*'", "issuer_regex = 'https://.*|.*'");
+        assert_eq!(f.len(), 2, "{f:?}");
+        let lines: Vec<_> = f.iter().map(|f| (f.line, f.severity)).collect();
+        assert_eq!(lines, [(7, Severity::Warning); 2], "{f:?}");
+        assert!(f[0].message.contains("accepts any subject"), "{f:?}");
+        assert!(f[1].message.contains("accepts any issuer"), "{f:?}");
+        let f = lint(
+            "subject_regex = 'https://github\\.com/acme/.*'",
+            "issuer = \"https://token.actions.githubusercontent.com\"",
+        );
+        assert!(f.is_empty(), "{f:?}");
     }
 }

@@ -67,6 +67,8 @@ impl FieldMatch {
 /// trusted root whose OIDC issuer and subject match.
 #[derive(Debug, Clone)]
 pub struct KeylessSigner {
+    /// Line of the entry in its file (for lint findings).
+    pub line: usize,
     pub trust: String,
     pub issuer: FieldMatch,
     pub subject: FieldMatch,
@@ -365,6 +367,7 @@ mod tests {
     #[test]
     fn a_keyless_entry_accepts_only_a_full_match() {
         let entry = KeylessSigner {
+            line: 1,
             trust: "t".into(),
             issuer: FieldMatch::Exact("https://issuer".into()),
             subject: FieldMatch::Regex(regex::Regex::new("^(?:a.*)$").unwrap()),

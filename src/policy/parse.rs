@@ -295,6 +295,7 @@ fn parse_keyless(
         })
         .collect::<Result<_, _>>()?;
     Ok(KeylessSigner {
+        line: line_of(src.text, span.start),
         trust: k.trust.clone(),
         issuer: field("issuer", &k.issuer, &k.issuer_regex)?,
         subject: field("subject", &k.subject, &k.subject_regex)?,
