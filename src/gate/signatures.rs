@@ -92,21 +92,36 @@ impl SignatureScan {
     /// A keyless signature (bundle or legacy layer): verified once per
     /// trusted root the rule names; its signer counts if an entry with that
     /// root accepts the identity.
-    fn record_keyless(
-        &mut self,
-        metrics: &Metrics,
-        keyless: &[KeylessTrust],
-        verify: impl Fn(&TrustedRoot) -> Result<KeylessSignature, KeylessError>,
-    ) {
-        let mut why = None;
-        let mut any = false;
-        let mut tried: Vec<&Arc<TrustedRoot>> = Vec::new();
+    async fn record_keyless<F>(&mut self, metrics: &Metrics, keyless: &[KeylessTrust], verify: F)
+    where
+        F: Fn(&TrustedRoot) -> Result<KeylessSignature, KeylessError> + Send + 'static,
+    {
+        let mut roots: Vec<Arc<TrustedRoot>> = Vec::new();
         for (_, root) in keyless {
-            if tried.iter().any(|t| Arc::ptr_eq(t, root)) {
-                continue;
+            if !roots.iter().any(|t| Arc::ptr_eq(t, root)) {
+                roots.push(root.clone());
             }
-            tried.push(root);
-            let sig = match verify(root) {
+        }
+        // About 2 ms of chain, log and SCT signature checks per root: kept
+        // off the async workers, like bcrypt.
+        let verdicts = tokio::task::spawn_blocking(move || {
+            roots
+                .into_iter()
+                .map(|root| {
+                    let verdict = verify(&root);
+                    (root, verdict)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let mut why = None;
+        let verdicts = verdicts.unwrap_or_else(|e| {
+            why = Some(format!("verification stopped: {e}"));
+            Vec::new()
+        });
+        let mut any = false;
+        for (root, verdict) in &verdicts {
+            let sig = match verdict {
                 Ok(sig) => sig,
                 Err(e) => {
                     why.get_or_insert(e.to_string());
@@ -168,9 +183,13 @@ impl SignatureScan {
             let annotations = l["annotations"].as_object();
             match gate.registry.small_blob(r, &pd, MAX_SIGNATURE_BLOB).await {
                 Ok(payload) => match annotations.filter(|a| is_keyless_layer(a)) {
-                    Some(a) => self.record_keyless(&gate.metrics, keyless, |root| {
-                        verify_keyless_legacy(&payload, a, root, image)
-                    }),
+                    Some(a) => {
+                        let (a, image) = (a.clone(), image.clone());
+                        self.record_keyless(&gate.metrics, keyless, move |root| {
+                            verify_keyless_legacy(&payload, &a, root, &image)
+                        })
+                        .await
+                    }
                     None => self.record(&gate.metrics, format, keys, |k| {
                         verify_simple_signing(&payload, sig, k, image)
                     }),
@@ -317,9 +336,11 @@ impl Gate {
         let max = MAX_SIGNATURE_BLOB.max(MAX_MANIFEST_BYTES);
         match self.registry.small_blob(r, &bd, max).await {
             Ok(bundle) if is_keyless(&bundle) => {
-                out.record_keyless(&self.metrics, keyless, |root| {
-                    verify_keyless(&bundle, root, image)
+                let image = image.clone();
+                out.record_keyless(&self.metrics, keyless, move |root| {
+                    verify_keyless(&bundle, root, &image)
                 })
+                .await
             }
             Ok(bundle) => out.record(&self.metrics, format, keys, |k| {
                 verify_bundle(&bundle, k, image)
