@@ -72,20 +72,29 @@ impl SignatureScan {
                 }
             }
         }
-        let result = if any { "valid" } else { "invalid" };
+        self.count(metrics, any, format.as_str(), || match first_err {
+            Some(SigError::BadSignature) => "signature by an unlisted key or corrupted".into(),
+            Some(e) => e.to_string(),
+            None => "no key to check".into(),
+        });
+    }
+
+    /// Counts one candidate's verdict; a candidate that did not count
+    /// leaves a note saying why.
+    fn count(
+        &mut self,
+        metrics: &Metrics,
+        valid: bool,
+        format: &str,
+        why: impl FnOnce() -> String,
+    ) {
+        let result = if valid { "valid" } else { "invalid" };
         metrics
             .signature_verifications
             .get_or_create(&ResultLabels { result })
             .inc();
-        if !any {
-            let why = match first_err {
-                Some(SigError::BadSignature) => {
-                    "signature by an unlisted key or corrupted".to_string()
-                }
-                Some(e) => e.to_string(),
-                None => "no key to check".into(),
-            };
-            self.notes.push(format!("{}: {why}", format.as_str()));
+        if !valid {
+            self.notes.push(format!("{format}: {}", why()));
         }
     }
 
@@ -144,15 +153,9 @@ impl SignatureScan {
                 ));
             }
         }
-        let result = if any { "valid" } else { "invalid" };
-        metrics
-            .signature_verifications
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        if !any {
-            let why = why.unwrap_or_else(|| "the rule accepts no keyless signers".into());
-            self.notes.push(format!("keyless: {why}"));
-        }
+        self.count(metrics, any, "keyless", || {
+            why.unwrap_or_else(|| "the rule accepts no keyless signers".into())
+        });
     }
 
     /// Simple-signing layers of a `.sig` or OCI 1.1 manifest.

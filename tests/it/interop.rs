@@ -275,6 +275,13 @@ async fn seed(reg: &Registry) -> (Digest, Digest) {
     (small, multi)
 }
 
+/// Runs `cmd`, which must succeed (`what` names the step); returns its output.
+async fn run_ok(cmd: &mut tokio::process::Command, what: &str) -> String {
+    let (ok, out) = run(cmd).await;
+    assert!(ok, "{what}: {out}");
+    out
+}
+
 async fn run(cmd: &mut tokio::process::Command) -> (bool, String) {
     let out = tokio::time::timeout(Duration::from_secs(180), cmd.stdin(Stdio::null()).output())
         .await
@@ -347,8 +354,7 @@ async fn skopeo_pulls_through_every_routing_form_byte_identical() {
         }
         c.arg(format!("docker://{}/models/{name}:v1", reg.addr))
             .arg(format!("{fmt}:{}", dest.display()));
-        let (ok, out) = run(&mut c).await;
-        assert!(ok, "direct skopeo copy failed: {out}");
+        run_ok(&mut c, "direct skopeo copy failed").await;
     }
     // Through modelgate: default upstream and path prefix.
     for (form, prefix) in [("default", ""), ("prefix", "registry.test/")] {
@@ -499,20 +505,22 @@ async fn podman_pulls_through_a_location_remap() {
         format!("unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n\n[[registry]]\nprefix = \"registry.test\"\nlocation = \"{}/registry.test\"\ninsecure = true\n", g.addr),
     )
     .unwrap();
-    let (ok, out) = run(tokio::process::Command::new(&podman)
-        .env("CONTAINERS_REGISTRIES_CONF", &conf)
-        .arg("--root")
-        .arg(tmp.path().join("root"))
-        .arg("--runroot")
-        .arg(tmp.path().join("run"))
-        .args([
-            "--storage-driver",
-            "vfs",
-            "pull",
-            "registry.test/models/small:v1",
-        ]))
+    run_ok(
+        tokio::process::Command::new(&podman)
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .arg("--root")
+            .arg(tmp.path().join("root"))
+            .arg("--runroot")
+            .arg(tmp.path().join("run"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "pull",
+                "registry.test/models/small:v1",
+            ]),
+        "podman pull through modelgate failed",
+    )
     .await;
-    assert!(ok, "podman pull through modelgate failed: {out}");
     assert!(g.metric("modelgate_cache_requests_total{kind=\"blob\",result=\"miss\"}") >= 4.0);
     g.stop().await;
 }
@@ -637,8 +645,7 @@ async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
             ));
         c
     };
-    let (ok, out) = run(&mut pull("signed")).await;
-    assert!(ok, "signed, labeled image refused: {out}");
+    run_ok(&mut pull("signed"), "signed, labeled image refused").await;
     for (repo, needle) in [
         ("unsigned", "no valid signature by [release]"),
         ("unlabeled", "label dataset.id missing"),
@@ -689,6 +696,15 @@ async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
 }
 
 /// The tags the registry itself lists for `repo` (not through modelgate).
+/// The real registry lists `tag` in `repo`.
+async fn assert_upstream_tag(reg: &Registry, repo: &str, tag: &str) {
+    let tags = upstream_tags(reg, repo).await;
+    assert!(
+        tags.iter().any(|t| t == tag),
+        "{repo}: {tag} not in {tags:?}"
+    );
+}
+
 async fn upstream_tags(reg: &Registry, repo: &str) -> Vec<String> {
     let r = get(&format!("{}/v2/{repo}/tags/list", reg.url())).await;
     if r.status != 200 {
@@ -848,12 +864,14 @@ async fn release_flows_through_the_gate_with_skopeo() {
 
     // (a) push by digest -> sign the digest (through modelgate) -> tag it.
     let (la, da) = layout_of(&skopeo, &pol, &reg, "scratch/a", &tmp.path().join("la")).await;
-    let (ok, out) = run(&mut copy(
-        format!("oci:{}:v1", la.display()),
-        format!("docker://{gate}/models/rel@{da}"),
-    ))
+    run_ok(
+        &mut copy(
+            format!("oci:{}:v1", la.display()),
+            format!("docker://{gate}/models/rel@{da}"),
+        ),
+        "staging push by digest",
+    )
     .await;
-    assert!(ok, "staging push by digest: {out}");
     assert!(
         upstream_tags(&reg, "models/rel").await.is_empty(),
         "staging sets no tag"
@@ -872,15 +890,15 @@ async fn release_flows_through_the_gate_with_skopeo() {
         .await
         .contains(&"v1.2.0".to_string()));
     sign(&[format!("{gate}/models/rel@{da}")]);
-    let (ok, out) = run(&mut copy(
-        format!("docker://{gate}/models/rel@{da}"),
-        format!("docker://{gate}/models/rel:v1.2.0"),
-    ))
+    run_ok(
+        &mut copy(
+            format!("docker://{gate}/models/rel@{da}"),
+            format!("docker://{gate}/models/rel:v1.2.0"),
+        ),
+        "tagging the signed digest",
+    )
     .await;
-    assert!(ok, "tagging the signed digest: {out}");
-    assert!(upstream_tags(&reg, "models/rel")
-        .await
-        .contains(&"v1.2.0".to_string()));
+    assert_upstream_tag(&reg, "models/rel", "v1.2.0").await;
 
     // (b) sign first (the digest from a local OCI layout) -> push the tag.
     let (lb, db) = layout_of(&skopeo, &pol, &reg, "scratch/b", &tmp.path().join("lb")).await;
@@ -889,22 +907,24 @@ async fn release_flows_through_the_gate_with_skopeo() {
         db.to_string(),
         format!("{gate}/models/relb"),
     ]);
-    let (ok, out) = run(&mut copy(
-        format!("oci:{}:v1", lb.display()),
-        format!("docker://{gate}/models/relb:v2.0.0"),
-    ))
+    run_ok(
+        &mut copy(
+            format!("oci:{}:v1", lb.display()),
+            format!("docker://{gate}/models/relb:v2.0.0"),
+        ),
+        "flow (b)",
+    )
     .await;
-    assert!(ok, "flow (b): {out}");
-    assert!(upstream_tags(&reg, "models/relb")
-        .await
-        .contains(&"v2.0.0".to_string()));
+    assert_upstream_tag(&reg, "models/relb", "v2.0.0").await;
     // And it pulls back through the gate.
-    let (ok, out) = run(&mut copy(
-        format!("docker://{gate}/models/relb:v2.0.0"),
-        format!("dir:{}", tmp.path().join("pulled-b").display()),
-    ))
+    run_ok(
+        &mut copy(
+            format!("docker://{gate}/models/relb:v2.0.0"),
+            format!("dir:{}", tmp.path().join("pulled-b").display()),
+        ),
+        "pull of the release",
+    )
     .await;
-    assert!(ok, "pull of the release: {out}");
 
     // Unlabeled: refused with a readable message, no tag upstream.
     let (lu, du) = layout_of(
@@ -1009,24 +1029,26 @@ async fn registry_workflows_promotion_upstream_signature_and_index_push() {
     let copy = |all: bool, src: String, dst: String| skopeo_copy(&skopeo, &pol, all, src, dst);
     // Item 9: promotion between repositories through the gate. The blobs
     // are in modelgate's cache after the read, but prod/m lacks them.
-    let (ok, out) = run(&mut copy(
-        false,
-        format!("docker://{gate}/staging/m:v1"),
-        format!("docker://{gate}/prod/m:v1"),
-    ))
+    run_ok(
+        &mut copy(
+            false,
+            format!("docker://{gate}/staging/m:v1"),
+            format!("docker://{gate}/prod/m:v1"),
+        ),
+        "promotion staging -> prod",
+    )
     .await;
-    assert!(ok, "promotion staging -> prod: {out}");
-    assert!(upstream_tags(&reg, "prod/m")
-        .await
-        .contains(&"v1".to_string()));
+    assert_upstream_tag(&reg, "prod/m", "v1").await;
     // Item 13: an index whose children modelgate never saw.
-    let (ok, out) = run(&mut copy(
-        true,
-        format!("docker://{}/models/multi:v1", reg.addr),
-        format!("docker://{gate}/mirror/multi:v1"),
-    ))
+    run_ok(
+        &mut copy(
+            true,
+            format!("docker://{}/models/multi:v1", reg.addr),
+            format!("docker://{gate}/mirror/multi:v1"),
+        ),
+        "index push through the gate",
+    )
     .await;
-    assert!(ok, "index push through the gate: {out}");
     let r = send(
         http::Method::HEAD,
         &format!("{}/v2/mirror/multi/manifests/v1", reg.url()),
@@ -1039,13 +1061,15 @@ async fn registry_workflows_promotion_upstream_signature_and_index_push() {
     );
     // Item 10: flow (a), with the signature pushed straight to the upstream.
     let (ls, ds) = layout_of(&skopeo, &pol, &reg, "scratch/s", &tmp.path().join("ls")).await;
-    let (ok, out) = run(&mut copy(
-        false,
-        format!("oci:{}:v1", ls.display()),
-        format!("docker://{gate}/signed/rel@{ds}"),
-    ))
+    run_ok(
+        &mut copy(
+            false,
+            format!("oci:{}:v1", ls.display()),
+            format!("docker://{gate}/signed/rel@{ds}"),
+        ),
+        "staging push by digest",
+    )
     .await;
-    assert!(ok, "staging push by digest: {out}");
     // A client looks at the unsigned digest through the gate first.
     let r = get(&g.url(&format!("/v2/signed/rel/manifests/{ds}"))).await;
     assert_eq!(r.status, 403);
@@ -1062,15 +1086,15 @@ async fn registry_workflows_promotion_upstream_signature_and_index_push() {
     );
     // Past the HEAD-then-GET de-duplication window (1 s), not tag_ttl (60 s).
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (ok, out) = run(&mut copy(
-        false,
-        format!("docker://{gate}/signed/rel@{ds}"),
-        format!("docker://{gate}/signed/rel:v1.0.0"),
-    ))
+    run_ok(
+        &mut copy(
+            false,
+            format!("docker://{gate}/signed/rel@{ds}"),
+            format!("docker://{gate}/signed/rel:v1.0.0"),
+        ),
+        "tagging a digest signed at the upstream",
+    )
     .await;
-    assert!(ok, "tagging a digest signed at the upstream: {out}");
-    assert!(upstream_tags(&reg, "signed/rel")
-        .await
-        .contains(&"v1.0.0".to_string()));
+    assert_upstream_tag(&reg, "signed/rel", "v1.0.0").await;
     g.stop().await;
 }

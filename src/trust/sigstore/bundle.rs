@@ -23,7 +23,7 @@ use x509_cert::der::{Decode, Encode};
 use x509_cert::Certificate;
 
 use super::cert::{signer_identity, verify_chain, CertError, SignerIdentity};
-use super::root::TrustedRoot;
+use super::root::{Log, TrustedRoot};
 use super::sct::{verify_embedded_sct, SctError};
 use super::tlog::{
     leaf_hash, verify_checkpoint, verify_inclusion, verify_set, SetPayload, TlogError,
@@ -253,7 +253,7 @@ pub fn verify_keyless(
 /// checkpoint hold, and the log was valid then. Returns the trusted time.
 fn check_entry(
     entry: &Entry,
-    log: &super::root::Log,
+    log: &Log,
     leaf: &[u8],
     env: &Envelope,
     payload: &[u8],
@@ -287,28 +287,17 @@ fn check_entry(
                 .into(),
         ));
     }
-    let integrated = int(&entry.integrated_time, "integratedTime")?;
-    let log_index = int(&entry.log_index, "logIndex")?;
     let promise = entry
         .inclusion_promise
         .as_ref()
         .ok_or_else(|| KeylessError::Log("no inclusion promise, so no trusted time".into()))?;
-    verify_set(
+    let (at, _) = trusted_time(
         log,
-        &SetPayload {
-            body_b64: &entry.canonicalized_body,
-            integrated_time: integrated,
-            log_index,
-        },
+        &entry.canonicalized_body,
+        &entry.integrated_time,
+        &entry.log_index,
         &promise.signed_entry_timestamp,
     )?;
-    let at = OffsetDateTime::from_unix_timestamp(integrated).map_err(malformed)?;
-    if !log.valid.contains(at) {
-        return Err(KeylessError::Log(format!(
-            "{} was not a trusted log at the integrated time",
-            log.base_url
-        )));
-    }
     let proof = entry.inclusion_proof.as_ref().ok_or_else(|| {
         KeylessError::Log("no inclusion proof (required for bundles from v0.2 on)".into())
     })?;
@@ -355,6 +344,37 @@ pub(super) fn verify_leaf(
         .ok_or_else(|| malformed("a certificate authority without certificates"))?;
     verify_embedded_sct(root, leaf, issuer)?;
     Ok((signer_identity(leaf)?, leaf_key(leaf)?))
+}
+
+/// Step 0, the trusted time: the integrated time of an entry whose SET
+/// verifies with `log`, which must have been valid then. Returns the time
+/// and the entry's global log index.
+pub(super) fn trusted_time(
+    log: &Log,
+    body_b64: &str,
+    integrated_time: &Value,
+    log_index: &Value,
+    set_b64: &str,
+) -> Result<(OffsetDateTime, i64), KeylessError> {
+    let integrated = int(integrated_time, "integratedTime")?;
+    let log_index = int(log_index, "logIndex")?;
+    verify_set(
+        log,
+        &SetPayload {
+            body_b64,
+            integrated_time: integrated,
+            log_index,
+        },
+        set_b64,
+    )?;
+    let at = OffsetDateTime::from_unix_timestamp(integrated).map_err(malformed)?;
+    if !log.valid.contains(at) {
+        return Err(KeylessError::Log(format!(
+            "{} was not a trusted log at the integrated time",
+            log.base_url
+        )));
+    }
+    Ok((at, log_index))
 }
 
 /// The DER of a base64-encoded PEM certificate (how Rekor records one).

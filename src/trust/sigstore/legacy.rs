@@ -13,12 +13,10 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
-use time::OffsetDateTime;
 
-use super::bundle::{b64, int, malformed, pem_cert_der, pem_to_der, verify_leaf};
+use super::bundle::{b64, malformed, pem_cert_der, pem_to_der, trusted_time, verify_leaf};
 use super::bundle::{KeylessError, KeylessSignature};
 use super::root::TrustedRoot;
-use super::tlog::{verify_set, SetPayload};
 use crate::oci::Digest;
 use crate::trust::verify::{verify_simple_signing, SIGNATURE_ANNOTATION};
 
@@ -109,15 +107,12 @@ pub fn verify_keyless_legacy(
     crate::oci::json::check_strict(promise_json.as_bytes()).map_err(malformed)?;
     let promise: Promise = serde_json::from_str(promise_json).map_err(malformed)?;
     let p = &promise.payload;
-    let log = hex::decode(&p.log_id)
-        .ok()
-        .and_then(|id| root.tlog(&id))
-        .ok_or_else(|| {
-            KeylessError::Log(format!(
-                "the bundle has no entry from a log of the trusted root (logID {})",
-                p.log_id
-            ))
-        })?;
+    let log = root.tlog_by_hex(&p.log_id).ok_or_else(|| {
+        KeylessError::Log(format!(
+            "the bundle has no entry from a log of the trusted root (logID {})",
+            p.log_id
+        ))
+    })?;
     let body_bytes = b64(&p.body, "Rekor body")?;
     let body: HashedRekord = serde_json::from_slice(&body_bytes).map_err(malformed)?;
     let binds = (body.kind.as_str(), body.api_version.as_str()) == ("hashedrekord", "0.0.1")
@@ -131,24 +126,13 @@ pub fn verify_keyless_legacy(
                 .into(),
         ));
     }
-    let integrated = int(&p.integrated_time, "integratedTime")?;
-    let log_index = int(&p.log_index, "logIndex")?;
-    verify_set(
+    let (at, log_index) = trusted_time(
         log,
-        &SetPayload {
-            body_b64: &p.body,
-            integrated_time: integrated,
-            log_index,
-        },
+        &p.body,
+        &p.integrated_time,
+        &p.log_index,
         &promise.signed_entry_timestamp,
     )?;
-    let at = OffsetDateTime::from_unix_timestamp(integrated).map_err(malformed)?;
-    if !log.valid.contains(at) {
-        return Err(KeylessError::Log(format!(
-            "{} was not a trusted log at the integrated time",
-            log.base_url
-        )));
-    }
     let (identity, key) = verify_leaf(root, &leaf, at)?;
     verify_simple_signing(payload, sig_b64, &key, image)?;
     Ok(KeylessSignature {
