@@ -5,10 +5,6 @@ use crate::support::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_modelgate")
-}
-
 #[test]
 fn shipped_config_is_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -82,16 +78,11 @@ fn policy_lint_names_lines_and_help_is_complete() {
         "{text}"
     );
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(bin())
-        .current_dir(shipped)
-        .args(["policy", "lint", "config/policy.toml"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(Command::new(bin()).current_dir(shipped).args([
+        "policy",
+        "lint",
+        "config/policy.toml",
+    ]));
     for (cmd, needle) in [
         (vec!["keygen", "--help"], "Path prefix of the two files"),
         (vec!["policy", "lint", "--help"], "The policy file"),

@@ -18,6 +18,14 @@ fn required() -> bool {
     std::env::var("MODELGATE_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
 }
 
+/// The real registry and skopeo, both found (else the test skips, or fails
+/// when interop is required, saying which is missing).
+fn registry_and_skopeo() -> Option<(PathBuf, PathBuf)> {
+    let registry = tool("docker-registry", &["/usr/bin/docker-registry"]);
+    let skopeo = tool("skopeo", &["/usr/bin/skopeo"]);
+    Some((registry?, skopeo?))
+}
+
 /// The path of `tool`, or None after saying why the test skips.
 pub fn tool(name: &str, candidates: &[&str]) -> Option<PathBuf> {
     let found = candidates
@@ -326,10 +334,7 @@ fn same_tree(a: &Path, b: &Path) -> Result<usize, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pulls_through_every_routing_form_byte_identical() {
-    let (Some(registry), Some(skopeo)) = (
-        tool("docker-registry", &["/usr/bin/docker-registry"]),
-        tool("skopeo", &["/usr/bin/skopeo"]),
-    ) else {
+    let Some((registry, skopeo)) = registry_and_skopeo() else {
         return;
     };
     let reg = Registry::start(&registry).await;
@@ -525,16 +530,9 @@ async fn podman_pulls_through_a_location_remap() {
     g.stop().await;
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_modelgate")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
-    let (Some(registry), Some(skopeo)) = (
-        tool("docker-registry", &["/usr/bin/docker-registry"]),
-        tool("skopeo", &["/usr/bin/skopeo"]),
-    ) else {
+    let Some((registry, skopeo)) = registry_and_skopeo() else {
         return;
     };
     let reg = Registry::start(&registry).await;
@@ -582,15 +580,10 @@ async fn skopeo_gets_signed_labeled_models_and_is_refused_the_rest() {
     .await;
     let tmp = tempfile::tempdir().unwrap();
     let prefix = tmp.path().join("release");
-    let out = Command::new(bin())
-        .args(["keygen", "--algorithm", "ecdsa-p256", "--out"])
-        .arg(&prefix)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        Command::new(bin())
+            .args(["keygen", "--algorithm", "ecdsa-p256", "--out"])
+            .arg(&prefix),
     );
     let other = tmp.path().join("other");
     assert!(Command::new(bin())
@@ -812,10 +805,7 @@ fn skopeo_copy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_flows_through_the_gate_with_skopeo() {
-    let (Some(registry), Some(skopeo)) = (
-        tool("docker-registry", &["/usr/bin/docker-registry"]),
-        tool("skopeo", &["/usr/bin/skopeo"]),
-    ) else {
+    let Some((registry, skopeo)) = registry_and_skopeo() else {
         return;
     };
     let reg = Registry::start(&registry).await;
@@ -994,10 +984,7 @@ async fn release_flows_through_the_gate_with_skopeo() {
 /// upstream, and an index pushed through the gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_workflows_promotion_upstream_signature_and_index_push() {
-    let (Some(registry), Some(skopeo)) = (
-        tool("docker-registry", &["/usr/bin/docker-registry"]),
-        tool("skopeo", &["/usr/bin/skopeo"]),
-    ) else {
+    let Some((registry, skopeo)) = registry_and_skopeo() else {
         return;
     };
     let reg = Registry::start(&registry).await;
@@ -1073,16 +1060,11 @@ async fn registry_workflows_promotion_upstream_signature_and_index_push() {
     // A client looks at the unsigned digest through the gate first.
     let r = get(&g.url(&format!("/v2/signed/rel/manifests/{ds}"))).await;
     assert_eq!(r.status, 403);
-    let out = Command::new(bin())
-        .args(["sign", "--plain-http", "--key"])
-        .arg(key.with_extension("key"))
-        .arg(format!("{}/signed/rel@{ds}", reg.addr))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        Command::new(bin())
+            .args(["sign", "--plain-http", "--key"])
+            .arg(key.with_extension("key"))
+            .arg(format!("{}/signed/rel@{ds}", reg.addr)),
     );
     // Past the HEAD-then-GET de-duplication window (1 s), not tag_ttl (60 s).
     tokio::time::sleep(Duration::from_millis(1100)).await;

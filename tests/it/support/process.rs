@@ -39,13 +39,30 @@ pub fn check_config(dir: &std::path::Path, upstream_url: &str) -> std::path::Pat
     cfg
 }
 
+/// The `modelgate` binary cargo built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_modelgate")
+}
+
+/// Runs `cmd`, which must succeed (else its stderr is the failure); returns
+/// its output.
+pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().expect("command started");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Run the `modelgate` binary: (exit code, stdout + stderr).
 pub fn modelgate_cli<I, S>(args: I) -> (Option<i32>, String)
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+    let out = std::process::Command::new(bin())
         .args(args)
         .output()
         .expect("run modelgate");
