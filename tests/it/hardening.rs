@@ -96,7 +96,10 @@ async fn a_thousand_idle_connections_do_not_stop_the_service() {
     up.state.add_image("team/x", "v1", &[data(10, 1)]);
     let g = Gate::start_server(
         &up.url(),
-        "first_byte_timeout = \"1s\"\nidle_timeout = \"1s\"\nmax_connections_per_client = 200",
+        // The first-byte timeout must outlast accepting all 1024 sockets:
+        // were an admitted one closed earlier, a later one would take its
+        // slot instead of being refused, and fewer refusals would be seen.
+        "first_byte_timeout = \"3s\"\nidle_timeout = \"1s\"\nmax_connections_per_client = 200",
     )
     .await;
     let mut idle = Vec::new();
