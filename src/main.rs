@@ -76,6 +76,26 @@ enum Command {
         #[arg(long)]
         ca_cert: Option<PathBuf>,
     },
+    /// Verify a Sigstore bundle over a file (or sha256:<hex>) with the gate's
+    /// verification core (sigstore-conformance CLI protocol). Exit 0
+    /// verified, 1 rejected, 2 unusable input.
+    VerifyBundle {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The certificate's subject (SAN) exactly; with --certificate-oidc-issuer.
+        #[arg(long, requires = "certificate_oidc_issuer", conflicts_with = "key")]
+        certificate_identity: Option<String>,
+        /// The OIDC issuer exactly.
+        #[arg(long, requires = "certificate_identity", conflicts_with = "key")]
+        certificate_oidc_issuer: Option<String>,
+        /// A managed public key (PEM) instead of a certificate identity.
+        #[arg(long, required_unless_present = "certificate_identity")]
+        key: Option<PathBuf>,
+        #[arg(long, default_value = "config/trust/sigstore-public-good.json")]
+        trusted_root: PathBuf,
+        /// The signed file, or sha256:<hex>.
+        file_or_digest: String,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -219,6 +239,41 @@ fn main() -> ExitCode {
                 KeyAlgorithm::EcdsaP256 => modelgate::trust::keys::Algorithm::EcdsaP256,
             };
             modelgate::commands::keygen(&out, alg).map_err(anyhow::Error::msg)
+        }
+        Command::VerifyBundle {
+            bundle,
+            certificate_identity,
+            certificate_oidc_issuer,
+            key,
+            trusted_root,
+            file_or_digest,
+        } => {
+            use modelgate::commands::{Expected, Refusal, VerifyBundleArgs};
+            let expected = match (key, certificate_identity, certificate_oidc_issuer) {
+                (Some(k), _, _) => Expected::Key(k),
+                (None, Some(identity), Some(issuer)) => Expected::Identity { identity, issuer },
+                _ => unreachable!("clap requires a key or an identity with its issuer"),
+            };
+            let args = VerifyBundleArgs {
+                bundle,
+                expected,
+                trusted_root,
+                artifact: file_or_digest,
+            };
+            return match modelgate::commands::verify_bundle(&args) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(Refusal::Rejected(why)) => {
+                    eprintln!("modelgate: not verified: {why}");
+                    ExitCode::from(1)
+                }
+                Err(Refusal::Unusable(why)) => {
+                    eprintln!("modelgate: {why}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::Policy {
             action: PolicyAction::Lint { file, config },

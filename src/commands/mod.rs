@@ -1,5 +1,5 @@
 //! The command-line tools besides `serve`, one file each: `keygen`, `sign`,
-//! `check`, `policy lint` and `cache`. `check` runs the server's own
+//! `check`, `verify-bundle`, `policy lint` and `cache`. `check` runs the server's own
 //! decision code (registry + gate), without a server.
 
 pub mod cache;
@@ -7,9 +7,11 @@ pub mod check;
 pub mod keygen;
 pub mod lint;
 pub mod sign;
+pub mod verify_bundle;
 
 pub use cache::{cache, CacheAction};
 pub use check::{check, Output};
 pub use keygen::keygen;
 pub use lint::policy_lint;
 pub use sign::{sign, SignArgs};
+pub use verify_bundle::{verify_bundle, Expected, Refusal, VerifyBundleArgs};

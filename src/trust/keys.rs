@@ -105,6 +105,18 @@ impl PublicKey {
             }
         }
     }
+
+    /// Whether `sig` is this key's signature over a message whose SHA-256
+    /// is `digest` (ECDSA only: Ed25519 signs the message itself).
+    pub fn verify_digest(&self, digest: &[u8; 32], sig: &[u8]) -> bool {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        match self {
+            PublicKey::Ed25519(_) => false,
+            PublicKey::P256(k) => p256::ecdsa::Signature::from_der(sig)
+                .or_else(|_| p256::ecdsa::Signature::from_slice(sig))
+                .is_ok_and(|s| k.verify_prehash(digest, &s).is_ok()),
+        }
+    }
 }
 
 impl std::fmt::Debug for PrivateKey {

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod sign;
 pub mod sigstore;
 pub mod verify;
+pub mod x509;
 
 pub use keys::{PrivateKey, PublicKey};
 pub use verify::{SigError, SigFormat};

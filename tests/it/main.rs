@@ -23,3 +23,5 @@ mod bypass;
 mod hardening;
 // Keyless (Fulcio/Rekor) signatures from a fake Sigstore instance, through the gate.
 mod keyless;
+// The sigstore-conformance bundle-verify suite against `modelgate verify-bundle`.
+mod conformance;

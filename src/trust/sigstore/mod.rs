@@ -13,6 +13,7 @@ pub mod sct;
 #[cfg(test)]
 mod testdata;
 pub mod tlog;
+pub mod tsa;
 
 pub use bundle::{verify_keyless, KeylessError, KeylessSignature};
 pub use cert::{signer_identity, verify_chain, CertError, SignerIdentity};

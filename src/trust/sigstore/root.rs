@@ -8,6 +8,7 @@
 //! windows are inclusive; a log is found by its key id (SHA-256 of its
 //! public key), whether the caller has it as bytes, base64 or hex.
 
+use crate::trust::x509::{CertKey, Hash, SigAlg};
 use crate::trust::PublicKey;
 use base64::Engine;
 use serde::Deserialize;
@@ -39,12 +40,29 @@ impl Validity {
 #[derive(Debug, Clone)]
 pub struct Log {
     pub base_url: String,
-    pub key: PublicKey,
+    pub key: LogKey,
     /// The id the log is named by in entries: for Rekor v1 and CT logs the
     /// SHA-256 of its public key (DER SPKI); for Rekor v2 its checkpoint
     /// key id. Taken from the trusted root as given.
     pub key_id: [u8; 32],
     pub valid: Validity,
+}
+
+/// A log's public key: the kinds cosign keys come in (ECDSA P-256,
+/// Ed25519), or an RSA key (some CT logs), which signs PKCS#1 SHA-256.
+#[derive(Debug, Clone)]
+pub enum LogKey {
+    Cosign(PublicKey),
+    Rsa(CertKey),
+}
+
+impl LogKey {
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        match self {
+            LogKey::Cosign(k) => k.verify(msg, sig),
+            LogKey::Rsa(k) => k.verify(SigAlg::RsaPkcs1(Hash::Sha256), msg, sig),
+        }
+    }
 }
 
 /// A certificate authority (Fulcio) or a timestamp authority.
@@ -153,9 +171,19 @@ fn b64(what: &str, s: &str) -> Result<Vec<u8>, RootError> {
 }
 
 /// A DER SPKI public key of the kinds Sigstore logs use.
-fn spki_key(what: &str, der: &[u8], details: &str) -> Result<PublicKey, RootError> {
-    PublicKey::from_spki_der(der)
-        .map_err(|e| RootError(format!("{what}: key ({details}) is not usable: {e}")))
+fn spki_key(what: &str, der: &[u8], details: &str) -> Result<LogKey, RootError> {
+    match PublicKey::from_spki_der(der) {
+        Ok(k) => Ok(LogKey::Cosign(k)),
+        Err(_) if details.starts_with("PKCS1_RSA") => CertKey::rsa_pkcs1(der.to_vec())
+            .map(LogKey::Rsa)
+            .map_err(|e| RootError(format!("{what}: key ({details}) is not usable: {e}"))),
+        Err(e) => match CertKey::of_spki_der(der) {
+            Ok(k @ CertKey::Rsa(..)) => Ok(LogKey::Rsa(k)),
+            _ => Err(RootError(format!(
+                "{what}: key ({details}) is not usable: {e}"
+            ))),
+        },
+    }
 }
 
 fn log(kind: &str, raw: &RawLog) -> Result<Log, RootError> {
@@ -270,7 +298,8 @@ mod tests {
             .iter()
             .filter(|l| !l.base_url.contains("log2025"));
         for l in v1.chain(&root.ctlogs) {
-            assert_eq!(key_id_of(&l.key.spki_der()), l.key_id, "{}", l.base_url);
+            let LogKey::Cosign(k) = &l.key else { continue };
+            assert_eq!(key_id_of(&k.spki_der()), l.key_id, "{}", l.base_url);
         }
         let rekor = root
             .tlogs
