@@ -5,6 +5,7 @@
 //! upstream is the gate's job (`gate::signatures`).
 
 pub mod keys;
+pub mod notation;
 pub mod sign;
 pub mod sigstore;
 pub mod verify;

@@ -200,6 +200,35 @@ fn verify_p521(point: &[u8], msg: &[u8], sig: &[u8], der: bool) -> bool {
     sig.is_ok_and(|s| key.verify(msg, &s).is_ok())
 }
 
+/// A certificate's validity window in Unix seconds (both ends inclusive).
+pub fn validity(cert: &Certificate) -> (i64, i64) {
+    let v = cert.tbs_certificate().validity();
+    let secs = |t: x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
+    (secs(v.not_before), secs(v.not_after))
+}
+
+/// Whether `cert` carries a signature by the key of `issuer` (both DER).
+pub fn issued_by(cert: &Certificate, issuer: &[u8]) -> Result<(), KeyError> {
+    let key = CertKey::of_cert(issuer)?;
+    let alg = SigAlg::from_oid(&cert.signature_algorithm().oid).ok_or_else(|| {
+        KeyError(format!(
+            "certificate signature algorithm {}",
+            cert.signature_algorithm().oid
+        ))
+    })?;
+    let tbs = cert
+        .tbs_certificate()
+        .to_der()
+        .map_err(|e| KeyError(e.to_string()))?;
+    let sig = cert.signature().as_bytes().unwrap_or_default();
+    match key.verify(alg, &tbs, sig) {
+        true => Ok(()),
+        false => Err(KeyError(
+            "the signature does not verify with the issuer's key".into(),
+        )),
+    }
+}
+
 /// One DER element: its first identifier octet, its content, and all of
 /// its bytes (header included).
 #[derive(Debug, Clone, Copy)]

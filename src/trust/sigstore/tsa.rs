@@ -11,12 +11,12 @@
 //! links verify, and whose leaf may stamp time). Pure.
 
 use time::OffsetDateTime;
-use x509_cert::der::{Decode, Encode};
+use x509_cert::der::Decode;
 use x509_cert::ext::pkix::ExtendedKeyUsage;
 use x509_cert::Certificate;
 
 use super::root::{Authority, TrustedRoot};
-use crate::trust::x509::{CertKey, Hash, SigAlg, Tlv};
+use crate::trust::x509::{issued_by, validity, CertKey, Hash, SigAlg, Tlv};
 
 const SIGNED_DATA: &str = "1.2.840.113549.1.7.2";
 const TST_INFO: &str = "1.2.840.113549.1.9.16.1.4";
@@ -191,12 +191,6 @@ fn stamped_time(tst_info: &[u8], signature: &[u8]) -> Result<OffsetDateTime, Tsa
     generalized_time(&child(&kids, 4, "genTime")?)
 }
 
-fn validity(cert: &Certificate) -> (i64, i64) {
-    let v = cert.tbs_certificate().validity();
-    let secs = |t: x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
-    (secs(v.not_before), secs(v.not_after))
-}
-
 /// The authority's chain holds at `at`: every link verifies, every
 /// certificate is valid then, and the leaf may stamp time.
 fn check_chain(ca: &Authority, at: OffsetDateTime) -> Result<(), TsaError> {
@@ -214,18 +208,13 @@ fn check_chain(ca: &Authority, at: OffsetDateTime) -> Result<(), TsaError> {
                 what: format!("the validity of certificate {i} of {}", ca.uri),
             });
         }
-        let issuer = certs.get(i + 1).map_or(&ca.chain[i], |_| &ca.chain[i + 1]);
-        let key = CertKey::of_cert(issuer).map_err(malformed)?;
-        let alg = SigAlg::from_oid(&c.signature_algorithm().oid)
-            .ok_or_else(|| malformed("certificate signature algorithm"))?;
-        let tbs = c.tbs_certificate().to_der().map_err(malformed)?;
-        let sig = c.signature().as_bytes().unwrap_or_default();
-        if !key.verify(alg, &tbs, sig) {
-            return Err(malformed(format!(
-                "{}: certificate {i} is not signed by the next",
+        let issuer = ca.chain.get(i + 1).unwrap_or(&ca.chain[i]);
+        issued_by(c, issuer).map_err(|e| {
+            malformed(format!(
+                "{}: certificate {i} is not signed by the next: {e}",
                 ca.uri
-            )));
-        }
+            ))
+        })?;
     }
     let leaf = certs.first().ok_or_else(|| malformed("an empty chain"))?;
     let eku = leaf
