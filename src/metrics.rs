@@ -49,6 +49,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// A signature verification: `kind` is `key`, `keyless` or `notation`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignatureLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub action: &'static str,
@@ -100,7 +107,7 @@ pub struct Metrics {
     pub cache_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub stale_served: Family<UpstreamLabels, Counter>,
     pub policy_decisions: Family<DecisionLabels, Counter>,
-    pub signature_verifications: Family<ResultLabels, Counter>,
+    pub signature_verifications: Family<SignatureLabels, Counter>,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub cache_evictions: Counter<u64, AtomicU64>,
     pub auth_failures: Counter,
@@ -143,7 +150,7 @@ impl Metrics {
             cache_bytes: reg(&mut r, "cache_bytes", "Bytes held in the content-addressed cache", Gauge::default()),
             stale_served: reg(&mut r, "stale_served", "Answers served from the last known state because the upstream was unreachable", Family::default()),
             policy_decisions: reg(&mut r, "policy_decisions", "Policy decisions", Family::default()),
-            signature_verifications: reg(&mut r, "signature_verifications", "Signature verifications by result", Family::default()),
+            signature_verifications: reg(&mut r, "signature_verifications", "Signature verifications by kind (key, keyless, notation) and result", Family::default()),
             policy_reloads: reg(&mut r, "policy_reloads", "Policy reloads by result", Family::default()),
             cache_evictions: reg(&mut r, "cache_evictions", "Cache entries evicted to stay under max_bytes", Counter::default()),
             auth_failures: reg(&mut r, "auth_failures", "Failed or throttled client logins", Counter::default()),

@@ -53,6 +53,8 @@ struct Report {
     digest: Digest,
     decision: crate::policy::PolicyDecision,
     signers: Vec<String>,
+    signature_matches: Vec<String>,
+    signature_notes: Vec<String>,
     exempt: Option<Exemption>,
     policy_sha256: String,
 }
@@ -77,6 +79,8 @@ impl Report {
             "reasons": self.decision.reasons,
             "message": self.message(),
             "signers": self.signers,
+            "signature_matches": self.signature_matches,
+            "signature_notes": self.signature_notes,
             "exempt": self.exempt.map(|x| x.reason()),
             "policy_sha256": self.policy_sha256,
         })
@@ -111,6 +115,12 @@ impl Report {
             },
             self.policy_sha256
         );
+        for m in &self.signature_matches {
+            s += &format!("  + {m}\n");
+        }
+        for n in &self.signature_notes {
+            s += &format!("  - {n}\n");
+        }
         s
     }
 }
@@ -166,6 +176,8 @@ async fn check_inner(config: &Path, image: &str) -> Result<Report, String> {
         digest: m.digest.clone(),
         decision: out.decision,
         signers: out.evidence.signers.into_iter().collect(),
+        signature_matches: out.evidence.signature_matches,
+        signature_notes: out.evidence.signature_notes,
         exempt: out.exempt,
         policy_sha256: loaded.sha256.clone(),
         route,

@@ -6,6 +6,7 @@
 
 use super::core::Gate;
 use super::exempt::is_signature_manifest;
+use super::signatures::RuleSigners;
 use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
 use crate::oci::{json, Digest, Manifest, Reference};
 use crate::policy::{Evidence, ImageEvidence, LoadedPolicy, Rule};
@@ -157,21 +158,27 @@ impl Gate {
             return ev;
         }
         if let Some(sig) = &rule.signatures {
-            let keys: Vec<_> = sig
-                .keys
-                .iter()
-                .filter_map(|k| loaded.policy.keys.get(k).map(|pk| (k.clone(), pk.clone())))
-                .collect();
-            let keyless: Vec<_> = sig
-                .keyless
-                .iter()
-                .filter_map(|k| {
-                    let root = loaded.policy.trust.get(&k.trust)?;
-                    Some((k.clone(), root.clone()))
-                })
-                .collect();
-            let scan = self.scan_signatures(r, &m.digest, &keys, &keyless).await;
+            let p = &loaded.policy;
+            let signers = RuleSigners {
+                keys: sig
+                    .keys
+                    .iter()
+                    .filter_map(|k| p.keys.get(k).map(|pk| (k.clone(), pk.clone())))
+                    .collect(),
+                keyless: sig
+                    .keyless
+                    .iter()
+                    .filter_map(|k| Some((k.clone(), p.trust.get(&k.trust)?.clone())))
+                    .collect(),
+                notation: sig
+                    .notation
+                    .iter()
+                    .filter_map(|n| Some((n.clone(), p.notation.get(&n.trust)?.clone())))
+                    .collect(),
+            };
+            let scan = self.scan_signatures(r, m, &signers).await;
             ev.signers = scan.signers;
+            ev.signature_matches = scan.matches;
             ev.signature_notes = scan.notes;
         }
         self.state

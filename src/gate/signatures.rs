@@ -1,17 +1,24 @@
-//! Finding an image's cosign signatures at its upstream, wherever cosign
-//! puts them: the legacy `sha256-<hex>.sig` tag, OCI 1.1 referrers with
-//! cosign's sig artifactType, and Sigstore bundle v0.3 referrers (from the
-//! referrers API or the `sha256-<hex>` tag-schema index). Every candidate is
-//! verified with the rule's keys over the exact bytes fetched (and digest
-//! checked on the way in); a bundle that carries a Fulcio certificate is a
-//! keyless signature, verified against the rule's trusted roots and counted
-//! only for an identity one of the rule's keyless entries accepts.
+//! Finding an image's signatures at its upstream, wherever signers put
+//! them: cosign's legacy `sha256-<hex>.sig` tag, OCI 1.1 referrers with
+//! cosign's sig artifactType, Sigstore bundle v0.3 referrers and Notation
+//! referrers (from the referrers API or the `sha256-<hex>` tag-schema
+//! index). Every candidate is verified over the exact bytes fetched (and
+//! digest checked on the way in): with the rule's keys; a cosign signature
+//! that carries a Fulcio certificate is keyless, verified against the
+//! rule's trusted roots; a Notation envelope is verified against the rule's
+//! trust stores. Certificate signers count only for an identity one of the
+//! rule's entries accepts. Each candidate leaves a line saying whom it
+//! matched, or why it did not count.
 
 use super::core::Gate;
-use crate::metrics::{Metrics, ResultLabels};
-use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
+use crate::metrics::{Metrics, SignatureLabels};
+use crate::oci::media::{Manifest, MAX_MANIFEST_BYTES, OCI_MANIFEST};
 use crate::oci::{Digest, Reference};
-use crate::policy::{KeylessSigner, KEYLESS_SIGNER};
+use crate::policy::{KeylessSigner, NotationSigner, KEYLESS_SIGNER, NOTATION_SIGNER};
+use crate::trust::notation::{
+    verify_notation, Level, NotationError, NotationSignature, Target, TrustStore, COSE, JWS,
+    NOTATION_SIGNATURE,
+};
 use crate::trust::sigstore::{
     is_keyless_layer, verify_keyless, verify_keyless_legacy, KeylessError, KeylessSignature,
     TrustedRoot,
@@ -33,16 +40,29 @@ const MAX_SIGNATURE_BLOB: usize = 1024 * 1024;
 
 /// A keyless entry of the rule with the trusted root it names.
 pub type KeylessTrust = (KeylessSigner, Arc<TrustedRoot>);
+/// A Notation entry of the rule with the trust store it names.
+pub type NotationTrust = (NotationSigner, Arc<TrustStore>);
 
-/// Whom a rule accepts: its keys by name, and its keyless entries.
-type Signers<'a> = (&'a [(String, PublicKey)], &'a [KeylessTrust]);
+/// Whom a rule accepts: its keys by name, its keyless and Notation entries
+/// (each with the trust material it names).
+#[derive(Debug, Default, Clone)]
+pub struct RuleSigners {
+    pub keys: Vec<(String, PublicKey)>,
+    pub keyless: Vec<KeylessTrust>,
+    pub notation: Vec<NotationTrust>,
+}
+
+type Signers<'a> = &'a RuleSigners;
 
 /// What the scan found.
 #[derive(Debug, Default, Clone)]
 pub struct SignatureScan {
-    /// Names of keys, and keyless identities (`keyless:<subject> (<issuer>)`),
-    /// with a valid signature naming the digest.
+    /// Names of keys, keyless identities (`keyless:<subject> (<issuer>)`)
+    /// and Notation leaves (`notation:<subject>`) with a valid signature
+    /// naming the digest.
     pub signers: BTreeSet<String>,
+    /// Which signature matched which requirement.
+    pub matches: Vec<String>,
     /// Why other candidates did not count (`format: reason`).
     pub notes: Vec<String>,
 }
@@ -65,6 +85,8 @@ impl SignatureScan {
             match check(key) {
                 Ok(()) => {
                     self.signers.insert(name.clone());
+                    self.matches
+                        .push(format!("{} signature by key {name:?}", format.as_str()));
                     any = true;
                 }
                 Err(e) => {
@@ -72,7 +94,7 @@ impl SignatureScan {
                 }
             }
         }
-        self.count(metrics, any, format.as_str(), || match first_err {
+        self.count(metrics, "key", any, format.as_str(), || match first_err {
             Some(SigError::BadSignature) => "signature by an unlisted key or corrupted".into(),
             Some(e) => e.to_string(),
             None => "no key to check".into(),
@@ -84,6 +106,7 @@ impl SignatureScan {
     fn count(
         &mut self,
         metrics: &Metrics,
+        kind: &'static str,
         valid: bool,
         format: &str,
         why: impl FnOnce() -> String,
@@ -91,7 +114,7 @@ impl SignatureScan {
         let result = if valid { "valid" } else { "invalid" };
         metrics
             .signature_verifications
-            .get_or_create(&ResultLabels { result })
+            .get_or_create(&SignatureLabels { kind, result })
             .inc();
         if !valid {
             self.notes.push(format!("{format}: {}", why()));
@@ -138,23 +161,124 @@ impl SignatureScan {
                 }
             };
             let id = &sig.identity;
+            let by = format!(
+                "keyless signature by {} (issuer {})",
+                id.subjects.join(", "),
+                id.issuer
+            );
+            let mut refusals = Vec::new();
             for (entry, _) in keyless.iter().filter(|(_, r)| Arc::ptr_eq(r, root)) {
-                if let Some(subject) = entry.accepts(&id.subjects, &id.issuer, &id.fulcio) {
-                    self.signers
-                        .insert(format!("{KEYLESS_SIGNER}{subject} ({})", id.issuer));
-                    any = true;
+                match entry.accepts(&id.subjects, &id.issuer, &id.fulcio) {
+                    Some(subject) => {
+                        self.signers
+                            .insert(format!("{KEYLESS_SIGNER}{subject} ({})", id.issuer));
+                        self.matches.push(format!(
+                            "{by} matches keyless entry (line {}) {} from {}",
+                            entry.line,
+                            entry.subject.describe(),
+                            entry.issuer.describe()
+                        ));
+                        any = true;
+                    }
+                    None => refusals.push(entry.why_not(&id.subjects, &id.issuer, &id.fulcio)),
                 }
             }
             if !any {
-                why.get_or_insert(format!(
-                    "signed by {} from {}, an identity no keyless entry of the rule accepts",
-                    id.subjects.join(", "),
-                    id.issuer
-                ));
+                why.get_or_insert(format!("{by} {}", refusals.join("; nor ")));
             }
         }
-        self.count(metrics, any, "keyless", || {
+        self.count(metrics, "keyless", any, "keyless", || {
             why.unwrap_or_else(|| "the rule accepts no keyless signers".into())
+        });
+    }
+
+    /// A Notation envelope: verified once per trust store the rule names
+    /// (at the strictest level an entry asks of that store); its leaf
+    /// counts if an entry accepts its subject at a counting level.
+    async fn record_notation(
+        &mut self,
+        metrics: &Metrics,
+        notation: &[NotationTrust],
+        envelope: bytes::Bytes,
+        media_type: String,
+        target: Target,
+    ) {
+        let mut stores: Vec<(Arc<TrustStore>, Level)> = Vec::new();
+        for (entry, store) in notation {
+            match stores.iter_mut().find(|(s, _)| Arc::ptr_eq(s, store)) {
+                Some((_, level)) => *level = strictest(*level, entry.level),
+                None => stores.push((store.clone(), entry.level)),
+            }
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let verdicts = tokio::task::spawn_blocking(move || {
+            stores
+                .into_iter()
+                .map(|(store, level)| {
+                    let v = verify_notation(&envelope, &media_type, &target, &store, level, now);
+                    (store, v)
+                })
+                .collect::<Vec<(Arc<TrustStore>, Result<NotationSignature, NotationError>)>>()
+        })
+        .await;
+        let mut why = None;
+        let verdicts = verdicts.unwrap_or_else(|e| {
+            why = Some(format!("verification stopped: {e}"));
+            Vec::new()
+        });
+        let mut any = false;
+        for (store, verdict) in &verdicts {
+            let sig = match verdict {
+                Ok(sig) => sig,
+                Err(e) => {
+                    why.get_or_insert(e.to_string());
+                    continue;
+                }
+            };
+            let by = format!("notation signature by {:?}", sig.subject);
+            for w in &sig.warnings {
+                self.notes.push(format!("{by}: {w}"));
+            }
+            let mut refusals = Vec::new();
+            for (entry, _) in notation.iter().filter(|(_, s)| Arc::ptr_eq(s, store)) {
+                match entry.accepts(&sig.subject_attributes) {
+                    Some(_) if entry.level == Level::Audit || !sig.authentic => {
+                        refusals.push(format!(
+                            "is only audited by the entry on line {} (level {})",
+                            entry.line,
+                            entry.level.as_str()
+                        ))
+                    }
+                    Some(identity) => {
+                        self.signers
+                            .insert(format!("{NOTATION_SIGNER}{}", sig.subject));
+                        self.matches.push(format!(
+                            "{by} matches {} of trust store {:?} (line {}, level {})",
+                            identity.describe(),
+                            entry.trust,
+                            entry.line,
+                            entry.level.as_str()
+                        ));
+                        any = true;
+                    }
+                    None => refusals.push(format!(
+                        "matches none of the identities of the entry on line {} ({})",
+                        entry.line,
+                        entry
+                            .identities
+                            .iter()
+                            .map(|i| i.describe())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
+            }
+            if !any {
+                why.get_or_insert(format!("{by} {}", refusals.join("; ")));
+            }
+        }
+        self.count(metrics, "notation", any, "notation", || {
+            why.unwrap_or_else(|| "the rule accepts no Notation signers".into())
         });
     }
 
@@ -166,8 +290,9 @@ impl SignatureScan {
         image: &Digest,
         manifest: &Value,
         format: SigFormat,
-        (keys, keyless): Signers<'_>,
+        signers: Signers<'_>,
     ) {
+        let (keys, keyless) = (&signers.keys, &signers.keyless);
         let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
         for l in layers.iter().take(MAX_CANDIDATES) {
             if l["mediaType"] != SIMPLE_SIGNING {
@@ -235,20 +360,49 @@ fn bundle_layer(referrer: &Value) -> Option<Digest> {
     layer["digest"].as_str()?.parse().ok()
 }
 
+/// The strictest of two levels (what one verification per store must do).
+fn strictest(a: Level, b: Level) -> Level {
+    match (a, b) {
+        (Level::Strict, _) | (_, Level::Strict) => Level::Strict,
+        (Level::Permissive, _) | (_, Level::Permissive) => Level::Permissive,
+        _ => Level::Audit,
+    }
+}
+
+/// The envelope a Notation referrer's single layer names.
+fn notation_layer(referrer: &Value) -> Result<(Digest, String), String> {
+    let typed = referrer["artifactType"] == NOTATION_SIGNATURE
+        || referrer["config"]["mediaType"] == NOTATION_SIGNATURE;
+    if !typed {
+        return Err("is not a Notation signature manifest".into());
+    }
+    let Some([layer]) = referrer["layers"].as_array().map(Vec::as_slice) else {
+        return Err("does not hold exactly one envelope".into());
+    };
+    let media_type = layer["mediaType"].as_str().unwrap_or_default();
+    if media_type != JWS && media_type != COSE {
+        return Err(format!("holds an envelope of type {media_type:?}"));
+    }
+    let digest = layer["digest"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .ok_or("names no valid envelope digest")?;
+    Ok((digest, media_type.to_string()))
+}
+
 impl Gate {
     /// Scan for signatures of `image` in the route's repository: the legacy
     /// tag, then the referrers (API or tag schema).
     pub(super) async fn scan_signatures(
         &self,
         r: &Route,
-        image: &Digest,
-        keys: &[(String, PublicKey)],
-        keyless: &[KeylessTrust],
+        image: &Manifest,
+        signers: &RuleSigners,
     ) -> SignatureScan {
         let mut out = SignatureScan::default();
-        self.legacy_signatures(r, image, (keys, keyless), &mut out)
-            .await;
-        let index = match self.registry.referrers(r, image, None).await {
+        let digest = &image.digest;
+        self.legacy_signatures(r, digest, signers, &mut out).await;
+        let index = match self.registry.referrers(r, digest, None).await {
             Ok(refs) => crate::oci::json::parse_strict(&refs.index).unwrap_or(Value::Null),
             Err(e) => {
                 out.notes.push(format!("referrers: {e}"));
@@ -257,16 +411,79 @@ impl Gate {
         };
         let descs = index["manifests"].as_array().cloned().unwrap_or_default();
         for d in descs.iter().take(MAX_CANDIDATES) {
-            let Some(format) = signature_format(d) else {
-                continue;
-            };
             let Some(Ok(md)) = d["digest"].as_str().map(|x| x.parse::<Digest>()) else {
                 continue;
             };
-            self.referrer_signature(r, image, (keys, keyless), format, &md, &mut out)
+            if d["artifactType"] == NOTATION_SIGNATURE {
+                self.notation_signature(r, image, signers, &md, &mut out)
+                    .await;
+                continue;
+            }
+            let Some(format) = signature_format(d) else {
+                continue;
+            };
+            self.referrer_signature(r, digest, signers, format, &md, &mut out)
                 .await;
         }
         out
+    }
+
+    /// A referrer manifest whose subject must be `image`.
+    async fn referrer(
+        &self,
+        r: &Route,
+        image: &Digest,
+        md: &Digest,
+        f: &str,
+    ) -> Result<Value, String> {
+        let reference = Reference::Digest(md.clone());
+        let m = self
+            .registry
+            .manifest(r, &reference, Some(OCI_MANIFEST))
+            .await
+            .map_err(|e| format!("{f}: referrer {md}: {e}"))?;
+        let v = crate::oci::json::parse_strict(&m.bytes)
+            .map_err(|_| format!("{f}: referrer {md} is not acceptable JSON"))?;
+        if v["subject"]["digest"] != image.to_string().as_str() {
+            return Err(format!("{f}: referrer {md} has another subject"));
+        }
+        Ok(v)
+    }
+
+    /// One Notation referrer manifest `md`.
+    async fn notation_signature(
+        &self,
+        r: &Route,
+        image: &Manifest,
+        signers: Signers<'_>,
+        md: &Digest,
+        out: &mut SignatureScan,
+    ) {
+        let v = match self.referrer(r, &image.digest, md, "notation").await {
+            Ok(v) => v,
+            Err(e) => return out.notes.push(e),
+        };
+        let (ed, media_type) = match notation_layer(&v) {
+            Ok(x) => x,
+            Err(e) => return out.notes.push(format!("notation: referrer {md} {e}")),
+        };
+        let envelope = match self.registry.small_blob(r, &ed, MAX_SIGNATURE_BLOB).await {
+            Ok(b) => b,
+            Err(e) => return out.notes.push(format!("notation: envelope {ed}: {e}")),
+        };
+        let target = Target {
+            media_type: image.media_type.clone(),
+            digest: image.digest.to_string(),
+            size: image.bytes.len() as u64,
+        };
+        out.record_notation(
+            &self.metrics,
+            &signers.notation,
+            envelope,
+            media_type,
+            target,
+        )
+        .await
     }
 
     /// The legacy `sha256-<hex>.sig` tag. Signers rewrite it in place:
@@ -296,39 +513,24 @@ impl Gate {
         }
     }
 
-    /// One referrer manifest `md` (OCI 1.1 simple signing or a bundle).
+    /// One cosign referrer manifest `md` (OCI 1.1 simple signing or a bundle).
     async fn referrer_signature(
         &self,
         r: &Route,
         image: &Digest,
-        (keys, keyless): Signers<'_>,
+        signers: Signers<'_>,
         format: SigFormat,
         md: &Digest,
         out: &mut SignatureScan,
     ) {
         let f = format.as_str();
-        let reference = Reference::Digest(md.clone());
-        let m = match self
-            .registry
-            .manifest(r, &reference, Some(OCI_MANIFEST))
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => return out.notes.push(format!("{f}: referrer {md}: {e}")),
+        let v = match self.referrer(r, image, md, f).await {
+            Ok(v) => v,
+            Err(e) => return out.notes.push(e),
         };
-        let Ok(v) = crate::oci::json::parse_strict(&m.bytes) else {
-            return out
-                .notes
-                .push(format!("{f}: referrer {md} is not acceptable JSON"));
-        };
-        if v["subject"]["digest"] != image.to_string().as_str() {
-            return out
-                .notes
-                .push(format!("{f}: referrer {md} has another subject"));
-        }
         if format != SigFormat::Bundle {
             return out
-                .simple_signing_layers(self, r, image, &v, format, (keys, keyless))
+                .simple_signing_layers(self, r, image, &v, format, signers)
                 .await;
         }
         let Some(bd) = bundle_layer(&v) else {
@@ -340,12 +542,12 @@ impl Gate {
         match self.registry.small_blob(r, &bd, max).await {
             Ok(bundle) if is_keyless(&bundle) => {
                 let image = image.clone();
-                out.record_keyless(&self.metrics, keyless, move |root| {
+                out.record_keyless(&self.metrics, &signers.keyless, move |root| {
                     verify_keyless(&bundle, root, &image)
                 })
                 .await
             }
-            Ok(bundle) => out.record(&self.metrics, format, keys, |k| {
+            Ok(bundle) => out.record(&self.metrics, format, &signers.keys, |k| {
                 verify_bundle(&bundle, k, image)
             }),
             Err(e) => out.notes.push(format!("bundle: {bd}: {e}")),

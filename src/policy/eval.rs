@@ -22,6 +22,8 @@ pub struct Evidence {
     pub images: Vec<ImageEvidence>,
     /// Policy keys with a valid signature naming this digest.
     pub signers: BTreeSet<String>,
+    /// Which signature matched which requirement.
+    pub signature_matches: Vec<String>,
     /// Why other signatures found did not count.
     pub signature_notes: Vec<String>,
     /// An immutable tag that moved: (first seen, now).

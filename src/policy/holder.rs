@@ -56,12 +56,13 @@ fn drops_everything(old: &Policy, new: &Policy) -> Option<String> {
             old.rules.len()
         ));
     }
-    let anchors = |p: &Policy| p.keys.len() + p.trust.len();
+    let anchors = |p: &Policy| p.keys.len() + p.trust.len() + p.notation.len();
     if anchors(old) > 0 && anchors(new) == 0 {
         return Some(format!(
-            "the new file has no keys and no trusted roots (the policy in force has {} keys, {} trusted roots)",
+            "the new file has no keys and no trust material (the policy in force has {} keys, {} trusted roots, {} Notation trust stores)",
             old.keys.len(),
-            old.trust.len()
+            old.trust.len(),
+            old.notation.len()
         ));
     }
     None
@@ -89,6 +90,7 @@ impl PolicyHolder {
                     default_allow: true,
                     keys: Default::default(),
                     trust: Default::default(),
+                    notation: Default::default(),
                     rules: vec![],
                 },
                 sha256: "none".into(),

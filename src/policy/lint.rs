@@ -1,9 +1,10 @@
 //! What `policy lint` finds beyond parse errors: globs that can never match
 //! a canonical name (checked against the config's upstreams when known),
-//! rules an earlier rule shadows, and keyless signers whose regex accepts
-//! anyone. Each finding names its line.
+//! rules an earlier rule shadows, keyless signers whose regex accepts
+//! anyone, and Notation entries that accept anyone or only audit. Each finding names its line.
 
-use super::model::{glob, FieldMatch, Policy, Rule};
+use super::model::{glob, FieldMatch, NotationIdentity, Policy, Rule};
+use crate::trust::notation::Level;
 
 impl Policy {
     /// What `policy lint` finds beyond parse errors: globs that can never
@@ -18,6 +19,7 @@ impl Policy {
                 }
             }
             out.extend(keyless_catch_alls(r));
+            out.extend(notation_notes(r));
         }
         for (i, r) in self.rules.iter().enumerate() {
             let samples: Vec<String> = r
@@ -108,6 +110,36 @@ fn keyless_catch_alls(r: &Rule) -> Vec<Finding> {
             _ => None,
         })
         .collect()
+}
+
+/// Notation entries that accept anyone of their trust store, or that only
+/// audit (and so never count toward `min`).
+fn notation_notes(r: &Rule) -> Vec<Finding> {
+    let entries = r.signatures.iter().flat_map(|s| &s.notation);
+    let mut out = Vec::new();
+    for n in entries {
+        if n.identities.contains(&NotationIdentity::Any) {
+            out.push(Finding {
+                severity: Severity::Warning,
+                line: n.line,
+                message: format!(
+                    "rule {:?}: notation identities = [\"*\"] accepts any certificate that chains to trust store {:?}",
+                    r.name, n.trust
+                ),
+            });
+        }
+        if n.level == Level::Audit {
+            out.push(Finding {
+                severity: Severity::Warning,
+                line: n.line,
+                message: format!(
+                    "rule {:?}: notation level \"audit\" reports signatures but never counts them toward min",
+                    r.name
+                ),
+            });
+        }
+    }
+    out
 }
 
 fn has_wildcard(s: &str) -> bool {

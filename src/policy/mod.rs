@@ -14,5 +14,6 @@ pub use eval::{Decision, Evidence, ImageEvidence, PolicyDecision};
 pub use holder::{LoadedPolicy, PolicyHolder};
 pub use lint::{Finding, Severity};
 pub use model::{
-    Constraint, FieldMatch, KeylessSigner, Mode, Policy, PolicyError, Rule, KEYLESS_SIGNER,
+    Constraint, FieldMatch, KeylessSigner, Mode, NotationIdentity, NotationSigner, Policy,
+    PolicyError, Rule, KEYLESS_SIGNER, NOTATION_SIGNER,
 };

@@ -1,6 +1,7 @@
 //! The policy as modelgate holds it: rules, their constraints, keys. Read
 //! from a file by [`super::parse`], checked by [`super::lint`]. Pure.
 
+use crate::trust::notation::{Level, TrustStore};
 use crate::trust::sigstore::TrustedRoot;
 use crate::trust::PublicKey;
 use globset::{Glob, GlobBuilder, GlobMatcher};
@@ -143,6 +144,34 @@ impl KeylessSigner {
         }
         subjects.iter().find(|s| self.subject.matches(s))
     }
+
+    /// Why this entry does not accept a signer, for explanations:
+    /// `does not match subject_regex /^(?:...)$/ (entry on line 12)`.
+    pub fn why_not(
+        &self,
+        subjects: &[String],
+        issuer: &str,
+        fulcio: &BTreeMap<u32, String>,
+    ) -> String {
+        let field = |name: &str, m: &FieldMatch| match m {
+            FieldMatch::Exact(_) => format!("{name} {}", m.describe()),
+            FieldMatch::Regex(_) => format!("{name}_regex {}", m.describe()),
+        };
+        let why = if !self.issuer.matches(issuer) {
+            format!("does not match {}", field("issuer", &self.issuer))
+        } else if !subjects.iter().any(|s| self.subject.matches(s)) {
+            format!("does not match {}", field("subject", &self.subject))
+        } else {
+            let failed: Vec<String> = self
+                .github
+                .iter()
+                .filter(|p| !p.holds(fulcio))
+                .map(|p| format!("github.{} = {:?}", p.field, p.legacy_expected))
+                .collect();
+            format!("does not hold {}", failed.join(", "))
+        };
+        format!("{why} (keyless entry on line {})", self.line)
+    }
 }
 
 /// Signers of keyless signatures are named `keyless:<subject> (<issuer>)`
@@ -150,10 +179,84 @@ impl KeylessSigner {
 /// pair like this one; see `parse`).
 pub const KEYLESS_SIGNER: &str = "keyless:";
 
+/// Signers of Notation signatures are named `notation:<leaf subject>`.
+pub const NOTATION_SIGNER: &str = "notation:";
+
+/// Whom a Notation entry accepts: any certificate that chains to the trust
+/// store, or a leaf whose subject holds these attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotationIdentity {
+    Any,
+    Subject {
+        text: String,
+        attributes: BTreeMap<String, String>,
+    },
+}
+
+impl NotationIdentity {
+    /// `"*"` or `"x509.subject: C=.., ST=.., O=.., ..."` (C, ST and O are
+    /// required, as Notation requires them).
+    pub fn parse(s: &str) -> Result<NotationIdentity, String> {
+        if s == "*" {
+            return Ok(NotationIdentity::Any);
+        }
+        let dn = s
+            .strip_prefix("x509.subject:")
+            .ok_or("write \"x509.subject: C=.., ST=.., O=..\" or \"*\"")?;
+        let attributes = crate::trust::notation::parse_dn(dn.trim())?;
+        for need in ["C", "ST", "O"] {
+            if !attributes.contains_key(need) {
+                return Err(format!(
+                    "the subject needs {need} (Notation requires C, ST and O)"
+                ));
+            }
+        }
+        Ok(NotationIdentity::Subject {
+            text: dn.trim().to_string(),
+            attributes,
+        })
+    }
+
+    pub fn accepts(&self, subject: &BTreeMap<String, String>) -> bool {
+        match self {
+            NotationIdentity::Any => true,
+            NotationIdentity::Subject { attributes, .. } => {
+                crate::trust::notation::dn_subset(attributes, subject)
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            NotationIdentity::Any => "any certificate".into(),
+            NotationIdentity::Subject { text, .. } => format!("x509.subject {text:?}"),
+        }
+    }
+}
+
+/// One accepted Notation signer: a chain to the named trust store whose
+/// leaf subject matches one of the identities, verified at `level`
+/// (`audit` signatures are reported, never counted).
+#[derive(Debug, Clone)]
+pub struct NotationSigner {
+    pub line: usize,
+    pub trust: String,
+    pub identities: Vec<NotationIdentity>,
+    pub level: Level,
+}
+
+impl NotationSigner {
+    /// The identity that accepts this leaf subject, if any.
+    pub fn accepts(&self, subject: &BTreeMap<String, String>) -> Option<&NotationIdentity> {
+        self.identities.iter().find(|i| i.accepts(subject))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SignatureRule {
     pub keys: Vec<String>,
     pub keyless: Vec<KeylessSigner>,
+    pub notation: Vec<NotationSigner>,
     pub min: usize,
 }
 
@@ -164,7 +267,11 @@ impl SignatureRule {
     pub fn counted<'a>(&self, signers: &'a std::collections::BTreeSet<String>) -> Vec<&'a str> {
         signers
             .iter()
-            .filter(|s| s.starts_with(KEYLESS_SIGNER) || self.keys.contains(*s))
+            .filter(|s| {
+                s.starts_with(KEYLESS_SIGNER)
+                    || s.starts_with(NOTATION_SIGNER)
+                    || self.keys.contains(*s)
+            })
             .map(String::as_str)
             .collect()
     }
@@ -188,7 +295,22 @@ impl SignatureRule {
                 k.issuer.describe()
             )
         });
-        let all: Vec<String> = self.keys.iter().cloned().chain(keyless).collect();
+        let notation = self.notation.iter().map(|n| {
+            let ids: Vec<String> = n.identities.iter().map(|i| i.describe()).collect();
+            format!(
+                "notation {} of trust store {:?} ({})",
+                ids.join(" or "),
+                n.trust,
+                n.level.as_str()
+            )
+        });
+        let all: Vec<String> = self
+            .keys
+            .iter()
+            .cloned()
+            .chain(keyless)
+            .chain(notation)
+            .collect();
         format!("[{}]", all.join(", "))
     }
 }
@@ -237,6 +359,8 @@ pub struct Policy {
     pub keys: BTreeMap<String, PublicKey>,
     /// Sigstore trusted roots by their `[trust.NAME]`.
     pub trust: BTreeMap<String, std::sync::Arc<TrustedRoot>>,
+    /// Notation trust stores by their `[trust.NAME]`.
+    pub notation: BTreeMap<String, std::sync::Arc<TrustStore>>,
     pub rules: Vec<Rule>,
 }
 
@@ -271,6 +395,12 @@ impl Policy {
                 root.certificate_authorities.len(),
                 root.tlogs.len(),
                 root.ctlogs.len()
+            );
+        }
+        for (name, store) in &self.notation {
+            s += &format!(
+                "trust {name}: Notation trust store with {} CA certificates\n",
+                store.certs.len()
             );
         }
         for (i, r) in self.rules.iter().enumerate() {

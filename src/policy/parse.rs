@@ -3,9 +3,10 @@
 //! each rule's globs, mode, signatures, constraints and tags.
 
 use super::model::{
-    glob, Constraint, FieldMatch, GithubPin, KeylessSigner, Mode, Policy, PolicyError, Rule,
-    SignatureRule, TagRule, KEYLESS_SIGNER,
+    glob, Constraint, FieldMatch, GithubPin, KeylessSigner, Mode, NotationIdentity, NotationSigner,
+    Policy, PolicyError, Rule, SignatureRule, TagRule, KEYLESS_SIGNER,
 };
+use crate::trust::notation::{load_trust_store, Level, TrustStore};
 use crate::trust::sigstore::TrustedRoot;
 use crate::trust::PublicKey;
 use serde::Deserialize;
@@ -31,7 +32,8 @@ struct RawPolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTrust {
-    trusted_root: String,
+    trusted_root: Option<String>,
+    notation_certs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +60,8 @@ struct RawSignatures {
     keys: Vec<String>,
     #[serde(default)]
     keyless: Vec<Spanned<RawKeyless>>,
+    #[serde(default)]
+    notation: Vec<Spanned<RawNotation>>,
     #[serde(default = "one")]
     min: usize,
 }
@@ -72,6 +76,15 @@ struct RawKeyless {
     subject_regex: Option<String>,
     #[serde(default)]
     github: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotation {
+    trust: String,
+    identities: Vec<String>,
+    #[serde(default)]
+    level: Option<String>,
 }
 
 fn one() -> usize {
@@ -209,17 +222,17 @@ fn parse_signatures(
     src: &Source<'_>,
     r: &RawRule,
     keys: &BTreeMap<String, PublicKey>,
-    trust: &BTreeMap<String, Arc<TrustedRoot>>,
+    trust: &TrustMaterial,
 ) -> Result<Option<SignatureRule>, PolicyError> {
     let Some(s) = &r.signatures else {
         return Ok(None);
     };
     let (sp, s) = (s.span(), s.get_ref());
-    if s.keys.is_empty() && s.keyless.is_empty() {
+    if s.keys.is_empty() && s.keyless.is_empty() && s.notation.is_empty() {
         return Err(src.at(
             sp,
             format!(
-                "rule {:?}: signatures lists no keys and no keyless signers",
+                "rule {:?}: signatures lists no keys, no keyless and no notation signers",
                 r.name
             ),
         ));
@@ -233,9 +246,10 @@ fn parse_signatures(
             ),
         ));
     }
-    // Several keyless identities may match one entry, so only keys alone
-    // bound `min`.
-    if s.min == 0 || (s.keyless.is_empty() && s.min > s.keys.len()) {
+    // Several keyless or Notation identities may match one entry, so only
+    // keys alone bound `min`.
+    let keys_only = s.keyless.is_empty() && s.notation.is_empty();
+    if s.min == 0 || (keys_only && s.min > s.keys.len()) {
         return Err(src.at(
             sp,
             format!(
@@ -251,9 +265,15 @@ fn parse_signatures(
         .iter()
         .map(|k| parse_keyless(src, &r.name, k, trust))
         .collect::<Result<_, _>>()?;
+    let notation = s
+        .notation
+        .iter()
+        .map(|n| parse_notation(src, &r.name, n, trust))
+        .collect::<Result<_, _>>()?;
     Ok(Some(SignatureRule {
         keys: s.keys.clone(),
         keyless,
+        notation,
         min: s.min,
     }))
 }
@@ -262,15 +282,18 @@ fn parse_keyless(
     src: &Source<'_>,
     rule: &str,
     raw: &Spanned<RawKeyless>,
-    trust: &BTreeMap<String, Arc<TrustedRoot>>,
+    trust: &TrustMaterial,
 ) -> Result<KeylessSigner, PolicyError> {
     let (span, k) = (raw.span(), raw.get_ref());
     let err = |m: String| src.at(span.clone(), format!("rule {rule:?}: keyless signer: {m}"));
-    if !trust.contains_key(&k.trust) {
-        return Err(err(format!(
-            "trust = {:?} is not a [trust.NAME] table",
-            k.trust
-        )));
+    if !trust.sigstore.contains_key(&k.trust) {
+        return Err(err(match trust.notation.contains_key(&k.trust) {
+            true => format!(
+                "trust = {:?} is a Notation trust store (notation_certs), not a Sigstore trusted_root",
+                k.trust
+            ),
+            false => format!("trust = {:?} is not a [trust.NAME] table", k.trust),
+        }));
     }
     let field = |name: &str, exact: &Option<String>, regex: &Option<String>| {
         match (exact, regex) {
@@ -303,30 +326,102 @@ fn parse_keyless(
     })
 }
 
+/// The trust material a policy names: Sigstore trusted roots and Notation
+/// trust stores, each by its `[trust.NAME]`.
+#[derive(Default)]
+struct TrustMaterial {
+    sigstore: BTreeMap<String, Arc<TrustedRoot>>,
+    notation: BTreeMap<String, Arc<TrustStore>>,
+}
+
 fn parse_trust(
     src: &Source<'_>,
     base: &Path,
     raw: &BTreeMap<String, Spanned<RawTrust>>,
-) -> Result<BTreeMap<String, Arc<TrustedRoot>>, PolicyError> {
-    let mut out = BTreeMap::new();
+) -> Result<TrustMaterial, PolicyError> {
+    let mut out = TrustMaterial::default();
     for (name, t) in raw {
-        let p = base.join(&t.get_ref().trusted_root);
         let at = |m: String| src.at(t.span(), format!("trust {name:?}: {m}"));
-        let bytes =
-            std::fs::read(&p).map_err(|e| at(format!("cannot read {}: {e}", p.display())))?;
-        let root = TrustedRoot::parse(&bytes).map_err(|e| at(format!("{}: {e}", p.display())))?;
-        if root.certificate_authorities.is_empty()
-            || root.tlogs.is_empty()
-            || root.ctlogs.is_empty()
-        {
-            return Err(at(format!(
-                "{} needs at least one certificate authority, transparency log and CT log to verify keyless signatures",
-                p.display()
-            )));
+        match (&t.get_ref().trusted_root, &t.get_ref().notation_certs) {
+            (Some(file), None) => {
+                let p = base.join(file);
+                let bytes = std::fs::read(&p)
+                    .map_err(|e| at(format!("cannot read {}: {e}", p.display())))?;
+                let root =
+                    TrustedRoot::parse(&bytes).map_err(|e| at(format!("{}: {e}", p.display())))?;
+                if root.certificate_authorities.is_empty()
+                    || root.tlogs.is_empty()
+                    || root.ctlogs.is_empty()
+                {
+                    return Err(at(format!(
+                        "{} needs at least one certificate authority, transparency log and CT log to verify keyless signatures",
+                        p.display()
+                    )));
+                }
+                out.sigstore.insert(name.clone(), Arc::new(root));
+            }
+            (None, Some(files)) => {
+                if files.is_empty() {
+                    return Err(at("notation_certs is empty".into()));
+                }
+                let paths: Vec<_> = files.iter().map(|f| base.join(f)).collect();
+                let store = load_trust_store(name, &paths).map_err(at)?;
+                out.notation.insert(name.clone(), Arc::new(store));
+            }
+            _ => {
+                return Err(at(
+                    "set exactly one of trusted_root (a Sigstore trusted root) and notation_certs (Notation CA certificates)".into(),
+                ))
+            }
         }
-        out.insert(name.clone(), Arc::new(root));
     }
     Ok(out)
+}
+
+fn parse_notation(
+    src: &Source<'_>,
+    rule: &str,
+    raw: &Spanned<RawNotation>,
+    trust: &TrustMaterial,
+) -> Result<NotationSigner, PolicyError> {
+    let (span, n) = (raw.span(), raw.get_ref());
+    let err = |m: String| src.at(span.clone(), format!("rule {rule:?}: notation signer: {m}"));
+    if !trust.notation.contains_key(&n.trust) {
+        return Err(err(match trust.sigstore.contains_key(&n.trust) {
+            true => format!(
+                "trust = {:?} is a Sigstore trusted_root, not a Notation trust store (notation_certs)",
+                n.trust
+            ),
+            false => format!("trust = {:?} is not a [trust.NAME] table", n.trust),
+        }));
+    }
+    let level = match n.level.as_deref() {
+        None => Level::Strict,
+        Some(l) => Level::parse(l).ok_or_else(|| {
+            err(format!(
+                "level = {l:?}: use \"strict\", \"permissive\" or \"audit\""
+            ))
+        })?,
+    };
+    if n.identities.is_empty() {
+        return Err(err(
+            "identities is empty: list x509.subject identities, or \"*\" for any certificate of the trust store".into(),
+        ));
+    }
+    let identities = n
+        .identities
+        .iter()
+        .map(|i| NotationIdentity::parse(i).map_err(|m| err(format!("identity {i:?}: {m}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if identities.len() > 1 && identities.contains(&NotationIdentity::Any) {
+        return Err(err("\"*\" cannot be combined with other identities".into()));
+    }
+    Ok(NotationSigner {
+        line: line_of(src.text, span.start),
+        trust: n.trust.clone(),
+        identities,
+        level,
+    })
 }
 
 fn parse_constraint(
@@ -400,7 +495,7 @@ fn parse_rule(
     src: &Source<'_>,
     raw: &Spanned<RawRule>,
     keys: &BTreeMap<String, PublicKey>,
-    trust: &BTreeMap<String, Arc<TrustedRoot>>,
+    trust: &TrustMaterial,
     earlier: &[Rule],
 ) -> Result<Rule, PolicyError> {
     let (span, r) = (raw.span(), raw.get_ref());
@@ -449,7 +544,8 @@ impl Policy {
         Ok(Policy {
             default_allow,
             keys,
-            trust,
+            trust: trust.sigstore,
+            notation: trust.notation,
             rules,
         })
     }
@@ -541,11 +637,73 @@ mod tests {
                 entry(&format!("trust = \"good\"\n{GITHUB}subjekt = \"s\"\n")),
                 "subjekt",
             ),
-            (String::from("min = 1\n"), "no keys and no keyless signers"),
+            (
+                String::from("min = 1\n"),
+                "no keys, no keyless and no notation signers",
+            ),
         ] {
             let e = parse(&body).unwrap_err();
             assert!(e.contains(needle), "{body}: {e}");
             assert!(e.contains("line "), "{e}");
+        }
+    }
+
+    fn notation_policy(entry: &str) -> Result<Policy, String> {
+        let store = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/notation/jws-es256-valid/truststore");
+        let text = format!(
+            "[trust.good]\ntrusted_root = \"public-good-trusted_root.json\"\n[trust.acme]\nnotation_certs = [\"{}\"]\n[[rules]]\nname = \"m\"\nrepositories = [\"a/**\"]\n[rules.signatures]\nmin = 2\n[[rules.signatures.notation]]\n{entry}",
+            store.display()
+        );
+        Policy::parse(&text, &root_dir(), "p.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn notation_signers_name_a_trust_store_and_full_identities() {
+        let p = notation_policy(
+            "trust = \"acme\"\nidentities = [\"x509.subject: C=US, ST=WA, O=ModelGate Test\"]\nlevel = \"permissive\"\n",
+        )
+        .unwrap();
+        let n = &p.rules[0].signatures.as_ref().unwrap().notation[0];
+        assert_eq!((n.level, n.line), (Level::Permissive, 10));
+        let leaf =
+            crate::trust::notation::parse_dn("CN=x,O=ModelGate Test,L=Seattle,ST=WA,C=US").unwrap();
+        assert!(n.accepts(&leaf).is_some());
+        let d = p.describe();
+        assert!(
+            d.contains("trust acme: Notation trust store with 1 CA certificates"),
+            "{d}"
+        );
+        assert!(d.contains("notation x509.subject"), "{d}");
+        for (entry, needle) in [
+            (
+                "trust = \"good\"\nidentities = [\"*\"]\n",
+                "is a Sigstore trusted_root",
+            ),
+            (
+                "trust = \"nope\"\nidentities = [\"*\"]\n",
+                "not a [trust.NAME]",
+            ),
+            ("trust = \"acme\"\nidentities = []\n", "identities is empty"),
+            (
+                "trust = \"acme\"\nidentities = [\"*\", \"x509.subject: C=US, ST=WA, O=A\"]\n",
+                "cannot be combined",
+            ),
+            (
+                "trust = \"acme\"\nidentities = [\"x509.subject: CN=release\"]\n",
+                "needs C",
+            ),
+            (
+                "trust = \"acme\"\nidentities = [\"CN=release\"]\n",
+                "x509.subject:",
+            ),
+            (
+                "trust = \"acme\"\nidentities = [\"*\"]\nlevel = \"skip\"\n",
+                "level = \"skip\"",
+            ),
+        ] {
+            let e = notation_policy(entry).unwrap_err();
+            assert!(e.contains(needle) && e.contains("line 10"), "{entry}: {e}");
         }
     }
 
@@ -561,7 +719,11 @@ mod tests {
         let e = bad("[trust.x]\ntrusted_root = \"README.md\"\n");
         assert!(e.contains("trust \"x\""), "{e}");
         let e = bad("[trust.x]\nnotation_certs = []\n");
-        assert!(e.contains("notation_certs"), "{e}");
+        assert!(e.contains("notation_certs is empty"), "{e}");
+        let e = bad("[trust.x]\nnotation_certs = [\"README.md\"]\n");
+        assert!(e.contains("line 1") && e.contains("README.md"), "{e}");
+        let e = bad("[trust.x]\n");
+        assert!(e.contains("exactly one of trusted_root"), "{e}");
         let e = bad("[keys]\n\"keyless:me\" = \"k.pub\"\n");
         assert!(e.contains("kept for keyless signers"), "{e}");
     }

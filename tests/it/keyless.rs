@@ -100,7 +100,10 @@ async fn a_keyless_signature_by_an_accepted_identity_admits_the_image() {
             Some(&"allow".into()),
             "{case}: {audit:?}"
         );
-        assert!(g.metric("modelgate_signature_verifications_total{result=\"valid\"}") >= 1.0);
+        assert!(
+            g.metric("modelgate_signature_verifications_total{kind=\"keyless\",result=\"valid\"}")
+                >= 1.0
+        );
         g.stop().await;
     }
 }
@@ -109,20 +112,32 @@ async fn a_keyless_signature_by_an_accepted_identity_admits_the_image() {
 async fn a_valid_keyless_signature_by_another_identity_is_denied() {
     let up = Mock::start().await;
     seed(&up, "bundle-valid-uri");
-    for (issuer, subject) in [
+    for (issuer, subject, why) in [
         // Another repository's workflow, same issuer.
-        (GITHUB, r"https://github\.com/other/models/.*"),
+        (
+            GITHUB,
+            r"https://github\.com/other/models/.*",
+            "does not match subject_regex /^(?:https://github\\.com/other/models/.*)$/",
+        ),
         // The right workflow vouched for by another issuer.
-        ("https://accounts.example.test", WORKFLOW_RE),
+        (
+            "https://accounts.example.test",
+            WORKFLOW_RE,
+            "does not match issuer \"https://accounts.example.test\"",
+        ),
         // The regex is anchored: a prefix of the identity is not enough.
-        (GITHUB, r"https://github\.com/acme/models"),
+        (
+            GITHUB,
+            r"https://github\.com/acme/models",
+            "does not match subject_regex",
+        ),
     ] {
         let (g, _t) = gate_with_policy(&up, &policy(&keyless(issuer, subject))).await;
         let r = get(&g.url("/v2/models/demo/manifests/v1.0.0")).await;
         assert_denied(&r, "no valid signature by [keyless");
+        let by = "keyless signature by https://github.com/acme/models/.github/workflows/release.yml@refs/tags/v1.0.0 (issuer https://token.actions.githubusercontent.com)";
         assert!(
-            r.message()
-                .contains("an identity no keyless entry of the rule accepts"),
+            r.message().contains(&format!("{by} {why}")),
             "{subject}: {}",
             r.message()
         );
@@ -159,7 +174,11 @@ async fn keyless_signatures_that_do_not_verify_are_denied_with_the_reason() {
         let (g, _t) = gate_with_policy(&up, &policy(&keyless(GITHUB, WORKFLOW_RE))).await;
         let r = get(&g.url("/v2/models/demo/manifests/v1.0.0")).await;
         assert_denied(&r, needle);
-        assert!(g.metric("modelgate_signature_verifications_total{result=\"invalid\"}") >= 1.0);
+        assert!(
+            g.metric(
+                "modelgate_signature_verifications_total{kind=\"keyless\",result=\"invalid\"}"
+            ) >= 1.0
+        );
         g.stop().await;
     }
 }
@@ -223,8 +242,51 @@ async fn github_pins_must_all_hold() {
         if admitted {
             assert_eq!(r.status, StatusCode::OK, "{case} {pins}: {:?}", r.body);
         } else {
-            assert_denied(&r, "an identity no keyless entry of the rule accepts");
-            assert!(r.message().contains("(github "), "{}", r.message());
+            assert_denied(&r, "(github ");
+            assert!(
+                r.message().contains("does not hold github."),
+                "{}",
+                r.message()
+            );
+        }
+        g.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_tag_is_pushed_only_when_an_accepted_keyless_signature_is_upstream() {
+    let ct = [("content-type", OCI)];
+    for (case, subject_regex, admitted) in [
+        ("bundle-valid-uri", WORKFLOW_RE, true),
+        ("legacy-valid-uri", WORKFLOW_RE, true),
+        ("bundle-valid-uri", r"https://github\.com/other/.*", false),
+        ("legacy-valid-uri", r"https://github\.com/other/.*", false),
+    ] {
+        let up = Mock::start().await;
+        let d = seed(&up, case);
+        up.state
+            .add_referenced_stand_ins(&read(case, "subject.json"));
+        let (g, _t) = gate_with_policy(&up, &policy(&keyless(GITHUB, subject_regex))).await;
+        let r = send_body(
+            http::Method::PUT,
+            &g.url(&format!("/v2/models/demo/manifests/{d}?tag=release")),
+            &ct,
+            read(case, "subject.json"),
+        )
+        .await;
+        let tagged = up
+            .state
+            .tags("models/demo")
+            .contains(&"release".to_string());
+        if admitted {
+            assert_eq!(r.status, StatusCode::CREATED, "{case}: {:?}", r.body);
+            assert!(tagged, "{case}");
+        } else {
+            assert_denied(&r, "does not match subject_regex");
+            assert!(
+                !tagged,
+                "{case}: the upstream got the tag of a refused push"
+            );
         }
         g.stop().await;
     }

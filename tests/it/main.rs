@@ -25,3 +25,5 @@ mod hardening;
 mod keyless;
 // The sigstore-conformance bundle-verify suite against `modelgate verify-bundle`.
 mod conformance;
+// Notation (Notary Project) signatures through the gate.
+mod notation;

@@ -165,7 +165,10 @@ async fn signed_labeled_image_is_admitted_in_every_signature_format() {
         assert_eq!(rec["client"], "127.0.0.1");
         assert_eq!(rec["policy_sha256"].as_str().unwrap().len(), 64);
         assert_eq!(g.metric("modelgate_policy_decisions_total{action=\"pull\",decision=\"allow\",rule=\"models\"}"), 1.0);
-        assert!(g.metric("modelgate_signature_verifications_total{result=\"valid\"}") >= 1.0);
+        assert!(
+            g.metric("modelgate_signature_verifications_total{kind=\"key\",result=\"valid\"}")
+                >= 1.0
+        );
         // A cached verdict costs no upstream round trip.
         let before = up.state.seen().len();
         assert_eq!(
@@ -250,7 +253,10 @@ async fn bypass_bad_signatures_are_named() {
         let r = get(&g.url("/v2/models/demo/manifests/v2.1.0")).await;
         assert_denied(&r, "no valid signature by [release]");
         assert!(r.message().contains(needle), "{vector}: {}", r.message());
-        assert!(g.metric("modelgate_signature_verifications_total{result=\"invalid\"}") >= 1.0);
+        assert!(
+            g.metric("modelgate_signature_verifications_total{kind=\"key\",result=\"invalid\"}")
+                >= 1.0
+        );
         g.stop().await;
     }
     // A bundle whose statement names another digest.

@@ -108,6 +108,23 @@ impl MockState {
         d
     }
 
+    /// Stand-ins for the blobs a vector's manifest references but the
+    /// vector does not ship (only their presence is checked, e.g. before a
+    /// push is forwarded): listed under those digests, never read.
+    pub fn add_referenced_stand_ins(&self, manifest: &[u8]) {
+        let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+        let layers = m["layers"].as_array().cloned().unwrap_or_default();
+        for d in std::iter::once(&m["config"]).chain(&layers) {
+            if let Some(d) = d["digest"].as_str() {
+                self.blobs
+                    .lock()
+                    .unwrap()
+                    .entry(d.to_string())
+                    .or_insert_with(|| Bytes::from_static(b"stand-in"));
+            }
+        }
+    }
+
     /// A blob that only `repo` holds (with `scoped_blobs`).
     pub fn add_blob_in(&self, repo: &str, data: impl Into<Bytes>) -> Digest {
         let d = self.add_blob(data);
