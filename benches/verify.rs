@@ -1,11 +1,14 @@
 //! What a signature check costs the gate, per signature: a keyed cosign
 //! bundle (one ECDSA verification) against a keyless one (SET, inclusion
 //! proof, checkpoint, Fulcio chain, SCT, statement — several verifications
-//! and certificate parses), both over the fixture vectors.
+//! and certificate parses) and Notation envelopes (chain links, leaf
+//! signature, target), all over the fixture vectors. These are the cold
+//! decision's CPU cost; a cached decision runs none of them.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use modelgate::oci::Digest;
 use modelgate::trust::sigstore::{verify_keyless, TrustedRoot};
+use modelgate::trust::notation::{load_trust_store, verify_notation, Level, Target};
 use modelgate::trust::verify::verify_bundle;
 use modelgate::trust::PublicKey;
 use std::path::Path;
@@ -54,6 +57,32 @@ fn bench(c: &mut Criterion) {
     g.bench_function("keyless_bundle", |b| {
         b.iter(|| verify_keyless(&bundle, &root, &subject).unwrap())
     });
+    for (case, name) in [
+        ("jws-es256-valid", "notation_jws_es256"),
+        ("jws-ps256-valid", "notation_jws_ps256"),
+        ("cose-es256-valid", "notation_cose_es256"),
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/notation")
+            .join(case);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&read(&format!("notation/{case}/signature/manifest.json")))
+                .unwrap();
+        let layer = &manifest["layers"][0];
+        let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let envelope = read(&format!("notation/{case}/signature/blobs/{hex}"));
+        let media_type = layer["mediaType"].as_str().unwrap().to_string();
+        let store = load_trust_store("acme", &[dir.join("truststore")]).unwrap();
+        let target = Target {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: manifest["subject"]["digest"].as_str().unwrap().into(),
+            size: manifest["subject"]["size"].as_u64().unwrap(),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let run = || verify_notation(&envelope, &media_type, &target, &store, Level::Strict, now);
+        run().unwrap();
+        g.bench_function(name, |b| b.iter(|| run().unwrap()));
+    }
     g.finish();
 }
 
