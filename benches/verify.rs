@@ -7,8 +7,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use modelgate::oci::Digest;
-use modelgate::trust::sigstore::{verify_keyless, TrustedRoot};
 use modelgate::trust::notation::{load_trust_store, verify_notation, Level, Target};
+use modelgate::trust::sigstore::{verify_keyless, TrustedRoot};
 use modelgate::trust::verify::verify_bundle;
 use modelgate::trust::PublicKey;
 use std::path::Path;
@@ -69,7 +69,10 @@ fn bench(c: &mut Criterion) {
             serde_json::from_slice(&read(&format!("notation/{case}/signature/manifest.json")))
                 .unwrap();
         let layer = &manifest["layers"][0];
-        let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let hex = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
         let envelope = read(&format!("notation/{case}/signature/blobs/{hex}"));
         let media_type = layer["mediaType"].as_str().unwrap().to_string();
         let store = load_trust_store("acme", &[dir.join("truststore")]).unwrap();

@@ -14,6 +14,8 @@ fn is_signature_layer(t: &str) -> bool {
         || t.starts_with("application/vnd.dev.sigstore.bundle")
         || t == "application/vnd.dsse.envelope.v1+json"
         || t == "application/vnd.in-toto+json"
+        || t == crate::trust::notation::JWS
+        || t == crate::trust::notation::COSE
 }
 
 /// Largest blob a signature artifact may open for reading: signatures,
@@ -28,7 +30,14 @@ pub fn is_signature_manifest(bytes: &[u8]) -> bool {
     // Every signature layer type names one of these. A document without
     // them is no signature artifact, and needs no parse to say so (an
     // escaped spelling only makes it "not a signature": a full decision).
-    let marks: [&[u8]; 4] = [b"simplesigning", b"sigstore", b"dsse", b"in-toto"];
+    let marks: [&[u8]; 6] = [
+        b"simplesigning",
+        b"sigstore",
+        b"dsse",
+        b"in-toto",
+        b"jose",
+        b"cose",
+    ];
     if !marks
         .iter()
         .any(|m| bytes.windows(m.len()).any(|w| w == *m))
@@ -130,6 +139,13 @@ mod tests {
             r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"x"}},"layers":[{{"mediaType":"{SIMPLE_SIGNING}","digest":"y"}}]}}"#
         );
         assert!(is_signature_manifest(sig.as_bytes()));
+        // Notation's referrer: one JWS or COSE envelope layer.
+        let notation = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/notation/cose-es256-valid/signature/manifest.json"),
+        )
+        .unwrap();
+        assert!(is_signature_manifest(&notation));
         // A model image wearing a signature's artifactType and a subject is not one.
         let disguised = format!(
             r#"{{"schemaVersion":2,"artifactType":"{COSIGN_SIG_ARTIFACT}","subject":{{"digest":"z"}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"y"}}]}}"#
