@@ -210,3 +210,37 @@ async fn a_tag_is_pushed_only_when_a_trusted_notation_signature_is_upstream() {
         g.stop().await;
     }
 }
+
+/// `modelgate check` says which signature matched which entry, and why
+/// another did not (human and JSON).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_explains_which_notation_signer_matched() {
+    let case = "jws-es256-valid";
+    let up = Mock::start().await;
+    seed(&up, case, Some("v1.0.0"));
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = check_config(tmp.path(), &up.url());
+    let image = "registry.test/models/demo:v1.0.0";
+    let run = |identity: &str, json: bool| {
+        let text =
+            policy(case, identity, "strict").replace("local/models/**", "registry.test/models/**");
+        std::fs::write(tmp.path().join("policy.toml"), text).unwrap();
+        let mut args = vec!["check", "--config", cfg.to_str().unwrap(), image];
+        if json {
+            args.push("--json");
+        }
+        modelgate_cli(args)
+    };
+    let (code, out) = run(&trusted_identity(case), false);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("+ notation signature by \"CN=modelgate-signer,O=ModelGate Test,L=Seattle,ST=WA,C=US\" matches x509.subject"),
+        "{out}"
+    );
+    let (code, out) = run("x509.subject: C=US, ST=WA, O=Another Org", true);
+    assert_eq!(code, Some(1), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let notes = v["signature_notes"].to_string();
+    assert!(notes.contains("matches none of the identities"), "{notes}");
+    assert_eq!(v["signature_matches"], serde_json::json!([]));
+}
