@@ -1080,3 +1080,83 @@ async fn registry_workflows_promotion_upstream_signature_and_index_push() {
     assert_upstream_tag(&reg, "signed/rel", "v1.0.0").await;
     g.stop().await;
 }
+
+/// Notation signatures pushed to the real registry the way Notation does
+/// (referrer + `sha256-<hex>` fallback index, as distribution has no
+/// referrers API): skopeo pulls and pushes a tag through the gate when the
+/// leaf is one the policy names, and is refused (with the reason) when it
+/// is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notation_signed_models_pass_the_gate_with_skopeo() {
+    let Some((registry, skopeo)) = registry_and_skopeo() else {
+        return;
+    };
+    const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let reg = Registry::start(&registry).await;
+    let base = reg.url();
+    let repo = "models/notary";
+    let layer = tar_layer("weights.bin", &data(100_000, 9));
+    let (d, bytes) = push_image(
+        &base,
+        repo,
+        Some("v1.0.0"),
+        &[layer],
+        &model_labels(),
+        "amd64",
+    )
+    .await;
+    let signer = crate::support::notary::NotarySigner::new("acme");
+    let sig = signer.sign(&d.to_string(), bytes.len());
+    push_blob(&base, repo, &sig.envelope).await;
+    push_blob(&base, repo, &sig.config).await;
+    let sd = Digest::of(&sig.manifest);
+    push_manifest(&base, repo, &sd.to_string(), &sig.manifest, OCI).await;
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": [
+        {"mediaType": OCI, "digest": sd.to_string(), "size": sig.manifest.len(),
+         "artifactType": "application/vnd.cncf.notary.signature"}]});
+    let index = serde_json::to_vec(&index).unwrap();
+    push_manifest(&base, repo, &d.tag_schema(), &index, INDEX).await;
+
+    for (org, admitted) in [("acme", true), ("other", false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("root.pem"), &signer.root_pem).unwrap();
+        let policy = format!(
+            "default = \"allow\"\n[trust.acme]\nnotation_certs = [\"root.pem\"]\n[[rules]]\nname = \"models\"\nrepositories = [\"registry.test/models/**\"]\n[rules.signatures]\n[[rules.signatures.notation]]\ntrust = \"acme\"\nidentities = [\"x509.subject: C=US, ST=WA, O={org}\"]\n"
+        );
+        let g = gate_over(&reg, tmp.path(), &policy).await;
+        let pol = accept_anything(tmp.path());
+        let out = tmp.path().join("out");
+        let mut pull = skopeo_copy(
+            &skopeo,
+            &pol,
+            false,
+            format!("docker://{}/{repo}:v1.0.0", g.addr),
+            format!("dir:{}", out.display()),
+        );
+        let mut push = skopeo_copy(
+            &skopeo,
+            &pol,
+            false,
+            format!("docker://{}/{repo}:v1.0.0", reg.addr),
+            format!("docker://{}/{repo}:release-{org}", g.addr),
+        );
+        if admitted {
+            run_ok(&mut pull, "pull of a Notation-signed model").await;
+            run_ok(&mut push, "push of a Notation-signed tag").await;
+            assert_upstream_tag(&reg, repo, "release-acme").await;
+        } else {
+            for (what, cmd) in [("pull", &mut pull), ("push", &mut push)] {
+                let (ok, text) = run(cmd).await;
+                assert!(!ok, "{what} admitted a signature by O=acme for O=other");
+                assert!(
+                    text.contains("matches none of the identities"),
+                    "{what}: skopeo said: {text}"
+                );
+            }
+            let tags = upstream_tags(&reg, repo).await;
+            assert!(!tags.iter().any(|t| t == "release-other"), "{tags:?}");
+        }
+        g.stop().await;
+    }
+}

@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod faults;
 pub mod gate;
 pub mod mock;
+pub mod notary;
 pub mod process;
 pub mod server;
 pub mod uploads;
