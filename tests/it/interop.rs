@@ -1160,3 +1160,89 @@ async fn notation_signed_models_pass_the_gate_with_skopeo() {
         g.stop().await;
     }
 }
+
+/// Keyless cosign signatures from the fake Sigstore instance of
+/// tests/fixtures/keyless (made by another implementation), pushed to the
+/// real registry where cosign puts them (a bundle referrer behind the
+/// `sha256-<hex>` index; a legacy `.sig` tag): skopeo pulls and pushes a
+/// tag through the gate when the policy names the workflow identity, and
+/// is refused (with the reason) when it names another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_signed_models_pass_the_gate_with_skopeo() {
+    let Some((registry, skopeo)) = registry_and_skopeo() else {
+        return;
+    };
+    const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keyless");
+    let read = |rel: &str| Bytes::from(std::fs::read(fx.join(rel)).unwrap());
+    let reg = Registry::start(&registry).await;
+    let base = reg.url();
+    for case in ["bundle-valid-uri", "legacy-valid-uri"] {
+        let repo = format!("models/{case}");
+        for blob in ["image/config.json", "image/layer.bin"] {
+            push_blob(&base, &repo, &read(blob)).await;
+        }
+        let subject = read(&format!("{case}/subject.json"));
+        let d = push_manifest(&base, &repo, "v1.0.0", &subject, OCI).await;
+        for b in std::fs::read_dir(fx.join(case).join("signature/blobs")).unwrap() {
+            let b = Bytes::from(std::fs::read(b.unwrap().path()).unwrap());
+            push_blob(&base, &repo, &b).await;
+        }
+        let sig = read(&format!("{case}/signature/manifest.json"));
+        if case.starts_with("legacy-") {
+            let tag = format!("{}.sig", d.tag_schema());
+            push_manifest(&base, &repo, &tag, &sig, OCI).await;
+        } else {
+            let sd = Digest::of(&sig).to_string();
+            push_manifest(&base, &repo, &sd, &sig, OCI).await;
+            let index = read(&format!("{case}/signature/referrers.json"));
+            push_manifest(&base, &repo, &d.tag_schema(), &index, INDEX).await;
+        }
+    }
+    let root = fx.join("bundle-valid-uri/trusted_root.json");
+    let workflow = r"https://github\.com/acme/models/\.github/workflows/release\.yml@refs/tags/v.*";
+    for (subject_regex, admitted) in [(workflow, true), (r"https://github\.com/other/.*", false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let policy = format!(
+            "default = \"allow\"\n[trust.fake]\ntrusted_root = \"{}\"\n[[rules]]\nname = \"models\"\nrepositories = [\"registry.test/models/**\"]\n[rules.signatures]\n[[rules.signatures.keyless]]\ntrust = \"fake\"\nissuer = \"https://token.actions.githubusercontent.com\"\nsubject_regex = '{subject_regex}'\n",
+            root.display()
+        );
+        let g = gate_over(&reg, tmp.path(), &policy).await;
+        let pol = accept_anything(tmp.path());
+        for case in ["bundle-valid-uri", "legacy-valid-uri"] {
+            let repo = format!("models/{case}");
+            let mut pull = skopeo_copy(
+                &skopeo,
+                &pol,
+                false,
+                format!("docker://{}/{repo}:v1.0.0", g.addr),
+                format!("dir:{}", tmp.path().join(case).display()),
+            );
+            let mut push = skopeo_copy(
+                &skopeo,
+                &pol,
+                false,
+                format!("docker://{}/{repo}:v1.0.0", reg.addr),
+                format!("docker://{}/{repo}:release-{admitted}", g.addr),
+            );
+            if admitted {
+                run_ok(&mut pull, &format!("{case}: pull")).await;
+                run_ok(&mut push, &format!("{case}: push")).await;
+                assert_upstream_tag(&reg, &repo, "release-true").await;
+            } else {
+                for (what, cmd) in [("pull", &mut pull), ("push", &mut push)] {
+                    let (ok, text) = run(cmd).await;
+                    assert!(!ok, "{case}: {what} admitted another identity");
+                    assert!(
+                        text.contains("does not match subject_regex"),
+                        "{case} {what}: skopeo said: {text}"
+                    );
+                }
+                let tags = upstream_tags(&reg, &repo).await;
+                assert!(!tags.iter().any(|t| t == "release-false"), "{tags:?}");
+            }
+        }
+        g.stop().await;
+    }
+}
