@@ -1,5 +1,6 @@
 //! The policy in force: loaded at start, swapped atomically on reload
-//! (SIGHUP, or the file changed). A broken file keeps the last good policy,
+//! (SIGHUP, or the file or a file it names changed: keys, trusted roots,
+//! Notation certificates). A broken file keeps the last good policy,
 //! says why in the log and counts `modelgate_policy_reloads_total{result="error"}`.
 //!
 //! Invariants:
@@ -42,6 +43,43 @@ fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
     Some((m.len(), m.modified().ok()?))
 }
 
+/// The files behind a source: itself, or a directory's files, sorted.
+fn source_files(path: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            let mut v: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            v.sort();
+            v
+        }
+        Err(_) => vec![path.to_path_buf()],
+    }
+}
+
+/// What the policy is made of: SHA-256 over its text's hash and every
+/// source file's path and bytes (a missing file counts as such). The
+/// newest modification time among the sources comes with it.
+fn material(text_sha: &str, sources: &[PathBuf]) -> (String, Option<SystemTime>) {
+    let mut h = Sha256::new();
+    h.update(text_sha.as_bytes());
+    let mut newest = None;
+    for f in sources.iter().flat_map(|s| source_files(s)) {
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        match std::fs::read(&f) {
+            Ok(b) => {
+                h.update(Sha256::digest(&b));
+                let modified = stamp(&f).map(|(_, m)| m);
+                newest = newest.max(modified);
+            }
+            Err(_) => h.update(b"missing"),
+        }
+    }
+    (hex::encode(h.finalize()), newest)
+}
+
 /// Whether a file with this modification time has stopped changing.
 pub fn settled(modified: SystemTime, now: SystemTime) -> bool {
     now.duration_since(modified)
@@ -73,6 +111,9 @@ pub struct LoadedPolicy {
     pub policy: Policy,
     /// SHA-256 of the file's bytes ("none" without a file).
     pub sha256: String,
+    /// The text and every file it names ([`material`]): what a reload
+    /// compares.
+    pub material: String,
     pub generation: u64,
 }
 
@@ -92,15 +133,20 @@ impl PolicyHolder {
                     trust: Default::default(),
                     notation: Default::default(),
                     rules: vec![],
+                    sources: vec![],
                 },
                 sha256: "none".into(),
+                material: "none".into(),
                 generation: 1,
             },
             Some(p) => {
                 let (policy, text) = Policy::load(p)?;
+                let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+                let (material, _) = material(&sha256, &policy.sources);
                 LoadedPolicy {
                     policy,
-                    sha256: hex::encode(Sha256::digest(text.as_bytes())),
+                    sha256,
+                    material,
                     generation: 1,
                 }
             }
@@ -153,12 +199,15 @@ impl PolicyHolder {
         let bytes = std::fs::read(path).map_err(unreadable)?;
         let old = self.current();
         let sha = hex::encode(Sha256::digest(&bytes));
-        if sha == old.sha256 {
+        let (was, newest_source) = material(&sha, &old.policy.sources);
+        if was == old.material {
             return Ok(false);
         }
         let after = stamp(path);
+        let now = SystemTime::now();
         let still_changing = before != after
-            || after.is_some_and(|(_, modified)| !settled(modified, SystemTime::now()));
+            || after.is_some_and(|(_, modified)| !settled(modified, now))
+            || newest_source.is_some_and(|m| !settled(m, now));
         if still_changing {
             return Err(ReloadError::Unsettled(path.display().to_string()));
         }
@@ -174,9 +223,11 @@ impl PolicyHolder {
                 why,
             });
         }
+        let (material, _) = material(&sha, &policy.sources);
         self.current.store(Arc::new(LoadedPolicy {
             policy,
             sha256: sha,
+            material,
             generation: old.generation + 1,
         }));
         Ok(true)
@@ -206,12 +257,13 @@ impl PolicyHolder {
                     _ = tokio::time::sleep(every) => false,
                 };
                 // A broken file is reported once per change, not every tick.
-                let sha = me
+                let text_sha = me
                     .path
                     .as_ref()
                     .and_then(|p| std::fs::read(p).ok())
                     .map(|b| hex::encode(Sha256::digest(&b)))
                     .unwrap_or_default();
+                let sha = material(&text_sha, &me.current().policy.sources).0;
                 if !forced && sha == last_failed_sha {
                     continue;
                 }

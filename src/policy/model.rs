@@ -362,6 +362,10 @@ pub struct Policy {
     /// Notation trust stores by their `[trust.NAME]`.
     pub notation: BTreeMap<String, std::sync::Arc<TrustStore>>,
     pub rules: Vec<Rule>,
+    /// The files (and trust store directories) the policy read besides
+    /// itself: key files, trusted roots, Notation certificates. A change
+    /// to any of them reloads the policy.
+    pub sources: Vec<std::path::PathBuf>,
 }
 
 /// A glob over canonical names: `*` stays within one path component, `**`

@@ -541,12 +541,24 @@ impl Policy {
             let rule = parse_rule(&src, r, &keys, &trust, &rules)?;
             rules.push(rule);
         }
+        let mut sources: Vec<_> = raw
+            .keys
+            .values()
+            .map(Spanned::get_ref)
+            .filter(|v| !v.trim_start().starts_with("-----BEGIN"))
+            .map(|v| base.join(v))
+            .collect();
+        for t in raw.trust.values().map(Spanned::get_ref) {
+            sources.extend(t.trusted_root.iter().map(|f| base.join(f)));
+            sources.extend(t.notation_certs.iter().flatten().map(|f| base.join(f)));
+        }
         Ok(Policy {
             default_allow,
             keys,
             trust: trust.sigstore,
             notation: trust.notation,
             rules,
+            sources,
         })
     }
 

@@ -291,3 +291,44 @@ async fn a_tag_is_pushed_only_when_an_accepted_keyless_signature_is_upstream() {
         g.stop().await;
     }
 }
+
+/// A trusted root is reloaded with the policy: replacing the file (not the
+/// policy) redecides, here with a root that does not hold the vector's log.
+#[tokio::test]
+async fn replacing_the_trusted_root_file_redecides() {
+    let up = Mock::start().await;
+    seed(&up, "bundle-valid-uri");
+    let roots = tempfile::tempdir().unwrap();
+    let root = roots.path().join("root.json");
+    std::fs::copy(dir("bundle-valid-uri").join("trusted_root.json"), &root).unwrap();
+    let text = policy(&keyless(GITHUB, WORKFLOW_RE)).replace(
+        &dir("bundle-valid-uri")
+            .join("trusted_root.json")
+            .display()
+            .to_string(),
+        &root.display().to_string(),
+    );
+    let (g, _t) = gate_with_policy(&up, &text).await;
+    let url = g.url("/v2/models/demo/manifests/v1.0.0");
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+    // Written whole, renamed into place, as an operator refreshes it.
+    let fresh = roots.path().join("root.json.new");
+    std::fs::copy(dir("public-good-trusted_root.json"), &fresh).unwrap();
+    std::fs::rename(&fresh, &root).unwrap();
+    let mut last = None;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = get(&url).await;
+        if r.status == StatusCode::FORBIDDEN {
+            last = Some(r);
+            break;
+        }
+    }
+    let r = last.expect("the new trusted root was not picked up");
+    assert_denied(&r, "which the trusted root does not hold");
+    assert_eq!(
+        g.metric("modelgate_policy_reloads_total{result=\"success\"}"),
+        1.0
+    );
+    g.stop().await;
+}
