@@ -312,6 +312,38 @@ mod tests {
     }
 
     #[test]
+    fn p521_signatures_verify_in_both_encodings() {
+        use p521::ecdsa::signature::Signer;
+        let mut secret = [7u8; 66];
+        secret[0] = 0; // below the group order
+        let sk = p521::ecdsa::SigningKey::from_slice(&secret).unwrap();
+        let point = p521::ecdsa::VerifyingKey::from(&sk)
+            .to_sec1_point(false)
+            .as_bytes()
+            .to_vec();
+        let key = CertKey::P521(point);
+        let sig: p521::ecdsa::Signature = sk.sign(b"notation payload");
+        let fixed = sig.to_bytes();
+        let der = sig.to_der();
+        assert!(key.verify(
+            SigAlg::EcdsaFixed(Hash::Sha512),
+            b"notation payload",
+            &fixed
+        ));
+        assert!(key.verify(
+            SigAlg::EcdsaDer(Hash::Sha512),
+            b"notation payload",
+            der.as_bytes()
+        ));
+        assert!(!key.verify(SigAlg::EcdsaFixed(Hash::Sha512), b"other", &fixed));
+        assert!(!key.verify(
+            SigAlg::EcdsaFixed(Hash::Sha384),
+            b"notation payload",
+            &fixed
+        ));
+    }
+
+    #[test]
     fn keys_verify_only_with_their_algorithm() {
         let cert = rcgen::CertificateParams::new(vec!["x".into()])
             .unwrap()
