@@ -16,8 +16,7 @@ use crate::oci::media::{Manifest, MAX_MANIFEST_BYTES, OCI_MANIFEST};
 use crate::oci::{Digest, Reference};
 use crate::policy::{KeylessSigner, NotationSigner, KEYLESS_SIGNER, NOTATION_SIGNER};
 use crate::trust::notation::{
-    verify_notation, Level, NotationError, NotationSignature, Target, TrustStore, COSE, JWS,
-    NOTATION_SIGNATURE,
+    verify_notation, Level, Target, TrustStore, COSE, JWS, NOTATION_SIGNATURE,
 };
 use crate::trust::sigstore::{
     is_keyless_layer, verify_keyless, verify_keyless_legacy, KeylessError, KeylessSignature,
@@ -134,31 +133,11 @@ impl SignatureScan {
                 roots.push(root.clone());
             }
         }
-        // About 2 ms of chain, log and SCT signature checks per root: kept
-        // off the async workers, like bcrypt.
-        let verdicts = tokio::task::spawn_blocking(move || {
-            roots
-                .into_iter()
-                .map(|root| {
-                    let verdict = verify(&root);
-                    (root, verdict)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let mut why = None;
-        let verdicts = verdicts.unwrap_or_else(|e| {
-            why = Some(format!("verification stopped: {e}"));
-            Vec::new()
-        });
+        let (verdicts, mut why) = verify_each(roots, move |root| verify(root)).await;
         let mut any = false;
         for (root, verdict) in &verdicts {
-            let sig = match verdict {
-                Ok(sig) => sig,
-                Err(e) => {
-                    why.get_or_insert(e.to_string());
-                    continue;
-                }
+            let Some(sig) = ok_or_note(verdict, &mut why) else {
+                continue;
             };
             let id = &sig.identity;
             let by = format!(
@@ -211,29 +190,14 @@ impl SignatureScan {
             }
         }
         let now = time::OffsetDateTime::now_utc();
-        let verdicts = tokio::task::spawn_blocking(move || {
-            stores
-                .into_iter()
-                .map(|(store, level)| {
-                    let v = verify_notation(&envelope, &media_type, &target, &store, level, now);
-                    (store, v)
-                })
-                .collect::<Vec<(Arc<TrustStore>, Result<NotationSignature, NotationError>)>>()
+        let (verdicts, mut why) = verify_each(stores, move |(store, level)| {
+            verify_notation(&envelope, &media_type, &target, store, *level, now)
         })
         .await;
-        let mut why = None;
-        let verdicts = verdicts.unwrap_or_else(|e| {
-            why = Some(format!("verification stopped: {e}"));
-            Vec::new()
-        });
         let mut any = false;
-        for (store, verdict) in &verdicts {
-            let sig = match verdict {
-                Ok(sig) => sig,
-                Err(e) => {
-                    why.get_or_insert(e.to_string());
-                    continue;
-                }
+        for ((store, _), verdict) in &verdicts {
+            let Some(sig) = ok_or_note(verdict, &mut why) else {
+                continue;
             };
             let by = format!("notation signature by {:?}", sig.subject);
             for w in &sig.warnings {
@@ -358,6 +322,48 @@ fn bundle_layer(referrer: &Value) -> Option<Digest> {
         return None;
     }
     layer["digest"].as_str()?.parse().ok()
+}
+
+/// Runs `verify` once per item on the blocking pool: chain, log and
+/// signature checks take milliseconds (about 2 ms per Sigstore root), kept
+/// off the async workers like bcrypt. A stopped task becomes the reason.
+async fn verify_each<T, V>(
+    items: Vec<T>,
+    verify: impl Fn(&T) -> V + Send + 'static,
+) -> (Vec<(T, V)>, Option<String>)
+where
+    T: Send + 'static,
+    V: Send + 'static,
+{
+    let done = tokio::task::spawn_blocking(move || {
+        items
+            .into_iter()
+            .map(|item| {
+                let verdict = verify(&item);
+                (item, verdict)
+            })
+            .collect()
+    })
+    .await;
+    match done {
+        Ok(v) => (v, None),
+        Err(e) => (Vec::new(), Some(format!("verification stopped: {e}"))),
+    }
+}
+
+/// The signature of a verdict that holds; else its error becomes the
+/// reason (the first one wins).
+fn ok_or_note<'a, S, E: std::fmt::Display>(
+    verdict: &'a Result<S, E>,
+    why: &mut Option<String>,
+) -> Option<&'a S> {
+    match verdict {
+        Ok(sig) => Some(sig),
+        Err(e) => {
+            why.get_or_insert(e.to_string());
+            None
+        }
+    }
 }
 
 /// The strictest of two levels (what one verification per store must do).

@@ -5,7 +5,7 @@
 //! identity of the rule's entry matches the leaf's subject. On pull and on
 //! push.
 
-use crate::policy::{assert_denied, gate_with_policy};
+use crate::policy::{assert_admitted_by, assert_denied, gate_with_policy};
 use crate::support::*;
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -92,20 +92,8 @@ async fn a_notation_signature_by_a_trusted_identity_admits_the_image() {
         let d = seed(&up, case, Some("v1.0.0"));
         let text = policy(case, &trusted_identity(case), "strict");
         let (g, _t) = gate_with_policy(&up, &text).await;
-        let r = get(&g.url("/v2/models/demo/manifests/v1.0.0")).await;
-        assert_eq!(r.status, StatusCode::OK, "{case}: {:?}", r.body);
-        assert_eq!(r.bytes(), &read(case, "subject.json"));
-        let audit = g.audit();
-        let rec = audit.iter().find(|a| a["digest"] == d.to_string().as_str());
-        assert_eq!(
-            rec.map(|a| &a["decision"]),
-            Some(&"allow".into()),
-            "{case}: {audit:?}"
-        );
-        assert!(
-            g.metric("modelgate_signature_verifications_total{kind=\"notation\",result=\"valid\"}")
-                >= 1.0
-        );
+        let path = "/v2/models/demo/manifests/v1.0.0";
+        assert_admitted_by(&g, path, &read(case, "subject.json"), &d, "notation").await;
         g.stop().await;
     }
 }

@@ -119,6 +119,24 @@ pub async fn gate_with_policy(up: &Mock, policy: &str) -> (Gate, tempfile::TempD
     (g, tmp)
 }
 
+/// `path` is served with exactly `body`, the decision on `d` is audited as
+/// allowed, and a `kind` signature verification was counted valid.
+pub async fn assert_admitted_by(g: &Gate, path: &str, body: &[u8], d: &Digest, kind: &str) {
+    let r = get(&g.url(path)).await;
+    assert_eq!(r.status, StatusCode::OK, "{kind}: {:?}", r.body);
+    assert_eq!(r.bytes(), body);
+    let audit = g.audit();
+    let rec = audit.iter().find(|a| a["digest"] == d.to_string().as_str());
+    assert_eq!(
+        rec.map(|a| &a["decision"]),
+        Some(&"allow".into()),
+        "{kind}: {audit:?}"
+    );
+    let valid =
+        format!("modelgate_signature_verifications_total{{kind=\"{kind}\",result=\"valid\"}}");
+    assert!(g.metric(&valid) >= 1.0, "{valid}");
+}
+
 pub fn assert_denied(r: &Got, needle: &str) {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     assert_eq!(r.code(), "DENIED");
