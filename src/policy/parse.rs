@@ -286,14 +286,8 @@ fn parse_keyless(
 ) -> Result<KeylessSigner, PolicyError> {
     let (span, k) = (raw.span(), raw.get_ref());
     let err = |m: String| src.at(span.clone(), format!("rule {rule:?}: keyless signer: {m}"));
-    if !trust.sigstore.contains_key(&k.trust) {
-        return Err(err(match trust.notation.contains_key(&k.trust) {
-            true => format!(
-                "trust = {:?} is a Notation trust store (notation_certs), not a Sigstore trusted_root",
-                k.trust
-            ),
-            false => format!("trust = {:?} is not a [trust.NAME] table", k.trust),
-        }));
+    if let Some(why) = trust.misnamed(&k.trust, TrustKind::Sigstore) {
+        return Err(err(why));
     }
     let field = |name: &str, exact: &Option<String>, regex: &Option<String>| {
         match (exact, regex) {
@@ -332,6 +326,43 @@ fn parse_keyless(
 struct TrustMaterial {
     sigstore: BTreeMap<String, Arc<TrustedRoot>>,
     notation: BTreeMap<String, Arc<TrustStore>>,
+}
+
+/// The two kinds of trust material.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TrustKind {
+    Sigstore,
+    Notation,
+}
+
+impl TrustKind {
+    fn describe(self) -> &'static str {
+        match self {
+            TrustKind::Sigstore => "a Sigstore trusted_root",
+            TrustKind::Notation => "a Notation trust store (notation_certs)",
+        }
+    }
+}
+
+impl TrustMaterial {
+    /// Why `name` is not trust material of `kind`, if it is not.
+    fn misnamed(&self, name: &str, kind: TrustKind) -> Option<String> {
+        let found = match (
+            self.sigstore.contains_key(name),
+            self.notation.contains_key(name),
+        ) {
+            (true, _) => TrustKind::Sigstore,
+            (_, true) => TrustKind::Notation,
+            _ => return Some(format!("trust = {name:?} is not a [trust.NAME] table")),
+        };
+        (found != kind).then(|| {
+            format!(
+                "trust = {name:?} is {}, not {}",
+                found.describe(),
+                kind.describe()
+            )
+        })
+    }
 }
 
 fn parse_trust(
@@ -386,14 +417,8 @@ fn parse_notation(
 ) -> Result<NotationSigner, PolicyError> {
     let (span, n) = (raw.span(), raw.get_ref());
     let err = |m: String| src.at(span.clone(), format!("rule {rule:?}: notation signer: {m}"));
-    if !trust.notation.contains_key(&n.trust) {
-        return Err(err(match trust.sigstore.contains_key(&n.trust) {
-            true => format!(
-                "trust = {:?} is a Sigstore trusted_root, not a Notation trust store (notation_certs)",
-                n.trust
-            ),
-            false => format!("trust = {:?} is not a [trust.NAME] table", n.trust),
-        }));
+    if let Some(why) = trust.misnamed(&n.trust, TrustKind::Notation) {
+        return Err(err(why));
     }
     let level = match n.level.as_deref() {
         None => Level::Strict,
