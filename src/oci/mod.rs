@@ -5,6 +5,7 @@
 pub mod digest;
 pub mod error;
 pub mod json;
+pub mod kind;
 pub mod media;
 pub mod name;
 

@@ -5,6 +5,7 @@
 //! reloads it (failing closed).
 
 pub mod eval;
+pub mod facts;
 pub mod holder;
 pub mod lint;
 pub mod model;
