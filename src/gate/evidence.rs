@@ -7,12 +7,20 @@
 use super::core::Gate;
 use super::exempt::is_signature_manifest;
 use super::signatures::RuleSigners;
-use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_MANIFEST};
+use crate::oci::kind::detect;
+use crate::oci::media::OCI_MANIFEST;
 use crate::oci::{json, Digest, Manifest, Reference};
+use crate::policy::eval::ModelEvidence;
+use crate::policy::facts::extract;
 use crate::policy::{Evidence, ImageEvidence, LoadedPolicy, Rule};
 use crate::upstream::Route;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The largest config blob read for labels and model facts: GGUF metadata
+/// maps (chat templates) make model configs larger than image configs.
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
 
 /// Whether signatures are part of the evidence gathered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +62,12 @@ fn platform_of(child: &Value) -> String {
 }
 
 impl Gate {
-    async fn labels_of(
+    /// The config blob a manifest names: its labels and the whole document.
+    async fn config_of(
         &self,
         r: &Route,
         manifest: &Value,
-    ) -> Result<BTreeMap<String, String>, String> {
+    ) -> Result<(BTreeMap<String, String>, Value), String> {
         let cd: Digest = manifest["config"]["digest"]
             .as_str()
             .ok_or("manifest has no config")?
@@ -66,18 +75,48 @@ impl Gate {
             .map_err(|e| format!("config digest: {e}"))?;
         let config = self
             .registry
-            .small_blob(r, &cd, MAX_MANIFEST_BYTES)
+            .small_blob(r, &cd, MAX_CONFIG_BYTES)
             .await
             .map_err(|e| format!("config {cd}: {e}"))?;
         let v = json::parse_strict(&config).map_err(|e| format!("config {cd} is {e}"))?;
-        Ok(string_map(&v["config"]["Labels"]))
+        Ok((string_map(&v["config"]["Labels"]), v))
     }
 
-    /// Labels of every image an index lists. Children marked
+    /// What `rule` needs to know about one manifest `doc` (served as
+    /// `content_type`): its labels and, when the rule looks at models, its
+    /// kind and facts.
+    async fn image_evidence(
+        &self,
+        r: &Route,
+        doc: &Value,
+        content_type: &str,
+        platform: Option<String>,
+        rule: &Rule,
+    ) -> Result<ImageEvidence, String> {
+        let kind = detect(doc, content_type)?;
+        let wants_model = rule.kinds.is_some() || rule.needs_model();
+        let (labels, config) = if !rule.labels.is_empty() || rule.needs_model() {
+            self.config_of(r, doc).await?
+        } else {
+            (BTreeMap::new(), Value::Null)
+        };
+        let model = wants_model.then(|| ModelEvidence {
+            facts: extract(&kind, doc, &config, &labels),
+            kind,
+            config: Arc::new(config),
+        });
+        Ok(ImageEvidence {
+            platform,
+            labels,
+            model,
+        })
+    }
+
+    /// The evidence of every manifest an index lists. Children marked
     /// `unknown/unknown` are skipped only when they really are attestations
     /// or signatures (by their layers); any other child is checked like a
     /// platform image.
-    async fn index_children_labels(&self, r: &Route, children: &[Value], ev: &mut Evidence) {
+    async fn index_children(&self, r: &Route, children: &[Value], rule: &Rule, ev: &mut Evidence) {
         for c in children {
             let p = &c["platform"];
             let unknown = p["os"] == "unknown" || p["architecture"] == "unknown";
@@ -101,15 +140,16 @@ impl Gate {
             if unknown && is_signature_manifest(&child.bytes) {
                 continue; // an attestation manifest: no image to label
             }
-            let labels = match json::parse_strict(&child.bytes) {
-                Ok(doc) => self.labels_of(r, &doc).await,
+            let found = match json::parse_strict(&child.bytes) {
+                Ok(doc) => {
+                    let platform = Some(platform_of(c));
+                    self.image_evidence(r, &doc, &child.media_type, platform, rule)
+                        .await
+                }
                 Err(e) => Err(format!("is {e}")),
             };
-            match labels {
-                Ok(labels) => ev.images.push(ImageEvidence {
-                    platform: Some(platform_of(c)),
-                    labels,
-                }),
+            match found {
+                Ok(img) => ev.images.push(img),
                 Err(e) => ev.errors.push(format!("child {cd}: {e}")),
             }
         }
@@ -140,15 +180,21 @@ impl Gate {
             Value::Null
         });
         ev.annotations = string_map(&doc["annotations"]);
-        if !rule.labels.is_empty() {
-            if let Some(children) = doc["manifests"].as_array() {
-                self.index_children_labels(r, children, &mut ev).await;
-            } else if !doc.is_null() {
-                match self.labels_of(r, &doc).await {
-                    Ok(labels) => ev.images.push(ImageEvidence {
-                        platform: None,
-                        labels,
-                    }),
+        let wants_images = !rule.labels.is_empty() || rule.kinds.is_some() || rule.needs_model();
+        if let Some(children) = doc["manifests"].as_array() {
+            if wants_images {
+                self.index_children(r, children, rule, &mut ev).await;
+            }
+        } else if !doc.is_null() {
+            // A type confusion is denied under every rule, wanted or not.
+            if let Err(e) = detect(&doc, &m.media_type) {
+                ev.errors.push(e);
+            } else if wants_images {
+                match self
+                    .image_evidence(r, &doc, &m.media_type, None, rule)
+                    .await
+                {
+                    Ok(img) => ev.images.push(img),
                     Err(e) => ev.errors.push(e),
                 }
             }

@@ -27,14 +27,22 @@ const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     /// A container image; `ollama` when its layers are Ollama's.
-    Image { ollama: bool },
+    Image {
+        ollama: bool,
+    },
     /// Docker Model Runner (config `...docker.ai.model.config.v0.x`).
-    DockerModel { version: String },
+    DockerModel {
+        version: String,
+    },
     /// CNCF ModelPack; `cnai` for the names before the 2025 rename.
-    ModelPack { cnai: bool },
+    ModelPack {
+        cnai: bool,
+    },
     KitOps,
     /// Any other artifact: its `artifactType` (or config media type).
-    Artifact { artifact_type: String },
+    Artifact {
+        artifact_type: String,
+    },
     /// A cosign or Notation signature, a Sigstore bundle.
     Signature,
     /// An image index (its children are decided each).
@@ -81,30 +89,32 @@ impl Kind {
 /// The kind a media type names (an `artifactType` or a config type).
 fn named_by(media_type: &str) -> Option<Kind> {
     let t = media_type;
-    Some(if let Some(v) = t.strip_prefix("application/vnd.docker.ai.model.config.") {
-        Kind::DockerModel {
-            version: v.trim_end_matches("+json").to_string(),
-        }
-    } else if t.starts_with("application/vnd.cncf.model.") {
-        Kind::ModelPack { cnai: false }
-    } else if t.starts_with("application/vnd.cnai.model.") {
-        Kind::ModelPack { cnai: true }
-    } else if t.starts_with("application/vnd.kitops.modelkit.")
-        || t == "application/vnd.jozu.model.config.v1+json"
-    {
-        Kind::KitOps
-    } else if t == "application/vnd.oci.image.config.v1+json"
-        || t == "application/vnd.docker.container.image.v1+json"
-    {
-        Kind::Image { ollama: false }
-    } else if t.starts_with("application/vnd.dev.sigstore.bundle")
-        || t == "application/vnd.dev.cosign.artifact.sig.v1+json"
-        || t == "application/vnd.cncf.notary.signature"
-    {
-        Kind::Signature
-    } else {
-        return None;
-    })
+    Some(
+        if let Some(v) = t.strip_prefix("application/vnd.docker.ai.model.config.") {
+            Kind::DockerModel {
+                version: v.trim_end_matches("+json").to_string(),
+            }
+        } else if t.starts_with("application/vnd.cncf.model.") {
+            Kind::ModelPack { cnai: false }
+        } else if t.starts_with("application/vnd.cnai.model.") {
+            Kind::ModelPack { cnai: true }
+        } else if t.starts_with("application/vnd.kitops.modelkit.")
+            || t == "application/vnd.jozu.model.config.v1+json"
+        {
+            Kind::KitOps
+        } else if t == "application/vnd.oci.image.config.v1+json"
+            || t == "application/vnd.docker.container.image.v1+json"
+        {
+            Kind::Image { ollama: false }
+        } else if t.starts_with("application/vnd.dev.sigstore.bundle")
+            || t == "application/vnd.dev.cosign.artifact.sig.v1+json"
+            || t == "application/vnd.cncf.notary.signature"
+        {
+            Kind::Signature
+        } else {
+            return None;
+        },
+    )
 }
 
 fn same_kind(a: &Kind, b: &Kind) -> bool {
@@ -116,8 +126,7 @@ fn same_kind(a: &Kind, b: &Kind) -> bool {
 /// `Err` says why the document is a type confusion.
 pub fn detect(doc: &Value, content_type: &str) -> Result<Kind, String> {
     let body_type = doc["mediaType"].as_str().unwrap_or(content_type);
-    if doc.get("manifests").is_some() || body_type.contains("index") || body_type.contains("list")
-    {
+    if doc.get("manifests").is_some() || body_type.contains("index") || body_type.contains("list") {
         return Ok(Kind::Index);
     }
     let config = doc["config"]["mediaType"].as_str().unwrap_or_default();
@@ -146,7 +155,11 @@ pub fn detect(doc: &Value, content_type: &str) -> Result<Kind, String> {
         (None, None) => Kind::Artifact {
             artifact_type: artifact_type
                 .filter(|t| !t.is_empty())
-                .unwrap_or(if config.is_empty() { EMPTY_CONFIG } else { config })
+                .unwrap_or(if config.is_empty() {
+                    EMPTY_CONFIG
+                } else {
+                    config
+                })
                 .to_string(),
         },
     };
@@ -198,7 +211,9 @@ mod tests {
         mp["artifactType"] = "application/vnd.cncf.model.manifest.v1+json".into();
         assert_eq!(kind(mp).unwrap(), Kind::ModelPack { cnai: false });
         let oras = json!({"artifactType": "application/vnd.unknown.artifact.v1", "config": {"mediaType": EMPTY_CONFIG}});
-        assert!(kind(oras).unwrap().admitted_by("artifact:application/vnd.unknown.artifact.v1"));
+        assert!(kind(oras)
+            .unwrap()
+            .admitted_by("artifact:application/vnd.unknown.artifact.v1"));
         let ollama = json!({"config": {"mediaType": "application/vnd.docker.container.image.v1+json"}, "layers": [{"mediaType": "application/vnd.ollama.image.model"}]});
         assert_eq!(kind(ollama).unwrap(), Kind::Image { ollama: true });
         let bundle = json!({"artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json", "config": {"mediaType": EMPTY_CONFIG}});
@@ -211,13 +226,19 @@ mod tests {
         let confused = json!({"artifactType": "application/vnd.cncf.model.manifest.v1+json",
             "config": {"mediaType": "application/vnd.docker.ai.model.config.v0.1+json"}});
         let e = kind(confused).unwrap_err();
-        assert!(e.contains("names kind modelpack") && e.contains("docker-model"), "{e}");
+        assert!(
+            e.contains("names kind modelpack") && e.contains("docker-model"),
+            "{e}"
+        );
         let claimed = json!({"artifactType": "application/vnd.kitops.modelkit.manifest.v1+json",
             "config": {"mediaType": EMPTY_CONFIG}});
         assert!(kind(claimed).unwrap_err().contains("names kind kitops"));
         let renamed = json!({"artifactType": "application/vnd.cnai.model.manifest.v1+json",
             "config": {"mediaType": "application/vnd.cncf.model.config.v1+json"}});
-        assert!(kind(renamed).is_err(), "the two ModelPack generations are not one kind");
+        assert!(
+            kind(renamed).is_err(),
+            "the two ModelPack generations are not one kind"
+        );
     }
 
     #[test]

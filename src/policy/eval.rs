@@ -1,16 +1,30 @@
 //! Deciding: evidence about one manifest in, a [`PolicyDecision`] out. Pure;
 //! gathering the evidence (signatures, config labels) is the server's job.
 
-use super::model::{Constraint, Mode, Policy};
+use super::facts::{FactValue, LayerFact, ModelFacts};
+use super::model::{Constraint, LayerRule, Mode, Policy, Rule};
+use crate::oci::kind::Kind;
 use crate::oci::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// One image's config, for label checks (an index has one per child).
+/// One manifest's config (labels, model facts); an index has one per child.
 #[derive(Debug, Clone, Default)]
 pub struct ImageEvidence {
     /// `os/arch` of an index child, None for a plain manifest.
     pub platform: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// What the manifest is and what it says about its model (when a rule
+    /// needs it).
+    pub model: Option<ModelEvidence>,
+}
+
+/// A manifest's kind, its normalized facts and its config document.
+#[derive(Debug, Clone)]
+pub struct ModelEvidence {
+    pub kind: Kind,
+    pub facts: ModelFacts,
+    /// The config blob as JSON (`Null` when it was not JSON or not read).
+    pub config: std::sync::Arc<serde_json::Value>,
 }
 
 /// Everything known about the manifest being decided.
@@ -95,7 +109,10 @@ fn parse_rfc3339(v: &str) -> bool {
 /// Every way `value` fails `c`; empty when it holds.
 pub fn check_value(kind: &str, key: &str, c: &Constraint, value: Option<&str>) -> Vec<String> {
     let Some(v) = value else {
-        return vec![format!("{kind} {key} missing")];
+        return match c.optional {
+            true => Vec::new(),
+            false => vec![format!("{kind} {key} missing")],
+        };
     };
     let mut out = Vec::new();
     if let Some(re) = &c.regex {
@@ -113,7 +130,11 @@ pub fn check_value(kind: &str, key: &str, c: &Constraint, value: Option<&str>) -
         out.push(format!("{kind} {key} = {v:?} is not an RFC 3339 time"));
     }
     if c.min.is_some() || c.max.is_some() {
-        match v.trim().parse::<f64>() {
+        let n = match c.quantity {
+            Some(q) => q.parse(v),
+            None => v.trim().parse::<f64>().ok(),
+        };
+        match n.ok_or(()) {
             Ok(n) if n.is_finite() => {
                 if let Some(m) = c.min {
                     if n < m {
@@ -129,12 +150,127 @@ pub fn check_value(kind: &str, key: &str, c: &Constraint, value: Option<&str>) -
             _ => out.push(format!("{kind} {key} = {v:?} is not a number")),
         }
     }
-    if let Some(list) = &c.one_of {
+    for list in [&c.one_of, &c.each_one_of].into_iter().flatten() {
         if !list.iter().any(|x| x == v) {
             out.push(format!(
                 "{kind} {key} = {v:?} is not one of [{}]",
                 list.join(", ")
             ));
+        }
+    }
+    out
+}
+
+/// Every way a model fact fails `c`: a scalar like a label, a list element
+/// by element (naming where each came from).
+fn check_fact(what: &str, fact: &str, c: &Constraint, v: FactValue<'_>) -> Vec<String> {
+    match v {
+        FactValue::Missing => check_value(what, fact, c, None),
+        FactValue::Scalar(s) => check_value(what, fact, c, Some(s)),
+        FactValue::List(items) => items
+            .iter()
+            .flat_map(|(x, from)| {
+                check_value(what, fact, c, Some(x))
+                    .into_iter()
+                    .map(move |m| format!("{m} ({from})"))
+            })
+            .collect(),
+    }
+}
+
+/// Every way one manifest's kind, facts, config and layers fail `rule`.
+fn check_model(rule: &Rule, m: &ModelEvidence) -> Vec<String> {
+    let mut out = Vec::new();
+    let kind = m.kind.describe();
+    if matches!(m.kind, Kind::Signature | Kind::Index) {
+        return out;
+    }
+    if let Some(kinds) = &rule.kinds {
+        if !kinds.iter().any(|k| m.kind.admitted_by(k)) {
+            out.push(format!(
+                "kind {kind} is not admitted here (kinds: [{}])",
+                kinds.join(", ")
+            ));
+            return out;
+        }
+    }
+    let what = format!("kind {}: model", m.kind.name());
+    for (fact, c) in &rule.model {
+        out.extend(check_fact(&what, fact, c, m.facts.get(fact)));
+    }
+    for (ptr, c) in rule.config.get(m.kind.name()).into_iter().flatten() {
+        let found = crate::policy::facts::pointer(&m.config, ptr);
+        let what = format!("kind {}: config", m.kind.name());
+        if found.is_empty() {
+            out.extend(check_value(&what, ptr, c, None));
+        }
+        for (at, v) in found {
+            let text = crate::policy::facts::scalar(v);
+            out.extend(check_value(&what, &at, c, text.as_deref()));
+        }
+    }
+    if let Some(l) = &rule.layers {
+        out.extend(check_layers(l, &m.facts.layers));
+    }
+    out
+}
+
+fn check_layers(l: &LayerRule, layers: &[LayerFact]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(max) = l.max_layers {
+        if layers.len() > max {
+            out.push(format!(
+                "{} layers, more than max_layers {max}",
+                layers.len()
+            ));
+        }
+    }
+    let total: u64 = layers.iter().map(|x| x.size).sum();
+    if let Some(max) = l.max_total_bytes {
+        if total > max {
+            out.push(format!(
+                "layers declare {total} bytes in all, more than max_total_bytes {max}"
+            ));
+        }
+    }
+    for x in layers {
+        let name = x.path.clone().unwrap_or_else(|| x.digest.clone());
+        let mt = &x.media_type;
+        if !l.allow_media_types.is_empty()
+            && !l.allow_media_types.iter().any(|(_, g)| g.is_match(mt))
+        {
+            out.push(format!(
+                "layer {name}: media type {mt} is not an allowed one"
+            ));
+        }
+        if let Some((g, _)) = l.deny_media_types.iter().find(|(_, g)| g.is_match(mt)) {
+            out.push(format!(
+                "layer {name}: media type {mt} matches denied pattern {g}"
+            ));
+        }
+        match &x.path {
+            Some(p) => {
+                let base = p.rsplit('/').next().unwrap_or(p);
+                if let Some((g, _)) = l
+                    .deny_paths
+                    .iter()
+                    .find(|(_, g)| g.is_match(p) || g.is_match(base))
+                {
+                    out.push(format!("layer {p}: path matches denied pattern {g}"));
+                }
+            }
+            None if l.require_paths => {
+                out.push(format!("layer {name} ({mt}) declares no file path"))
+            }
+            None => {}
+        }
+        if let Some(max) = l.max_layer_bytes {
+            if x.size > max {
+                out.push(format!(
+                    "layer {name}: declares {} bytes, more than max_layer_bytes {max}",
+                    x.size
+                ));
+            }
         }
     }
     out
@@ -185,6 +321,14 @@ pub fn evaluate(policy: &Policy, repo: &str, ev: &Evidence) -> PolicyDecision {
         }
     }
     for img in &ev.images {
+        if let Some(m) = &img.model {
+            for f in check_model(rule, m) {
+                reasons.push(match &img.platform {
+                    Some(p) => format!("{p}: {f}"),
+                    None => f,
+                });
+            }
+        }
         for (k, c) in &rule.labels {
             for f in check_value("label", k, c, img.labels.get(k).map(String::as_str)) {
                 reasons.push(match &img.platform {
@@ -274,6 +418,7 @@ immutable = true
             images: vec![ImageEvidence {
                 platform: None,
                 labels,
+                model: None,
             }],
             signers: ["release".to_string()].into(),
             ..Default::default()

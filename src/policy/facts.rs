@@ -189,11 +189,9 @@ pub fn pointer<'a>(doc: &'a Value, ptr: &str) -> Vec<(String, &'a Value)> {
         let mut next = Vec::new();
         for (at, v) in found {
             match (v, seg.as_str()) {
-                (Value::Array(a), "*") => next.extend(
-                    a.iter()
-                        .enumerate()
-                        .map(|(i, x)| (format!("{at}/{i}"), x)),
-                ),
+                (Value::Array(a), "*") => {
+                    next.extend(a.iter().enumerate().map(|(i, x)| (format!("{at}/{i}"), x)))
+                }
                 (Value::Object(o), "*") => {
                     next.extend(o.iter().map(|(k, x)| (format!("{at}/{k}"), x)))
                 }
@@ -248,7 +246,11 @@ fn kitfile_paths(config: &Value) -> BTreeMap<String, String> {
     };
     add(&config["model"]);
     for section in ["datasets", "code", "docs", "prompts"] {
-        config[section].as_array().into_iter().flatten().for_each(&mut add);
+        config[section]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .for_each(&mut add);
     }
     config["model"]["parts"]
         .as_array()
@@ -292,7 +294,9 @@ pub fn extract(
             let gguf_license = c["config"]["gguf"]["general.license"].as_str();
             f.push(
                 "licenses",
-                gguf_license.map(|s| Value::Array(split_licenses(s))).as_ref(),
+                gguf_license
+                    .map(|s| Value::Array(split_licenses(s)))
+                    .as_ref(),
                 "gguf general.license",
             );
         }
@@ -304,7 +308,8 @@ pub fn extract(
             f.set("format", c.pointer("/config/format"));
             f.set(
                 "param_size",
-                c.pointer("/config/paramSize").or(c.pointer("/config/param_size")),
+                c.pointer("/config/paramSize")
+                    .or(c.pointer("/config/param_size")),
             );
             f.set("quantization", c.pointer("/config/quantization"));
             f.set("precision", c.pointer("/config/precision"));
@@ -334,8 +339,14 @@ pub fn extract(
         }
         Kind::Image { .. } => {
             let label = |k: &str| labels.get(k).map(|s| Value::String(s.clone()));
-            f.set("version", label("org.opencontainers.image.version").as_ref());
-            f.set("created", label("org.opencontainers.image.created").as_ref());
+            f.set(
+                "version",
+                label("org.opencontainers.image.version").as_ref(),
+            );
+            f.set(
+                "created",
+                label("org.opencontainers.image.created").as_ref(),
+            );
             f.set("created", c.get("created"));
             f.set("architecture", c.get("architecture"));
             if let Some(l) = labels.get("org.opencontainers.image.licenses") {
@@ -404,7 +415,10 @@ mod tests {
         let v: Vec<_> = pointer(&doc, "/datasets/*/license");
         assert_eq!(v.len(), 2);
         assert_eq!(v[1].0, "/datasets/1/license");
-        assert_eq!(pointer(&doc, "/config/gguf/general.license")[0].1, "Apache-2.0");
+        assert_eq!(
+            pointer(&doc, "/config/gguf/general.license")[0].1,
+            "Apache-2.0"
+        );
         assert_eq!(pointer(&doc, "/a~1b/~0x")[0].1, 1);
         assert!(pointer(&doc, "/datasets/7/license").is_empty());
         assert!(pointer(&doc, "/nothing/*").is_empty());
@@ -420,7 +434,10 @@ mod tests {
         assert_eq!(f.values["version"], "1.2.3");
         assert_eq!(f.values["format"], "gguf");
         let l = &f.lists["licenses"];
-        assert!(l.contains(&("CC-BY-NC-4.0".into(), "dataset \"train\"".into())), "{l:?}");
+        assert!(
+            l.contains(&("CC-BY-NC-4.0".into(), "dataset \"train\"".into())),
+            "{l:?}"
+        );
         assert_eq!(f.layers[0].path.as_deref(), Some("model.gguf"));
         assert_eq!(f.lists["files"][0].0, "model.gguf");
     }

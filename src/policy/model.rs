@@ -23,6 +23,12 @@ pub struct Constraint {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub one_of: Option<Vec<String>>,
+    /// Every element of a list must be one of these.
+    pub each_one_of: Option<Vec<String>>,
+    /// Absent is fine (otherwise a missing value is a violation).
+    pub optional: bool,
+    /// How values (and min/max) are written when they carry units.
+    pub quantity: Option<crate::policy::facts::Quantity>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +321,22 @@ impl SignatureRule {
     }
 }
 
+/// `[rules.layers]`: what the layers of a model may be.
+#[derive(Debug, Clone, Default)]
+pub struct LayerRule {
+    /// When set, every layer's media type must match one of these globs.
+    pub allow_media_types: Vec<(String, GlobMatcher)>,
+    pub deny_media_types: Vec<(String, GlobMatcher)>,
+    /// File paths (annotations, Kitfile paths) that may not appear;
+    /// matched against the whole path and its last component.
+    pub deny_paths: Vec<(String, GlobMatcher)>,
+    /// Every layer must declare the path of its file.
+    pub require_paths: bool,
+    pub max_layer_bytes: Option<u64>,
+    pub max_total_bytes: Option<u64>,
+    pub max_layers: Option<usize>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TagRule {
     pub pattern: Option<regex::Regex>,
@@ -336,6 +358,13 @@ pub struct Rule {
     pub labels: Vec<(String, Constraint)>,
     pub annotations: Vec<(String, Constraint)>,
     pub tags: Option<TagRule>,
+    /// The kinds admitted here (None: every kind).
+    pub kinds: Option<Vec<String>>,
+    /// Normalized model facts (`[rules.model]`).
+    pub model: Vec<(String, Constraint)>,
+    /// Raw JSON pointers into the config blob, per kind (`[rules.config.<kind>]`).
+    pub config: BTreeMap<String, Vec<(String, Constraint)>>,
+    pub layers: Option<LayerRule>,
 }
 
 impl Rule {
@@ -349,6 +378,13 @@ impl Rule {
             || !self.labels.is_empty()
             || !self.annotations.is_empty()
             || self.tags.is_some()
+            || self.kinds.is_some()
+            || self.needs_model()
+    }
+
+    /// Whether deciding needs the model facts (and so the config blob).
+    pub fn needs_model(&self) -> bool {
+        !self.model.is_empty() || !self.config.is_empty() || self.layers.is_some()
     }
 }
 

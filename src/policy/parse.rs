@@ -2,13 +2,17 @@
 //! errors naming the line), then one small step per part — default, keys,
 //! each rule's globs, mode, signatures, constraints and tags.
 
+use super::facts::{Quantity, FACT_NAMES};
+use super::model::LayerRule;
 use super::model::{
     glob, Constraint, FieldMatch, GithubPin, KeylessSigner, Mode, NotationIdentity, NotationSigner,
     Policy, PolicyError, Rule, SignatureRule, TagRule, KEYLESS_SIGNER,
 };
+use crate::oci::kind::KIND_NAMES;
 use crate::trust::notation::{load_trust_store, Level, TrustStore};
 use crate::trust::sigstore::TrustedRoot;
 use crate::trust::PublicKey;
+use globset::GlobMatcher;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -51,6 +55,38 @@ struct RawRule {
     annotations: BTreeMap<String, Spanned<RawConstraint>>,
     #[serde(default)]
     tags: Option<RawTags>,
+    #[serde(default)]
+    kinds: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    model: BTreeMap<String, Spanned<RawConstraint>>,
+    #[serde(default)]
+    config: BTreeMap<String, BTreeMap<String, Spanned<RawConstraint>>>,
+    #[serde(default)]
+    layers: Option<Spanned<RawLayers>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLayers {
+    #[serde(default)]
+    allow_media_types: Vec<String>,
+    #[serde(default)]
+    deny_media_types: Vec<String>,
+    #[serde(default)]
+    deny_paths: Vec<String>,
+    #[serde(default)]
+    require_paths: bool,
+    max_layer_bytes: Option<NumOrText>,
+    max_total_bytes: Option<NumOrText>,
+    max_layers: Option<usize>,
+}
+
+/// A bound written as a number or as text with a unit (`"70B"`, `"40GiB"`).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum NumOrText {
+    Num(f64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -97,9 +133,11 @@ struct RawConstraint {
     regex: Option<String>,
     semver: Option<bool>,
     rfc3339: Option<bool>,
-    min: Option<f64>,
-    max: Option<f64>,
+    min: Option<NumOrText>,
+    max: Option<NumOrText>,
     one_of: Option<Vec<String>>,
+    each_one_of: Option<Vec<String>>,
+    optional: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -455,6 +493,7 @@ fn parse_constraint(
     rule: &str,
     k: &str,
     c: &Spanned<RawConstraint>,
+    quantity: Option<Quantity>,
 ) -> Result<Constraint, PolicyError> {
     let (sp, c) = (c.span(), c.get_ref());
     let bad = |m: String| src.at(sp.clone(), format!("rule {rule:?}: {what} {k:?}: {m}"));
@@ -464,26 +503,47 @@ fn parse_constraint(
         .map(regex::Regex::new)
         .transpose()
         .map_err(|e| bad(format!("regex: {e}")))?;
-    for (which, v) in [("min", c.min), ("max", c.max)] {
-        if v.is_some_and(|v| !v.is_finite()) {
-            return Err(bad(format!("{which} must be a finite number")));
+    let bound = |which: &str, v: &Option<NumOrText>| -> Result<Option<f64>, PolicyError> {
+        let n = match (v, quantity) {
+            (None, _) => return Ok(None),
+            (Some(NumOrText::Num(n)), _) => *n,
+            (Some(NumOrText::Text(t)), Some(q)) => q.parse(t).ok_or_else(|| {
+                bad(format!(
+                    "{which} = {t:?} is not a quantity (e.g. \"70B\", \"361.82 M\")"
+                ))
+            })?,
+            (Some(NumOrText::Text(t)), None) => {
+                return Err(bad(format!(
+                    "{which} = {t:?}: {what} values are plain numbers"
+                )))
+            }
+        };
+        match n.is_finite() {
+            true => Ok(Some(n)),
+            false => Err(bad(format!("{which} must be a finite number"))),
         }
-    }
-    if let (Some(a), Some(b)) = (c.min, c.max) {
+    };
+    let (min, max) = (bound("min", &c.min)?, bound("max", &c.max)?);
+    if let (Some(a), Some(b)) = (min, max) {
         if a > b {
             return Err(bad(format!("min {a} is above max {b}")));
         }
     }
-    if c.one_of.as_ref().is_some_and(|v| v.is_empty()) {
-        return Err(bad("one_of is empty".into()));
+    for (which, list) in [("one_of", &c.one_of), ("each_one_of", &c.each_one_of)] {
+        if list.as_ref().is_some_and(|v| v.is_empty()) {
+            return Err(bad(format!("{which} is empty")));
+        }
     }
     Ok(Constraint {
         regex,
         semver: c.semver.unwrap_or(false),
         rfc3339: c.rfc3339.unwrap_or(false),
-        min: c.min,
-        max: c.max,
+        min,
+        max,
         one_of: c.one_of.clone(),
+        each_one_of: c.each_one_of.clone(),
+        optional: c.optional.unwrap_or(false),
+        quantity,
     })
 }
 
@@ -494,8 +554,128 @@ fn parse_constraints(
     m: &BTreeMap<String, Spanned<RawConstraint>>,
 ) -> Result<Vec<(String, Constraint)>, PolicyError> {
     m.iter()
-        .map(|(k, c)| Ok((k.clone(), parse_constraint(src, what, &r.name, k, c)?)))
+        .map(|(k, c)| Ok((k.clone(), parse_constraint(src, what, &r.name, k, c, None)?)))
         .collect()
+}
+
+/// `kinds`, `[rules.model]`, `[rules.config.<kind>]` and `[rules.layers]`.
+type ModelParts = (
+    Option<Vec<String>>,
+    Vec<(String, Constraint)>,
+    BTreeMap<String, Vec<(String, Constraint)>>,
+    Option<LayerRule>,
+);
+
+fn parse_model_parts(src: &Source<'_>, r: &RawRule) -> Result<ModelParts, PolicyError> {
+    let rule = &r.name;
+    let kinds = match &r.kinds {
+        None => None,
+        Some(k) => {
+            let bad = |m: String| src.at(k.span(), format!("rule {rule:?}: kinds: {m}"));
+            if k.get_ref().is_empty() {
+                return Err(bad(
+                    "empty: it would admit nothing (leave kinds out to admit every kind)".into(),
+                ));
+            }
+            for name in k.get_ref() {
+                let known = KIND_NAMES.contains(&name.as_str())
+                    || name
+                        .strip_prefix("artifact:")
+                        .is_some_and(|t| !t.is_empty());
+                if !known {
+                    return Err(bad(format!(
+                        "{name:?} is not a kind: use {} or artifact:<artifactType>",
+                        KIND_NAMES.join(", ")
+                    )));
+                }
+            }
+            Some(k.get_ref().clone())
+        }
+    };
+    let model = r
+        .model
+        .iter()
+        .map(|(fact, c)| {
+            if !FACT_NAMES.contains(&fact.as_str()) {
+                return Err(src.at(
+                    c.span(),
+                    format!(
+                        "rule {rule:?}: model fact {fact:?} is not one of {}",
+                        FACT_NAMES.join(", ")
+                    ),
+                ));
+            }
+            let c = parse_constraint(src, "model fact", rule, fact, c, Quantity::of_fact(fact))?;
+            Ok((fact.clone(), c))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut config = BTreeMap::new();
+    for (kind, pointers) in &r.config {
+        let first = pointers.values().next().map(Spanned::span).unwrap_or(0..0);
+        if !KIND_NAMES.contains(&kind.as_str()) {
+            return Err(src.at(
+                first,
+                format!("rule {rule:?}: [rules.config.{kind}]: {kind:?} is not a kind"),
+            ));
+        }
+        let mut list = Vec::new();
+        for (ptr, c) in pointers {
+            if !ptr.starts_with('/') {
+                return Err(src.at(
+                    c.span(),
+                    format!("rule {rule:?}: config pointer {ptr:?} must start with '/'"),
+                ));
+            }
+            let c = parse_constraint(src, "config", rule, ptr, c, Some(Quantity::Count))?;
+            list.push((ptr.clone(), c));
+        }
+        config.insert(kind.clone(), list);
+    }
+    let layers = match &r.layers {
+        None => None,
+        Some(l) => {
+            let bad = |m: String| src.at(l.span(), format!("rule {rule:?}: layers: {m}"));
+            let l = l.get_ref();
+            let globs =
+                |field: &str,
+                 list: &[String],
+                 glob_of: fn(&str) -> Result<GlobMatcher, globset::Error>| {
+                    list.iter()
+                        .map(|g| {
+                            glob_of(g)
+                                .map(|m| (g.clone(), m))
+                                .map_err(|e| bad(format!("{field} {g:?}: {e}")))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                };
+            let bytes = |field: &str, v: &Option<NumOrText>| -> Result<Option<u64>, PolicyError> {
+                let n = match v {
+                    None => return Ok(None),
+                    Some(NumOrText::Num(n)) => Some(*n),
+                    Some(NumOrText::Text(t)) => Quantity::Bytes.parse(t),
+                };
+                match n {
+                    Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n as u64)),
+                    _ => Err(bad(format!("{field} is not a size (e.g. \"40GiB\")"))),
+                }
+            };
+            Some(LayerRule {
+                allow_media_types: globs("allow_media_types", &l.allow_media_types, any_glob)?,
+                deny_media_types: globs("deny_media_types", &l.deny_media_types, any_glob)?,
+                deny_paths: globs("deny_paths", &l.deny_paths, any_glob)?,
+                require_paths: l.require_paths,
+                max_layer_bytes: bytes("max_layer_bytes", &l.max_layer_bytes)?,
+                max_total_bytes: bytes("max_total_bytes", &l.max_total_bytes)?,
+                max_layers: l.max_layers,
+            })
+        }
+    };
+    Ok((kinds, model, config, layers))
+}
+
+/// A glob whose `*` crosses `/` (media types, file paths).
+fn any_glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
+    Ok(globset::Glob::new(pattern)?.compile_matcher())
 }
 
 fn parse_tags(src: &Source<'_>, r: &RawRule) -> Result<Option<TagRule>, PolicyError> {
@@ -534,6 +714,7 @@ fn parse_rule(
     if r.repositories.is_empty() {
         return Err(rl("repositories is empty: it would match nothing"));
     }
+    let (kinds, model, config, layers) = parse_model_parts(src, r)?;
     Ok(Rule {
         name: r.name.clone(),
         line: line_of(src.text, span.start),
@@ -549,6 +730,10 @@ fn parse_rule(
         labels: parse_constraints(src, "label", r, &r.labels)?,
         annotations: parse_constraints(src, "annotation", r, &r.annotations)?,
         tags: parse_tags(src, r)?,
+        kinds,
+        model,
+        config,
+        layers,
     })
 }
 
