@@ -19,6 +19,10 @@ pub struct AuditRecord {
     pub decision: &'static str,
     pub rule: Option<String>,
     pub reasons: Vec<String>,
+    /// The kind and normalized facts of each model decided (rules that
+    /// look at models only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<serde_json::Value>,
     pub policy_sha256: String,
 }
 

@@ -71,6 +71,8 @@ pub struct Decided<'a> {
     /// What the audit log gives as reasons (the failed requirements, or
     /// why no decision was needed).
     pub reasons: Vec<String>,
+    /// Kinds and facts of the models decided.
+    pub models: Vec<serde_json::Value>,
 }
 
 /// Policy decisions over the content the registry layer provides.
@@ -148,6 +150,7 @@ impl Gate {
             decision: d.decision.as_str(),
             rule: d.rule.clone(),
             reasons: x.reasons,
+            models: x.models,
             policy_sha256: loaded.sha256.clone(),
         });
     }

@@ -199,6 +199,7 @@ impl Gate {
             digest: None,
             decision: &d,
             reasons: d.reasons.clone(),
+            models: vec![],
         };
         self.record(&loaded, x, who);
         Err(GateError::Denied(d.message()))
@@ -240,6 +241,7 @@ impl Gate {
             digest: Some(&m.digest),
             decision: d,
             reasons,
+            models: out.evidence.models_summary(),
         };
         self.record(&loaded, x, who);
         match d.decision {

@@ -54,7 +54,7 @@ impl Gate {
     ) -> Result<PushVerdict, GateError> {
         let loaded = self.policy.current();
         let exempt = push_exemption(tags, m);
-        let (decision, reasons) = match exempt {
+        let (decision, reasons, models) = match exempt {
             Some(x) => (
                 PolicyDecision {
                     decision: Decision::Allow,
@@ -62,11 +62,12 @@ impl Gate {
                     reasons: vec![],
                 },
                 vec![x.reason().to_string()],
+                vec![],
             ),
             None => {
-                let d = self.decide_tags(r, m, tags, &loaded).await?;
+                let (d, models) = self.decide_tags(r, m, tags, &loaded).await?;
                 let reasons = d.reasons.clone();
-                (d, reasons)
+                (d, reasons, models)
             }
         };
         let reference = match tags.is_empty() {
@@ -80,6 +81,7 @@ impl Gate {
             digest: Some(&m.digest),
             decision: &decision,
             reasons,
+            models,
         };
         self.record(&loaded, x, who);
         match decision.decision {
@@ -100,7 +102,7 @@ impl Gate {
         m: &Manifest,
         tags: &[String],
         loaded: &LoadedPolicy,
-    ) -> Result<PolicyDecision, GateError> {
+    ) -> Result<(PolicyDecision, Vec<serde_json::Value>), GateError> {
         let rule = loaded.policy.rule_for(&r.canonical);
         let signatures = match tags.is_empty() {
             true => Signatures::Deferred,
@@ -147,7 +149,7 @@ impl Gate {
             reasons: vec![],
         });
         d.reasons = all_reasons;
-        Ok(d)
+        Ok((d, ev.models_summary()))
     }
 
     /// The upstream has the pushed manifest under `tags`: a new signature
@@ -210,6 +212,7 @@ impl Gate {
             digest: digest.as_ref(),
             decision: &decision,
             reasons: decision.reasons.clone(),
+            models: vec![],
         };
         self.record(&loaded, x, who);
         match decision.decision {

@@ -49,6 +49,27 @@ pub struct Evidence {
     pub signatures_deferred: bool,
 }
 
+impl Evidence {
+    /// The kind and facts of every manifest decided (one per index child),
+    /// for the audit record and `modelgate check`.
+    pub fn models_summary(&self) -> Vec<serde_json::Value> {
+        self.images
+            .iter()
+            .filter_map(|img| {
+                let m = img.model.as_ref()?;
+                let mut v = serde_json::json!({
+                    "kind": m.kind.describe(),
+                    "facts": m.facts.summary(),
+                });
+                if let Some(p) = &img.platform {
+                    v["platform"] = p.clone().into();
+                }
+                Some(v)
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,

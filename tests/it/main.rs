@@ -27,3 +27,5 @@ mod keyless;
 mod conformance;
 // Notation (Notary Project) signatures through the gate.
 mod notation;
+// Models shipped as OCI artifacts (Docker Model Runner, ModelPack, KitOps, ORAS) through the gate.
+mod models;
