@@ -55,6 +55,7 @@ struct Report {
     signers: Vec<String>,
     signature_matches: Vec<String>,
     signature_notes: Vec<String>,
+    models: Vec<serde_json::Value>,
     exempt: Option<Exemption>,
     policy_sha256: String,
 }
@@ -81,6 +82,7 @@ impl Report {
             "signers": self.signers,
             "signature_matches": self.signature_matches,
             "signature_notes": self.signature_notes,
+            "models": self.models,
             "exempt": self.exempt.map(|x| x.reason()),
             "policy_sha256": self.policy_sha256,
         })
@@ -115,6 +117,17 @@ impl Report {
             },
             self.policy_sha256
         );
+        for m in &self.models {
+            let at = m["platform"]
+                .as_str()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
+            s += &format!(
+                "model{at}   {}: {}\n",
+                m["kind"].as_str().unwrap_or("?"),
+                m["facts"]
+            );
+        }
         for m in &self.signature_matches {
             s += &format!("  + {m}\n");
         }
@@ -171,6 +184,7 @@ async fn check_inner(config: &Path, image: &str) -> Result<Report, String> {
         .map_err(|e| OciError::from(e).message)?;
     let loaded = gate.policy().current();
     let out = gate.decide(&route, &reference, &m, &loaded).await;
+    let models = out.evidence.models_summary();
     Ok(Report {
         image: image.to_string(),
         digest: m.digest.clone(),
@@ -178,6 +192,7 @@ async fn check_inner(config: &Path, image: &str) -> Result<Report, String> {
         signers: out.evidence.signers.into_iter().collect(),
         signature_matches: out.evidence.signature_matches,
         signature_notes: out.evidence.signature_notes,
+        models,
         exempt: out.exempt,
         policy_sha256: loaded.sha256.clone(),
         route,

@@ -337,6 +337,48 @@ pub struct LayerRule {
     pub max_layers: Option<usize>,
 }
 
+impl LayerRule {
+    pub fn describe(&self) -> String {
+        let globs = |v: &[(String, GlobMatcher)]| {
+            v.iter()
+                .map(|(g, _)| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut parts = Vec::new();
+        if !self.allow_media_types.is_empty() {
+            parts.push(format!(
+                "media types only [{}]",
+                globs(&self.allow_media_types)
+            ));
+        }
+        if !self.deny_media_types.is_empty() {
+            parts.push(format!(
+                "no media types [{}]",
+                globs(&self.deny_media_types)
+            ));
+        }
+        if !self.deny_paths.is_empty() {
+            parts.push(format!("no paths [{}]", globs(&self.deny_paths)));
+        }
+        if self.require_paths {
+            parts.push("every layer names its file".into());
+        }
+        for (what, v) in [
+            ("layer", self.max_layer_bytes),
+            ("total", self.max_total_bytes),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{what} <= {v} bytes"));
+            }
+        }
+        if let Some(n) = self.max_layers {
+            parts.push(format!("<= {n} layers"));
+        }
+        parts.join("; ")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TagRule {
     pub pattern: Option<regex::Regex>,
@@ -463,6 +505,20 @@ impl Policy {
                     s += &format!("  {what} {k}: {}\n", c.describe());
                 }
             }
+            if let Some(k) = &r.kinds {
+                s += &format!("  kinds admitted: {}\n", k.join(", "));
+            }
+            for (fact, c) in &r.model {
+                s += &format!("  model {fact}: {}\n", c.describe());
+            }
+            for (kind, pointers) in &r.config {
+                for (p, c) in pointers {
+                    s += &format!("  config of {kind} {p}: {}\n", c.describe());
+                }
+            }
+            if let Some(l) = &r.layers {
+                s += &format!("  layers: {}\n", l.describe());
+            }
             if let Some(t) = &r.tags {
                 if let Some(p) = &t.pattern {
                     s += &format!("  tags must match {}\n", p.as_str());
@@ -500,11 +556,18 @@ impl Constraint {
         if let Some(v) = &self.one_of {
             parts.push(format!("one of [{}]", v.join(", ")));
         }
-        if parts.is_empty() {
-            "present".into()
+        if let Some(v) = &self.each_one_of {
+            parts.push(format!("each one of [{}]", v.join(", ")));
+        }
+        let mut text = if parts.is_empty() {
+            "present".to_string()
         } else {
             parts.join(", ")
+        };
+        if self.optional {
+            text += " (optional)";
         }
+        text
     }
 }
 

@@ -117,3 +117,92 @@ async fn every_model_kind_is_decided_as_the_policy_says() {
         g.stop().await;
     }
 }
+
+#[tokio::test]
+async fn pushes_are_decided_before_the_upstream_has_the_tag() {
+    for (fixture, refusal) in [
+        ("modelpack-raw", None),
+        ("kitops", None),
+        ("kitops-nc-dataset", Some("licenses = \"CC-BY-NC-4.0\"")),
+        ("type-confusion", Some("type confusion")),
+        (
+            "modelpack-code-layer",
+            Some("layer src/inference.py: media type"),
+        ),
+    ] {
+        let up = Mock::start().await;
+        for b in blobs_of(fixture) {
+            up.state.add_blob(b);
+        }
+        let (m, media_type) = manifest_of(fixture);
+        let (g, _t) = gate_with_policy(&up, MODEL_POLICY).await;
+        let r = send_body(
+            Method::PUT,
+            &g.url(&format!("/v2/models/{fixture}/manifests/v1")),
+            &[("content-type", media_type.as_str())],
+            m,
+        )
+        .await;
+        let tagged = up
+            .state
+            .tags(&format!("models/{fixture}"))
+            .contains(&"v1".to_string());
+        match refusal {
+            None => {
+                assert_eq!(r.status, StatusCode::CREATED, "{fixture}: {:?}", r.body);
+                assert!(tagged, "{fixture}");
+                let audit = g.audit();
+                let rec = audit.last().unwrap();
+                assert_eq!(rec["action"], "push");
+                assert!(rec["models"][0]["facts"]["licenses"].is_array(), "{rec}");
+            }
+            Some(needle) => {
+                assert_denied(&r, needle);
+                assert!(!tagged, "{fixture}: the upstream got a refused tag");
+            }
+        }
+        g.stop().await;
+    }
+}
+
+/// `modelgate check` shows the kind and facts; `policy lint` the kinds and
+/// facts a rule checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_lint_show_kinds_and_facts() {
+    let up = Mock::start().await;
+    seed(&up, "kitops-nc-dataset");
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = MODEL_POLICY.replace("local/models/**", "registry.test/models/**");
+    std::fs::write(tmp.path().join("policy.toml"), &policy).unwrap();
+    let cfg = check_config(tmp.path(), &up.url());
+    let (code, out) = modelgate_cli([
+        "check".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "registry.test/models/kitops-nc-dataset:v1".as_ref(),
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("model   kitops: {"), "{out}");
+    assert!(out.contains("\"format\":\"gguf\""), "{out}");
+    assert!(
+        out.contains("kind kitops: config /datasets/0/license = \"CC-BY-NC-4.0\" is not one of [CC-BY-4.0, Apache-2.0]"),
+        "{out}"
+    );
+    let (code, out) = modelgate_cli([
+        "policy".as_ref(),
+        "lint".as_ref(),
+        tmp.path().join("policy.toml").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    for needle in [
+        "kinds admitted: docker-model, modelpack, kitops",
+        "model licenses: each one of [Apache-2.0, MIT, CC-BY-4.0]",
+        "model param_size: <= 70000000000 (optional)",
+        "config of kitops /datasets/*/license: one of [CC-BY-4.0, Apache-2.0]",
+        "layers: no media types [application/vnd.cncf.model.code.*",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+}
