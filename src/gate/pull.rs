@@ -44,6 +44,8 @@ pub enum BlobAccess {
 pub struct BlobPermit {
     digest: Digest,
     access: BlobAccess,
+    /// The size the admitting manifest declares: the blob may not be larger.
+    declared: Option<u64>,
 }
 
 impl BlobPermit {
@@ -116,10 +118,11 @@ impl Gate {
             };
         }
         let exempt = exemption_of(reference, &manifest.bytes).or_else(|| match reference {
-            Reference::Digest(d) if rule.is_some() => {
-                (self.state.permit(repo, d, loaded.generation) == Some(Permit::Full))
-                    .then_some(Exemption::ChildOfAdmittedIndex)
-            }
+            Reference::Digest(d) if rule.is_some() => (self
+                .state
+                .permit(repo, d, loaded.generation)
+                .is_some_and(|(p, _)| p == Permit::Full))
+            .then_some(Exemption::ChildOfAdmittedIndex),
             _ => None,
         });
         if exempt.is_some() {
@@ -278,12 +281,13 @@ impl Gate {
         let Ok(summary) = ManifestSummary::parse(&m.bytes) else {
             return;
         };
+        let declared = |x: &Digest| summary.declared.iter().find(|(d, _)| d == x).map(|e| e.1);
         for x in summary.config.iter().chain(summary.layers.iter()) {
-            self.state.admit(repo, x, generation, permit);
+            self.state.admit(repo, x, generation, permit, declared(x));
         }
         if permit == Permit::Full {
             for x in &summary.manifests {
-                self.state.admit(repo, x, generation, permit);
+                self.state.admit(repo, x, generation, permit, None);
             }
         }
     }
@@ -337,6 +341,7 @@ impl Gate {
             Ok(BlobPermit {
                 digest: d.clone(),
                 access,
+                declared: None,
             })
         };
         let Some(rule) = loaded.policy.rule_for(repo) else {
@@ -351,8 +356,12 @@ impl Gate {
             return permit(BlobAccess::Any);
         }
         match self.state.permit(repo, d, loaded.generation) {
-            Some(Permit::Full) => permit(BlobAccess::Any),
-            Some(Permit::SignaturePayload) => permit(BlobAccess::SmallOnly),
+            Some((Permit::Full, declared)) => Ok(BlobPermit {
+                digest: d.clone(),
+                access: BlobAccess::Any,
+                declared,
+            }),
+            Some((Permit::SignaturePayload, _)) => permit(BlobAccess::SmallOnly),
             None => Err(GateError::Denied(format!(
                 "denied by rule {:?}: blob {d} is not referenced by any manifest modelgate admitted in {repo} under the current policy; pull the image by tag or digest so its manifest is checked first",
                 rule.name
@@ -369,7 +378,9 @@ impl Gate {
     ) -> Result<BlobRead, GateError> {
         let d = &permit.digest;
         match permit.access {
-            BlobAccess::Any => Ok(BlobRead::Body(self.registry.blob(r, d, want).await?)),
+            BlobAccess::Any => Ok(BlobRead::Body(
+                self.registry.blob(r, d, want, permit.declared).await?,
+            )),
             BlobAccess::SmallOnly => {
                 let too_big = || {
                     GateError::Denied(format!(

@@ -36,8 +36,9 @@ struct CachedEvidence {
 /// Decisions remembered between requests.
 pub struct GateState {
     evidence: DashMap<(String, Digest), CachedEvidence>,
-    /// (repository, blob or child manifest digest) → (policy generation, permit).
-    admitted: DashMap<(String, Digest), (u64, Permit)>,
+    /// (repository, blob or child manifest digest) → (policy generation,
+    /// permit, the size the admitting manifest declares).
+    admitted: DashMap<(String, Digest), (u64, Permit, Option<u64>)>,
     /// First digest seen for tags under immutable rules; survives restarts.
     seen_tags: TagStore,
     /// Manifests whose references were opened: repository → digest →
@@ -126,7 +127,14 @@ impl GateState {
 
     /// Open `d` in `repo` under `generation`. A full admission is never
     /// narrowed by a signature's reference.
-    pub fn admit(&self, repo: &str, d: &Digest, generation: u64, permit: Permit) {
+    pub fn admit(
+        &self,
+        repo: &str,
+        d: &Digest,
+        generation: u64,
+        permit: Permit,
+        declared: Option<u64>,
+    ) {
         let key = (repo.to_string(), d.clone());
         if permit == Permit::SignaturePayload
             && self
@@ -136,14 +144,15 @@ impl GateState {
         {
             return;
         }
-        self.admitted.insert(key, (generation, permit));
+        self.admitted.insert(key, (generation, permit, declared));
     }
 
-    /// What is open for `d` in `repo` under `generation`.
-    pub fn permit(&self, repo: &str, d: &Digest, generation: u64) -> Option<Permit> {
+    /// What is open for `d` in `repo` under `generation`, and the size the
+    /// manifest that opened it declares.
+    pub fn permit(&self, repo: &str, d: &Digest, generation: u64) -> Option<(Permit, Option<u64>)> {
         self.admitted
             .get(&(repo.to_string(), d.clone()))
             .filter(|e| e.0 == generation)
-            .map(|e| e.1)
+            .map(|e| (e.1, e.2))
     }
 }

@@ -49,6 +49,7 @@ pub fn accepts(accept: Option<&str>, media_type: &str) -> bool {
 #[derive(Deserialize, Default)]
 struct RawDescriptor {
     digest: Option<String>,
+    size: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -75,6 +76,8 @@ pub struct ManifestSummary {
     /// Children of an index.
     pub manifests: Vec<Digest>,
     pub subject: Option<Digest>,
+    /// The size each descriptor (config, layer) declares.
+    pub declared: Vec<(Digest, u64)>,
 }
 
 impl ManifestSummary {
@@ -98,9 +101,15 @@ impl ManifestSummary {
         };
         if let Some(c) = &raw.config {
             out.config = dig(c, "config")?;
+            if let (Some(d), Some(n)) = (&out.config, c.size) {
+                out.declared.push((d.clone(), n));
+            }
         }
         for l in &raw.layers {
             if let Some(d) = dig(l, "layer")? {
+                if let Some(n) = l.size {
+                    out.declared.push((d.clone(), n));
+                }
                 out.layers.push(d);
             }
         }

@@ -109,15 +109,22 @@ impl Registry {
 
     /// The bytes of blob `d` as `r`'s repository holds it: a verified file,
     /// or a download in flight (one upstream GET per digest, whoever asks).
+    /// `declared` is the size the manifest that admitted it declares: a
+    /// blob of another size is refused, and a download that runs past it is
+    /// cut off there and not cached.
     pub async fn blob(
         self: &Arc<Self>,
         r: &Route,
         d: &Digest,
         want: BlobWant,
+        declared: Option<u64>,
     ) -> Result<BlobBody, RegistryError> {
         self.ensure_blob_held(r, d).await?;
         if let Some((file, size)) = self.verified_file(d) {
             self.metrics.cache("blob", CacheResult::Hit);
+            if let Some(m) = declared.filter(|m| *m != size) {
+                return Err(size_lie(d, size, m));
+            }
             return Ok(BlobBody::File { file, size });
         }
         self.metrics.cache("blob", CacheResult::Miss);
@@ -132,7 +139,7 @@ impl Registry {
         let mut joined = self
             .flights
             .join_or_start(d, mode, move |tx, leader| async move {
-                me.download(up, path, digest, tx, leader).await
+                me.download(up, path, digest, declared, tx, leader).await
             });
         if let Joined::Follower(_) = joined {
             self.metrics.fetches_coalesced.inc();
@@ -164,6 +171,7 @@ impl Registry {
         up: Arc<Upstream>,
         path: RepoName,
         d: Digest,
+        declared: Option<u64>,
         tx: tokio::sync::watch::Sender<FetchState>,
         leader: Option<Leader>,
     ) {
@@ -188,6 +196,15 @@ impl Registry {
             return;
         }
         let size = content_length(&resp);
+        if let (Some(n), Some(m)) = (size, declared) {
+            if n != m {
+                tx.send_replace(failed(size_lie(&d, n, m)));
+                return;
+            }
+        }
+        // Without a Content-Length the declared size bounds the body: the
+        // download stops at the first byte past it.
+        let size = size.or(declared);
         let dl = Download {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
@@ -232,5 +249,16 @@ impl Registry {
             tracing::warn!(error = %e, "cannot cache blob {d}");
         }
         Ok(bytes)
+    }
+}
+
+/// A blob whose size is not the one its manifest declares.
+fn size_lie(d: &Digest, actual: u64, declared: u64) -> RegistryError {
+    RegistryError::BadContent {
+        kind: BadContent::Mismatch,
+        object: Object::Blob,
+        message: format!(
+            "blob {d} is {actual} bytes but the manifest that references it declares {declared}; refused, nothing cached"
+        ),
     }
 }

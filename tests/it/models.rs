@@ -206,3 +206,62 @@ async fn check_and_lint_show_kinds_and_facts() {
         assert!(out.contains(needle), "{needle}: {out}");
     }
 }
+
+/// A weight layer whose descriptor declares 1 KiB but whose blob is 16 KiB:
+/// the manifest passes the size limits, the blob is refused (announced
+/// length) or cut off at the declared size (chunked), and never cached.
+#[tokio::test]
+async fn a_blob_larger_than_its_descriptor_is_cut_off_and_not_cached() {
+    let fixture = "size-lie";
+    let (m, media_type) = manifest_of(fixture);
+    let doc: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    let lying = doc["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["size"] == 1024)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for chunked in [false, true] {
+        let up = Mock::start().await;
+        for b in blobs_of(fixture) {
+            if Digest::of(&b).to_string() == lying && chunked {
+                let n = b.len();
+                up.state.add_faulty_blob(b, Fault::ShortChunked(n));
+            } else {
+                up.state.add_blob(b);
+            }
+        }
+        up.state
+            .add_manifest("models/size-lie", Some("v1"), m.clone(), &media_type);
+        let (g, _t) = gate_with_policy(&up, MODEL_POLICY).await;
+        let r = get(&g.url("/v2/models/size-lie/manifests/v1")).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let url = g.url(&format!("/v2/models/size-lie/blobs/{lying}"));
+        for attempt in 0..2 {
+            let r = get(&url).await;
+            let whole = r.status == StatusCode::OK && r.body.as_ref().is_ok_and(|b| b.len() > 1024);
+            assert!(
+                !whole,
+                "chunked={chunked} attempt {attempt}: the whole blob was served"
+            );
+            if !chunked {
+                assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+                assert!(r.message().contains("declares 1024"), "{}", r.message());
+            }
+        }
+        let fetched = up
+            .state
+            .seen()
+            .iter()
+            .filter(|s| s.method == Method::GET && s.path.ends_with(&lying))
+            .count();
+        assert_eq!(
+            fetched, 2,
+            "chunked={chunked}: a refused blob is not cached"
+        );
+        g.stop().await;
+    }
+}
