@@ -930,6 +930,73 @@ mod tests {
     }
 
     #[test]
+    fn model_rules_are_read_with_units_and_mistakes_name_their_line() {
+        let rule = |body: &str| {
+            let text = format!("[[rules]]\nname = \"m\"\nrepositories = [\"a/**\"]\n{body}");
+            Policy::parse(&text, &root_dir(), "p.toml").map_err(|e| e.to_string())
+        };
+        let p = rule(
+            "kinds = [\"modelpack\", \"artifact:application/vnd.unknown.artifact.v1\"]\n[rules.model]\nparam_size = { max = \"70B\" }\nlicenses = { each_one_of = [\"MIT\"], optional = true }\n[rules.config.kitops]\n\"/datasets/*/license\" = { one_of = [\"MIT\"] }\n[rules.layers]\ndeny_paths = [\"*.pkl\"]\nmax_layer_bytes = \"40GiB\"\nmax_layers = 3\n",
+        )
+        .unwrap();
+        let r = &p.rules[0];
+        assert_eq!(r.model[1].1.max, Some(70e9));
+        assert!(r.model[0].1.optional);
+        let l = r.layers.as_ref().unwrap();
+        assert_eq!(l.max_layer_bytes, Some(40 << 30));
+        assert_eq!(l.max_layers, Some(3));
+        assert!(r.needs_model());
+        for (body, needle, line) in [
+            ("kinds = [\"models\"]\n", "\"models\" is not a kind", 4),
+            ("kinds = []\n", "it would admit nothing", 4),
+            (
+                "[rules.model]\nsize = { max = 3 }\n",
+                "model fact \"size\" is not one of",
+                5,
+            ),
+            (
+                "[rules.model]\nparam_size = { max = \"lots\" }\n",
+                "is not a quantity",
+                5,
+            ),
+            (
+                "[rules.model]\nversion = { one_of = [] }\n",
+                "one_of is empty",
+                5,
+            ),
+            (
+                "[rules.config.modelz]\n\"/a\" = { }\n",
+                "\"modelz\" is not a kind",
+                5,
+            ),
+            (
+                "[rules.config.kitops]\n\"a\" = { }\n",
+                "must start with '/'",
+                5,
+            ),
+            (
+                "[rules.layers]\nmax_total_bytes = \"9 parsecs\"\n",
+                "max_total_bytes is not a size",
+                4,
+            ),
+            (
+                "[rules.layers]\ndeny_paths = [\"[\"]\n",
+                "deny_paths \"[\"",
+                4,
+            ),
+            (
+                "[rules.labels]\nx = { min = \"3B\" }\n",
+                "label values are plain numbers",
+                5,
+            ),
+        ] {
+            let e = rule(body).unwrap_err();
+            assert!(e.contains(needle), "{body}: {e}");
+            assert!(e.contains(&format!("line {line}")), "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn trusted_roots_must_load_and_keys_keep_their_names() {
         let bad = |text: &str| {
             Policy::parse(text, &root_dir(), "p.toml")

@@ -265,3 +265,36 @@ async fn a_blob_larger_than_its_descriptor_is_cut_off_and_not_cached() {
         g.stop().await;
     }
 }
+
+/// Model configs carry GGUF metadata (chat templates): up to 4 MiB is read
+/// and decided; one byte more is refused with the limit named.
+#[tokio::test]
+async fn configs_up_to_four_mib_are_read_and_larger_ones_refused() {
+    const MAX: usize = 4 * 1024 * 1024;
+    let up = Mock::start().await;
+    for (tag, size) in [("fits", MAX), ("too-big", MAX + 1)] {
+        let head = r#"{"config":{"format":"gguf","gguf":{"general.license":"MIT","tokenizer.chat_template":""#;
+        let tail = r#""}},"descriptor":{"created":"2025-01-01T00:00:00Z"}}"#;
+        let config = format!("{head}{}{tail}", "x".repeat(size - head.len() - tail.len()));
+        assert_eq!(config.len(), size);
+        let cd = up.state.add_blob(config.clone());
+        let layer = up.state.add_blob(Bytes::from_static(b"GGUF weights"));
+        let m = serde_json::json!({"schemaVersion": 2, "mediaType": OCI,
+            "config": {"mediaType": "application/vnd.docker.ai.model.config.v0.1+json", "digest": cd.to_string(), "size": size},
+            "layers": [{"mediaType": "application/vnd.docker.ai.gguf.v3", "digest": layer.to_string(), "size": 12}]});
+        up.state.add_manifest(
+            "models/big-config",
+            Some(tag),
+            serde_json::to_vec(&m).unwrap(),
+            OCI,
+        );
+    }
+    let (g, _t) = gate_with_policy(&up, MODEL_POLICY).await;
+    let r = get(&g.url("/v2/models/big-config/manifests/fits")).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = get(&g.url("/v2/models/big-config/manifests/too-big")).await;
+    assert_denied(&r, "is larger than 4194304 bytes");
+    g.stop().await;
+}
+
+const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
