@@ -1246,3 +1246,93 @@ async fn keyless_signed_models_pass_the_gate_with_skopeo() {
         g.stop().await;
     }
 }
+
+/// Every model kind of tests/fixtures/models goes through the gate with
+/// skopeo and the real registry: pushed (admitted kinds reach the upstream
+/// with their tag; refused ones do not, and skopeo prints the reason) and
+/// pulled (admitted ones byte-identical to the layout; refused ones, pushed
+/// straight to the registry, refused with the reason).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_moves_every_model_kind_through_the_gate() {
+    let Some((registry, skopeo)) = registry_and_skopeo() else {
+        return;
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let reg = Registry::start(&registry).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = crate::models::MODEL_POLICY.replace("local/models/**", "registry.test/models/**");
+    let g = gate_over(&reg, tmp.path(), &policy).await;
+    let pol = accept_anything(tmp.path());
+    for (fixture, refusal) in [
+        ("docker-model-v01", None),
+        ("modelpack-raw", None),
+        ("modelpack-tar", None),
+        ("kitops", None),
+        ("oras-onnx", Some("is not admitted here")),
+        (
+            "modelpack-pickle-file",
+            Some("path matches denied pattern *.bin"),
+        ),
+        ("kitops-nc-dataset", Some("CC-BY-NC-4.0")),
+        ("type-confusion", Some("type confusion")),
+        (
+            "modelpack-code-layer",
+            Some("matches denied pattern application/vnd.cncf.model.code.*"),
+        ),
+    ] {
+        let layout = format!("oci:{}:v1", fixtures.join(fixture).display());
+        let through_gate = format!("docker://{}/models/{fixture}:v1", g.addr);
+        let mut push = skopeo_copy(&skopeo, &pol, false, layout.clone(), through_gate.clone());
+        let (pushed, out) = run(&mut push).await;
+        let repo = format!("models/{fixture}");
+        match refusal {
+            None => {
+                assert!(pushed, "{fixture}: push refused: {out}");
+                assert_upstream_tag(&reg, &repo, "v1").await;
+                let out_dir = tmp.path().join(fixture);
+                run_ok(
+                    &mut skopeo_copy(
+                        &skopeo,
+                        &pol,
+                        false,
+                        through_gate,
+                        format!("oci:{}:v1", out_dir.display()),
+                    ),
+                    &format!("{fixture}: pull"),
+                )
+                .await;
+                let (m, _) = crate::models::manifest_of(fixture);
+                let pulled = std::fs::read(out_dir.join("blobs/sha256").join(Digest::of(&m).hex()))
+                    .unwrap_or_else(|e| {
+                        panic!("{fixture}: the pulled layout lacks the manifest: {e}")
+                    });
+                assert_eq!(pulled, m.to_vec(), "{fixture}: manifest bytes changed");
+            }
+            Some(needle) => {
+                assert!(!pushed, "{fixture}: push admitted");
+                assert!(out.contains(needle), "{fixture}: skopeo said: {out}");
+                assert!(
+                    !upstream_tags(&reg, &repo).await.iter().any(|t| t == "v1"),
+                    "{fixture}: the upstream got a refused tag"
+                );
+                let direct = format!("docker://{}/models/{fixture}:v1", reg.addr);
+                run_ok(
+                    &mut skopeo_copy(&skopeo, &pol, false, layout, direct),
+                    &format!("{fixture}: push to the registry itself"),
+                )
+                .await;
+                let mut pull = skopeo_copy(
+                    &skopeo,
+                    &pol,
+                    false,
+                    through_gate,
+                    format!("oci:{}:v1", tmp.path().join(fixture).display()),
+                );
+                let (pulled, out) = run(&mut pull).await;
+                assert!(!pulled, "{fixture}: pull admitted");
+                assert!(out.contains(needle), "{fixture}: skopeo said: {out}");
+            }
+        }
+    }
+    g.stop().await;
+}

@@ -28,4 +28,4 @@ mod conformance;
 // Notation (Notary Project) signatures through the gate.
 mod notation;
 // Models shipped as OCI artifacts (Docker Model Runner, ModelPack, KitOps, ORAS) through the gate.
-mod models;
+pub mod models;
