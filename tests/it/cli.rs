@@ -83,6 +83,40 @@ fn policy_lint_names_lines_and_help_is_complete() {
         "lint",
         "config/policy.toml",
     ]));
+    // The shipped model-artifact rule, uncommented, lints clean too.
+    let text = std::fs::read_to_string(shipped.join("config/policy.toml")).unwrap();
+    let start = text
+        .find("# --- model artifacts")
+        .expect("model rule in the shipped policy");
+    let end = text.find("# --- end of model artifacts").unwrap();
+    let rule: String = text[start..end]
+        .lines()
+        .skip(3)
+        .map(|l| l.strip_prefix("# ").unwrap_or(l).to_string() + "\n")
+        .collect();
+    // A copy of config/, so that the paths the policy names resolve.
+    let copy = tempfile::tempdir().unwrap();
+    output_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(shipped.join("config"))
+            .arg(copy.path()),
+    );
+    let with_models = copy.path().join("config/policy.toml");
+    std::fs::write(&with_models, format!("{}\n{rule}", &text[..start])).unwrap();
+    let out = Command::new(bin())
+        .current_dir(copy.path())
+        .args(["policy", "lint", "config/policy.toml"])
+        .output()
+        .unwrap();
+    let lint =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{lint}");
+    assert!(
+        !lint.contains("warning")
+            && lint.contains("kinds admitted: docker-model, modelpack, kitops"),
+        "{lint}"
+    );
     for (cmd, needle) in [
         (vec!["keygen", "--help"], "Path prefix of the two files"),
         (vec!["policy", "lint", "--help"], "The policy file"),
