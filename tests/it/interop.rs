@@ -1336,3 +1336,93 @@ async fn skopeo_moves_every_model_kind_through_the_gate() {
     }
     g.stop().await;
 }
+
+/// A Python with the ORAS SDK (`oras` on PyPI): `MODELGATE_ORAS_PYTHON`
+/// (set by .ci/run), else `python3` when it can import it.
+fn oras_python() -> Option<PathBuf> {
+    let python = std::env::var_os("MODELGATE_ORAS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let ok = Command::new(&python)
+        .args(["-c", "import oras.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    let why = format!(
+        "{} cannot import the ORAS Python SDK (pip install oras, or set MODELGATE_ORAS_PYTHON)",
+        python.display()
+    );
+    assert!(!required(), "interop required but {why}");
+    eprintln!("skipping: {why}");
+    None
+}
+
+/// ORAS (its Python SDK, as `oras push/pull` write artifacts) through the
+/// gate: an ONNX file pushed with a license annotation is admitted as the
+/// artifact kind the rule lists and pulled back intact; a pickle is refused
+/// before the upstream has its tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oras_pushes_and_pulls_artifacts_through_the_gate() {
+    let Some((registry, _)) = registry_and_skopeo() else {
+        return;
+    };
+    let Some(python) = oras_python() else {
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oras-client.py");
+    let reg = Registry::start(&registry).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = "default = \"deny\"\n[[rules]]\nname = \"onnx\"\nrepositories = [\"registry.test/models/**\"]\nkinds = [\"artifact:application/vnd.unknown.config.v1+json\"]\n[rules.model]\nlicenses = { each_one_of = [\"Apache-2.0\"] }\n[rules.layers]\ndeny_paths = [\"*.pkl\"]\n";
+    let g = gate_over(&reg, tmp.path(), policy).await;
+    let oras = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(&python);
+        c.arg(&script).args(args);
+        c
+    };
+    let weights = data(50_000, 3);
+    for name in ["model.onnx", "model.pkl"] {
+        std::fs::write(tmp.path().join(name), &weights).unwrap();
+    }
+    let onnx = tmp.path().join("model.onnx").display().to_string();
+    let pkl = tmp.path().join("model.pkl").display().to_string();
+    let target = |tag: &str| format!("{}/models/onnx:{tag}", g.addr);
+    let license = "org.opencontainers.image.licenses=Apache-2.0";
+    let ok = ["push", &target("v1"), &onnx, "--annotation", license];
+    run_ok(&mut oras(&ok), "oras push of an ONNX model").await;
+    assert_upstream_tag(&reg, "models/onnx", "v1").await;
+    let (pushed, out) = run(&mut oras(&[
+        "push",
+        &target("v2"),
+        &pkl,
+        "--annotation",
+        license,
+    ]))
+    .await;
+    assert!(!pushed, "a pickle was admitted: {out}");
+    assert!(
+        out.contains("path matches denied pattern *.pkl"),
+        "oras said: {out}"
+    );
+    assert!(!upstream_tags(&reg, "models/onnx")
+        .await
+        .iter()
+        .any(|t| t == "v2"));
+    let (pushed, out) = run(&mut oras(&["push", &target("v3"), &onnx])).await;
+    assert!(
+        !pushed && out.contains("licenses missing"),
+        "oras said: {out}"
+    );
+    let outdir = tmp.path().join("pulled");
+    run_ok(
+        &mut oras(&["pull", &target("v1"), &outdir.display().to_string()]),
+        "oras pull",
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(outdir.join("model.onnx")).unwrap(),
+        weights.to_vec()
+    );
+    g.stop().await;
+}
