@@ -15,29 +15,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const MODEL_POLICY: &str = r#"default = "deny"
-[[rules]]
-name = "models"
-repositories = ["hub/models/**"]
-kinds = ["docker-model", "modelpack", "kitops"]
-[rules.model]
-licenses = { each_one_of = ["Apache-2.0", "MIT", "CC-BY-4.0"] }
-format = { one_of = ["gguf", "safetensors", "onnx"] }
-param_size = { max = "70B", optional = true }
-version = { semver = true, optional = true }
-[rules.config.kitops]
-"/datasets/*/license" = { one_of = ["CC-BY-4.0", "Apache-2.0"] }
-[rules.layers]
-deny_media_types = ["application/vnd.cncf.model.code.*", "application/vnd.kitops.modelkit.code.*"]
-deny_paths = ["*.pkl", "*.pickle", "*.pt", "*.pth", "*.bin", "*.ckpt"]
-max_layer_bytes = "40GiB"
-max_total_bytes = "80GiB"
-"#;
-
 const LABEL_POLICY: &str = r#"default = "deny"
 [[rules]]
 name = "images"
-repositories = ["hub/models/**"]
+repositories = ["local/models/**"]
 [rules.labels]
 "model.version"      = { semver = true }
 "training.timestamp" = { rfc3339 = true }
@@ -99,11 +80,12 @@ fn decide(policy: &Policy, manifest: &[u8], media_type: &str, config: &[u8]) -> 
         }],
         ..Default::default()
     };
-    evaluate(policy, "hub/models/x", &ev).decision != modelgate::policy::Decision::Deny
+    evaluate(policy, "local/models/x", &ev).decision != modelgate::policy::Decision::Deny
 }
 
 fn bench(c: &mut Criterion) {
-    let model_policy = Policy::parse(MODEL_POLICY, Path::new("."), "bench").unwrap();
+    let text = std::fs::read_to_string(fixture("policy.toml")).unwrap();
+    let model_policy = Policy::parse(&text, Path::new("."), "bench").unwrap();
     let label_policy = Policy::parse(LABEL_POLICY, Path::new("."), "bench").unwrap();
     let mut g = c.benchmark_group("decide");
     // A labeled container image (the rule today's users run).

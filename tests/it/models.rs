@@ -51,26 +51,14 @@ fn seed(up: &Mock, fixture: &str) -> Digest {
         .add_manifest(&format!("models/{fixture}"), Some("v1"), m, &media_type)
 }
 
-/// A policy for model artifacts: three kinds, permissive licenses, safe
-/// formats, no code layers and no pickles, size limits.
-pub const MODEL_POLICY: &str = r#"default = "deny"
-[[rules]]
-name = "models"
-repositories = ["local/models/**"]
-kinds = ["docker-model", "modelpack", "kitops"]
-[rules.model]
-licenses = { each_one_of = ["Apache-2.0", "MIT", "CC-BY-4.0"] }
-format = { one_of = ["gguf", "safetensors", "onnx"] }
-param_size = { max = "70B", optional = true }
-version = { semver = true, optional = true }
-[rules.config.kitops]
-"/datasets/*/license" = { one_of = ["CC-BY-4.0", "Apache-2.0"] }
-[rules.layers]
-deny_media_types = ["application/vnd.cncf.model.code.*", "application/vnd.kitops.modelkit.code.*"]
-deny_paths = ["*.pkl", "*.pickle", "*.pt", "*.pth", "*.bin", "*.ckpt"]
-max_layer_bytes = "40GiB"
-max_total_bytes = "80GiB"
-"#;
+/// The model policy of tests/fixtures/models/policy.toml (repositories
+/// `local/models/**`).
+pub static MODEL_POLICY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/policy.toml"),
+    )
+    .unwrap()
+});
 
 #[tokio::test]
 async fn every_model_kind_is_decided_as_the_policy_says() {
@@ -96,7 +84,7 @@ async fn every_model_kind_is_decided_as_the_policy_says() {
     ] {
         let up = Mock::start().await;
         let d = seed(&up, fixture);
-        let (g, _t) = gate_with_policy(&up, MODEL_POLICY).await;
+        let (g, _t) = gate_with_policy(&up, &MODEL_POLICY).await;
         let r = get(&g.url(&format!("/v2/models/{fixture}/manifests/v1"))).await;
         match expect {
             Ok(()) => {
@@ -135,7 +123,7 @@ async fn pushes_are_decided_before_the_upstream_has_the_tag() {
             up.state.add_blob(b);
         }
         let (m, media_type) = manifest_of(fixture);
-        let (g, _t) = gate_with_policy(&up, MODEL_POLICY).await;
+        let (g, _t) = gate_with_policy(&up, &MODEL_POLICY).await;
         let r = send_body(
             Method::PUT,
             &g.url(&format!("/v2/models/{fixture}/manifests/v1")),
@@ -236,7 +224,7 @@ async fn a_blob_larger_than_its_descriptor_is_cut_off_and_not_cached() {
         }
         up.state
             .add_manifest("models/size-lie", Some("v1"), m.clone(), &media_type);
-        let (g, _t) = gate_with_policy(&up, MODEL_POLICY).await;
+        let (g, _t) = gate_with_policy(&up, &MODEL_POLICY).await;
         let r = get(&g.url("/v2/models/size-lie/manifests/v1")).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         let url = g.url(&format!("/v2/models/size-lie/blobs/{lying}"));
@@ -289,7 +277,7 @@ async fn configs_up_to_four_mib_are_read_and_larger_ones_refused() {
             OCI,
         );
     }
-    let (g, _t) = gate_with_policy(&up, MODEL_POLICY).await;
+    let (g, _t) = gate_with_policy(&up, &MODEL_POLICY).await;
     let r = get(&g.url("/v2/models/big-config/manifests/fits")).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let r = get(&g.url("/v2/models/big-config/manifests/too-big")).await;
