@@ -90,6 +90,13 @@ pub fn immutable_tags(rule: Option<&Rule>) -> bool {
         .is_some_and(|t| t.immutable)
 }
 
+/// Whether `tag` may never move under `rule`: releases are immutable and
+/// it is not one of the rule's channels.
+pub fn immutable_tag(rule: Option<&Rule>, tag: &str) -> bool {
+    rule.and_then(|r| r.tags.as_ref())
+        .is_some_and(|t| t.immutable && !t.is_channel(tag))
+}
+
 impl Gate {
     /// The policy and audit log of `config`, over `registry`.
     pub fn open(

@@ -17,12 +17,13 @@
 pub mod core;
 pub mod evidence;
 pub mod exempt;
+pub mod ledger;
 pub mod pull;
 pub mod push;
 pub mod signatures;
 pub mod state;
 
-pub use self::core::{immutable_tags, Action, Decided, Gate, GateError, GateOpenError, Requester};
+pub use self::core::{immutable_tag, immutable_tags, Action, Decided, Gate, GateError, GateOpenError, Requester};
 pub use evidence::{Freshness, Signatures};
 pub use exempt::{exemption_of, is_signature_manifest, schema_tag, Exemption, SchemaTag};
 pub use pull::{Admitted, BlobAccess, BlobPermit, BlobRead, Outcome};

@@ -3,7 +3,7 @@
 //! handed back as an [`Admitted`]; a blob request gets a [`BlobPermit`] only
 //! when an admission opened that blob in its repository.
 
-use super::core::{immutable_tags, Action, Decided, Gate, GateError, Requester};
+use super::core::{immutable_tag, Action, Decided, Gate, GateError, Requester};
 use super::evidence::{Freshness, Signatures};
 use super::exempt::{exemption_of, schema_tag, Exemption};
 use super::state::Permit;
@@ -84,8 +84,9 @@ fn allow(rule: Option<&Rule>) -> PolicyDecision {
 /// document's own decision (only real signature artifacts are exempt).
 pub fn forbidden_tag(loaded: &LoadedPolicy, repo: &str, tag: &str) -> Option<PolicyDecision> {
     let rule = loaded.policy.rule_for(repo)?;
-    let pattern = rule.tags.as_ref()?.pattern.as_ref()?;
-    if pattern.is_match(tag) || schema_tag(tag).is_some() {
+    let tags = rule.tags.as_ref()?;
+    let pattern = tags.pattern.as_ref()?;
+    if pattern.is_match(tag) || tags.is_channel(tag) || schema_tag(tag).is_some() {
         return None;
     }
     let ev = Evidence {
@@ -148,7 +149,7 @@ impl Gate {
         };
         if let Reference::Tag(t) = reference {
             ev.tag = Some(t.clone());
-            let first = immutable_tags(rule)
+            let first = immutable_tag(rule, t)
                 .then(|| self.state.seen_tag(repo, t))
                 .flatten();
             if let Some(first) = first.filter(|f| *f != manifest.digest) {
@@ -224,7 +225,7 @@ impl Gate {
         if d.decision != Decision::Deny {
             self.open_references(repo, &m, out.exempt, loaded.generation);
             if let (Reference::Tag(t), None) = (reference, out.exempt) {
-                if immutable_tags(loaded.policy.rule_for(repo)) {
+                if immutable_tag(loaded.policy.rule_for(repo), t) {
                     self.state.remember_tag(repo, t, &m.digest, &m.media_type);
                 }
             }

@@ -4,7 +4,7 @@
 //! by digest or on the cosign tag of the image it signs. Deletions are
 //! refused where releases are immutable. Every decision is audited.
 
-use super::core::{immutable_tags, Action, Decided, Gate, GateError, Requester};
+use super::core::{immutable_tag, immutable_tags, Action, Decided, Gate, GateError, Requester};
 use super::evidence::{Freshness, Signatures};
 use super::exempt::{exemption_of, schema_tag, Exemption};
 use crate::oci::media::ManifestSummary;
@@ -124,7 +124,7 @@ impl Gate {
         for t in tag_list {
             let mut ev = ev.clone();
             ev.tag = t.cloned();
-            if let Some(t) = t.filter(|_| immutable_tags(rule)) {
+            if let Some(t) = t.filter(|t| immutable_tag(rule, t)) {
                 let upstream_now = self.registry.tag_digest(r, t).await?;
                 let first = self.state.seen_tag(&r.canonical, t).or(upstream_now);
                 if let Some(first) = first.filter(|f| f != &m.digest) {
@@ -169,8 +169,9 @@ impl Gate {
                 self.state.forget_evidence(repo, &d);
             }
         }
-        if verdict.exempt.is_none() && immutable_tags(self.policy.current().policy.rule_for(repo)) {
-            for t in tags {
+        let loaded = self.policy.current();
+        if verdict.exempt.is_none() {
+            for t in tags.iter().filter(|t| immutable_tag(loaded.policy.rule_for(repo), t)) {
                 self.state.remember_tag(repo, t, &m.digest, &m.media_type);
             }
         }

@@ -369,7 +369,7 @@ pub fn evaluate(policy: &Policy, repo: &str, ev: &Evidence) -> PolicyDecision {
     }
     if let Some(t) = &rule.tags {
         if let (Some(p), Some(tag)) = (&t.pattern, &ev.tag) {
-            if !p.is_match(tag) {
+            if !p.is_match(tag) && !t.is_channel(tag) {
                 reasons.push(format!("tag {tag} does not match {}", p.as_str()));
             }
         }

@@ -29,6 +29,50 @@ pub struct Constraint {
     pub optional: bool,
     /// How values (and min/max) are written when they carry units.
     pub quantity: Option<crate::policy::facts::Quantity>,
+    /// How far a release may fall behind the one before it.
+    pub regression: Option<Regression>,
+}
+
+/// A regression gate on a numeric fact: compared with the previous release.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Regression {
+    /// Higher is better (accuracy): at most this much lower.
+    MaxDrop(f64),
+    /// Lower is better (loss, latency): at most this much higher.
+    MaxRise(f64),
+}
+
+impl Regression {
+    /// Why `now` is a regression from `before`, if it is:
+    /// `0.011 below v1.2.0 (0.923); max_drop 0.005` (with `what` the
+    /// previous release's name).
+    pub fn violated(self, before: f64, now: f64, what: &str) -> Option<String> {
+        // A tolerance on the exact decimal values: 0.923 - 0.918 is 0.005.
+        let eps = 1e-9;
+        let (diff, side, knob, max) = match self {
+            Regression::MaxDrop(m) => (before - now, "below", "max_drop", m),
+            Regression::MaxRise(m) => (now - before, "above", "max_rise", m),
+        };
+        (diff > max + eps).then(|| {
+            format!(
+                "{} {side} {what} ({}); {knob} {}",
+                fmt_num(diff),
+                fmt_num(before),
+                fmt_num(max)
+            )
+        })
+    }
+}
+
+/// A number without float noise (0.011, not 0.010999999999999899).
+pub fn fmt_num(n: f64) -> String {
+    let s = format!("{:.6}", n);
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,6 +427,15 @@ impl LayerRule {
 pub struct TagRule {
     pub pattern: Option<regex::Regex>,
     pub immutable: bool,
+    /// Tags that may move even when releases are immutable, but only to a
+    /// release of the repository.
+    pub channels: Vec<String>,
+}
+
+impl TagRule {
+    pub fn is_channel(&self, tag: &str) -> bool {
+        self.channels.iter().any(|c| c == tag)
+    }
 }
 
 /// One `[[rules]]` entry.
@@ -526,6 +579,12 @@ impl Policy {
                 if t.immutable {
                     s += "  tags are immutable once seen\n";
                 }
+                if !t.channels.is_empty() {
+                    s += &format!(
+                        "  channels (move only to a release): {}\n",
+                        t.channels.join(", ")
+                    );
+                }
             }
             if !r.requires_anything() {
                 s += "  (no requirements: admits everything it matches)\n";
@@ -566,6 +625,11 @@ impl Constraint {
         };
         if self.optional {
             text += " (optional)";
+        }
+        match self.regression {
+            Some(Regression::MaxDrop(m)) => text += &format!(", at most {} below the previous release", fmt_num(m)),
+            Some(Regression::MaxRise(m)) => text += &format!(", at most {} above the previous release", fmt_num(m)),
+            None => {}
         }
         text
     }

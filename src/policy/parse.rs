@@ -3,7 +3,7 @@
 //! each rule's globs, mode, signatures, constraints and tags.
 
 use super::facts::{Quantity, FACT_NAMES};
-use super::model::LayerRule;
+use super::model::{LayerRule, Regression};
 use super::model::{
     glob, Constraint, FieldMatch, GithubPin, KeylessSigner, Mode, NotationIdentity, NotationSigner,
     Policy, PolicyError, Rule, SignatureRule, TagRule, KEYLESS_SIGNER,
@@ -138,6 +138,14 @@ struct RawConstraint {
     one_of: Option<Vec<String>>,
     each_one_of: Option<Vec<String>>,
     optional: Option<bool>,
+    regression: Option<RawRegression>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegression {
+    max_drop: Option<f64>,
+    max_rise: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +154,8 @@ struct RawTags {
     pattern: Option<Spanned<String>>,
     #[serde(default)]
     immutable: bool,
+    #[serde(default)]
+    channels: Option<Spanned<Vec<String>>>,
 }
 
 /// The line of byte `offset` in `text` (1-based).
@@ -534,7 +544,20 @@ fn parse_constraint(
             return Err(bad(format!("{which} is empty")));
         }
     }
+    let regression = match &c.regression {
+        None => None,
+        Some(r) => match (r.max_drop, r.max_rise) {
+            (Some(m), None) if m.is_finite() && m >= 0.0 => Some(Regression::MaxDrop(m)),
+            (None, Some(m)) if m.is_finite() && m >= 0.0 => Some(Regression::MaxRise(m)),
+            _ => {
+                return Err(bad(
+                    "regression needs exactly one of max_drop (higher is better) and max_rise (lower is better), a number >= 0".into(),
+                ))
+            }
+        },
+    };
     Ok(Constraint {
+        regression,
         regex,
         semver: c.semver.unwrap_or(false),
         rfc3339: c.rfc3339.unwrap_or(false),
@@ -690,9 +713,23 @@ fn parse_tags(src: &Source<'_>, r: &RawRule) -> Result<Option<TagRule>, PolicyEr
                 .map_err(|e| src.at(p.span(), format!("rule {:?}: tags.pattern: {e}", r.name)))
         })
         .transpose()?;
+    let channels = t.channels.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+    for c in &channels {
+        let valid = matches!(crate::oci::Reference::parse(c), Ok(crate::oci::Reference::Tag(_)));
+        if !valid || semver::Version::parse(c.trim_start_matches('v')).is_ok() {
+            return Err(src.at(
+                t.channels.as_ref().map(Spanned::span).unwrap_or(0..0),
+                format!(
+                    "rule {:?}: channel {c:?} must be a tag that is not a release version (e.g. \"prod\")",
+                    r.name
+                ),
+            ));
+        }
+    }
     Ok(Some(TagRule {
         pattern,
         immutable: t.immutable,
+        channels,
     }))
 }
 
