@@ -23,6 +23,12 @@ pub struct AuditRecord {
     /// look at models only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<serde_json::Value>,
+    /// Why, as the client said (`X-Modelgate-Reason`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For a release or channel move: what the tag named before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_digest: Option<String>,
     pub policy_sha256: String,
 }
 

@@ -2,6 +2,7 @@
 //! the policy in force, the audit log), its errors, and how a decision is
 //! recorded.
 
+use super::ledger::Ledger;
 use super::state::GateState;
 use crate::audit::{now_rfc3339, AuditLog, AuditRecord};
 use crate::config::Config;
@@ -40,6 +41,8 @@ pub enum GateOpenError {
 pub struct Requester<'a> {
     pub client: &'a str,
     pub user: Option<&'a str>,
+    /// Why (the `X-Modelgate-Reason` header of a manifest PUT).
+    pub reason: Option<&'a str>,
 }
 
 /// What an audited decision is about.
@@ -73,6 +76,13 @@ pub struct Decided<'a> {
     pub reasons: Vec<String>,
     /// Kinds and facts of the models decided.
     pub models: Vec<serde_json::Value>,
+    /// For a release or channel move: what the tag named before.
+    pub previous_digest: Option<String>,
+}
+
+/// Where the release ledger lives: next to the tag memory.
+pub fn ledger_dir(config: &Config) -> std::path::PathBuf {
+    config.cache_dir.join("ledger")
 }
 
 /// Policy decisions over the content the registry layer provides.
@@ -82,6 +92,7 @@ pub struct Gate {
     pub(super) policy: Arc<PolicyHolder>,
     pub(super) audit: AuditLog,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) ledger: Ledger,
 }
 
 /// Whether `rule` makes tags immutable.
@@ -110,13 +121,22 @@ impl Gate {
         let dir = config.cache_dir.join("seen-tags");
         let state = GateState::open(dir.clone())
             .map_err(|e| GateOpenError::State(dir.display().to_string(), e))?;
+        let dir = ledger_dir(config);
+        let ledger = Ledger::open(dir.clone())
+            .map_err(|e| GateOpenError::State(dir.display().to_string(), e))?;
         Ok(Gate {
             registry,
             state,
             policy,
             audit,
             metrics,
+            ledger,
         })
+    }
+
+    /// The release ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// The policy holder (for reloads).
@@ -158,6 +178,8 @@ impl Gate {
             rule: d.rule.clone(),
             reasons: x.reasons,
             models: x.models,
+            reason: who.reason.map(str::to_string),
+            previous_digest: x.previous_digest,
             policy_sha256: loaded.sha256.clone(),
         });
     }

@@ -189,12 +189,24 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"time\":").unwrap();
         let l = Ledger::open(dir.path().to_path_buf()).unwrap();
-        let tags: Vec<_> = l.releases("hub/models/clf").into_iter().map(|e| e.tag).collect();
+        let tags: Vec<_> = l
+            .releases("hub/models/clf")
+            .into_iter()
+            .map(|e| e.tag)
+            .collect();
         assert_eq!(tags, ["v1.0.0", "v1.2.0", "v1.10.0"]);
         let v = version_of("v1.10.0").unwrap();
-        assert_eq!(l.previous_release("hub/models/clf", &v).unwrap().tag, "v1.2.0");
-        assert!(l.previous_release("hub/models/clf", &version_of("1.0.0").unwrap()).is_none());
-        assert_eq!(l.release_with_digest("hub/models/clf", "d2").unwrap().tag, "v1.2.0");
+        assert_eq!(
+            l.previous_release("hub/models/clf", &v).unwrap().tag,
+            "v1.2.0"
+        );
+        assert!(l
+            .previous_release("hub/models/clf", &version_of("1.0.0").unwrap())
+            .is_none());
+        assert_eq!(
+            l.release_with_digest("hub/models/clf", "d2").unwrap().tag,
+            "v1.2.0"
+        );
         assert!(l.release_with_digest("hub/models/clf", "nope").is_none());
         assert_eq!(l.entries("hub/models/clf").len(), 4);
         assert_eq!(l.repositories(), ["hub/models/clf"]);

@@ -23,7 +23,9 @@ pub mod push;
 pub mod signatures;
 pub mod state;
 
-pub use self::core::{immutable_tag, immutable_tags, Action, Decided, Gate, GateError, GateOpenError, Requester};
+pub use self::core::{
+    immutable_tag, immutable_tags, Action, Decided, Gate, GateError, GateOpenError, Requester,
+};
 pub use evidence::{Freshness, Signatures};
 pub use exempt::{exemption_of, is_signature_manifest, schema_tag, Exemption, SchemaTag};
 pub use pull::{Admitted, BlobAccess, BlobPermit, BlobRead, Outcome};

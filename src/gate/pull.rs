@@ -204,6 +204,7 @@ impl Gate {
             decision: &d,
             reasons: d.reasons.clone(),
             models: vec![],
+            previous_digest: None,
         };
         self.record(&loaded, x, who);
         Err(GateError::Denied(d.message()))
@@ -246,6 +247,7 @@ impl Gate {
             decision: d,
             reasons,
             models: out.evidence.models_summary(),
+            previous_digest: None,
         };
         self.record(&loaded, x, who);
         match d.decision {

@@ -7,17 +7,32 @@
 use super::core::{immutable_tag, immutable_tags, Action, Decided, Gate, GateError, Requester};
 use super::evidence::{Freshness, Signatures};
 use super::exempt::{exemption_of, schema_tag, Exemption};
+use super::ledger::{version_of, Event, LedgerEntry};
 use crate::oci::media::ManifestSummary;
 use crate::oci::{Digest, Manifest, Reference};
-use crate::policy::eval::evaluate;
-use crate::policy::{Decision, LoadedPolicy, PolicyDecision};
+use crate::policy::eval::{check_regressions, evaluate, numeric_facts};
+use crate::policy::model::Mode;
+use crate::policy::{Decision, LoadedPolicy, PolicyDecision, Rule};
 use crate::registry::Deletion;
 use crate::upstream::Route;
+use std::collections::BTreeMap;
 
 /// A push the gate let through, and what it needs once the upstream has it.
 #[derive(Debug)]
 pub struct PushVerdict {
     exempt: Option<Exemption>,
+    /// Releases and channel moves to record for the tags the upstream
+    /// confirms.
+    ledger: Vec<LedgerEntry>,
+}
+
+/// What deciding the tags of a push found.
+struct TagsDecided {
+    decision: PolicyDecision,
+    models: Vec<serde_json::Value>,
+    /// Ledger entries to write once the upstream has the tags (who, when
+    /// and why still to fill in).
+    ledger: Vec<LedgerEntry>,
 }
 
 /// Why a pushed document needs no decision: a signature artifact pushed by
@@ -54,22 +69,23 @@ impl Gate {
     ) -> Result<PushVerdict, GateError> {
         let loaded = self.policy.current();
         let exempt = push_exemption(tags, m);
-        let (decision, reasons, models) = match exempt {
-            Some(x) => (
-                PolicyDecision {
+        let found = match exempt {
+            Some(x) => TagsDecided {
+                decision: PolicyDecision {
                     decision: Decision::Allow,
                     rule: loaded.policy.rule_for(&r.canonical).map(|r| r.name.clone()),
-                    reasons: vec![],
+                    reasons: vec![x.reason().to_string()],
                 },
-                vec![x.reason().to_string()],
-                vec![],
-            ),
-            None => {
-                let (d, models) = self.decide_tags(r, m, tags, &loaded).await?;
-                let reasons = d.reasons.clone();
-                (d, reasons, models)
-            }
+                models: vec![],
+                ledger: vec![],
+            },
+            None => self.decide_tags(r, m, tags, &loaded).await?,
         };
+        let TagsDecided {
+            decision,
+            models,
+            mut ledger,
+        } = found;
         let reference = match tags.is_empty() {
             true => m.digest.to_string(),
             false => tags.join(","),
@@ -80,21 +96,32 @@ impl Gate {
             reference: &reference,
             digest: Some(&m.digest),
             decision: &decision,
-            reasons,
+            reasons: match exempt {
+                Some(x) => vec![x.reason().to_string()],
+                None => decision.reasons.clone(),
+            },
             models,
+            previous_digest: ledger.first().and_then(|e| e.previous_digest.clone()),
         };
         self.record(&loaded, x, who);
+        for e in &mut ledger {
+            e.user = who.user.map(str::to_string);
+            e.client = who.client.to_string();
+            e.reason = who.reason.map(str::to_string);
+            e.policy_sha256 = loaded.sha256.clone();
+        }
         match decision.decision {
             Decision::Deny => Err(GateError::Denied(decision.message())),
             Decision::Audit => {
                 tracing::warn!(repository = %r.canonical, "{}", decision.message());
-                Ok(PushVerdict { exempt })
+                Ok(PushVerdict { exempt, ledger })
             }
-            Decision::Allow => Ok(PushVerdict { exempt }),
+            Decision::Allow => Ok(PushVerdict { exempt, ledger }),
         }
     }
 
-    /// Each tag on its own (pattern, immutability), a PUT by digest once;
+    /// Each tag on its own (pattern, immutability, regression against the
+    /// previous release, channels only to releases), a PUT by digest once;
     /// the strictest outcome wins and every reason is kept.
     async fn decide_tags(
         &self,
@@ -102,8 +129,9 @@ impl Gate {
         m: &Manifest,
         tags: &[String],
         loaded: &LoadedPolicy,
-    ) -> Result<(PolicyDecision, Vec<serde_json::Value>), GateError> {
-        let rule = loaded.policy.rule_for(&r.canonical);
+    ) -> Result<TagsDecided, GateError> {
+        let repo = &r.canonical;
+        let rule = loaded.policy.rule_for(repo);
         let signatures = match tags.is_empty() {
             true => Signatures::Deferred,
             false => Signatures::Check,
@@ -115,24 +143,37 @@ impl Gate {
             }
             _ => Default::default(),
         };
+        let facts = numeric_facts(&ev);
         let tag_list: Vec<Option<&String>> = match tags.is_empty() {
             true => vec![None],
             false => tags.iter().map(Some).collect(),
         };
         let mut decision: Option<PolicyDecision> = None;
         let mut all_reasons: Vec<String> = Vec::new();
+        let mut ledger = Vec::new();
         for t in tag_list {
             let mut ev = ev.clone();
             ev.tag = t.cloned();
             if let Some(t) = t.filter(|t| immutable_tag(rule, t)) {
                 let upstream_now = self.registry.tag_digest(r, t).await?;
-                let first = self.state.seen_tag(&r.canonical, t).or(upstream_now);
+                let first = self.state.seen_tag(repo, t).or(upstream_now);
                 if let Some(first) = first.filter(|f| f != &m.digest) {
-                    tracing::warn!(repository = %r.canonical, tag = %t, first = %first, now = %m.digest, "tag mutation refused");
+                    tracing::warn!(repository = %repo, tag = %t, first = %first, now = %m.digest, "tag mutation refused");
                     ev.tag_moved = Some((first, m.digest.clone()));
                 }
             }
-            let d = evaluate(&loaded.policy, &r.canonical, &ev);
+            let mut d = evaluate(&loaded.policy, repo, &ev);
+            if let (Some(rule), Some(t)) = (rule, t) {
+                let (extra, entry) = self.lifecycle(r, m, rule, t, &facts).await?;
+                if !extra.is_empty() && d.decision == Decision::Allow {
+                    d.decision = match rule.mode {
+                        Mode::Audit => Decision::Audit,
+                        Mode::Enforce => Decision::Deny,
+                    };
+                }
+                d.reasons.extend(extra);
+                ledger.extend(entry);
+            }
             for reason in &d.reasons {
                 if !all_reasons.contains(reason) {
                     all_reasons.push(reason.clone());
@@ -149,7 +190,88 @@ impl Gate {
             reasons: vec![],
         });
         d.reasons = all_reasons;
-        Ok((d, ev.models_summary()))
+        Ok(TagsDecided {
+            decision: d,
+            models: ev.models_summary(),
+            ledger,
+        })
+    }
+
+    /// What setting `tag` to `m` means for the release lifecycle: for a
+    /// release version, regressions against the previous release; for a
+    /// channel, whether `m` is a release. Returns the reasons against it
+    /// and the ledger entry to write once the upstream has the tag.
+    async fn lifecycle(
+        &self,
+        r: &Route,
+        m: &Manifest,
+        rule: &Rule,
+        tag: &str,
+        facts: &BTreeMap<String, f64>,
+    ) -> Result<(Vec<String>, Option<LedgerEntry>), GateError> {
+        let repo = &r.canonical;
+        let channel = rule.tags.as_ref().is_some_and(|t| t.is_channel(tag));
+        let version = version_of(tag);
+        if version.is_none() && !channel {
+            return Ok((Vec::new(), None));
+        }
+        let previous_digest = self
+            .registry
+            .tag_digest(r, tag)
+            .await?
+            .map(|d| d.to_string());
+        let entry = |event, version: Option<String>, facts: BTreeMap<String, f64>| LedgerEntry {
+            time: crate::audit::now_rfc3339(),
+            event,
+            repository: repo.clone(),
+            tag: tag.to_string(),
+            digest: m.digest.to_string(),
+            previous_digest: previous_digest.clone(),
+            version,
+            facts,
+            user: None,
+            client: String::new(),
+            reason: None,
+            policy_sha256: String::new(),
+        };
+        if let Some(v) = version {
+            let prev = self.ledger.previous_release(repo, &v);
+            let reasons = check_regressions(
+                rule,
+                facts,
+                prev.as_ref().map(|p| (p.tag.as_str(), &p.facts)),
+            );
+            return Ok((
+                reasons,
+                Some(entry(Event::Release, Some(v.to_string()), facts.clone())),
+            ));
+        }
+        match self.ledger.release_with_digest(repo, &m.digest.to_string()) {
+            Some(release) => Ok((
+                Vec::new(),
+                Some(entry(
+                    Event::Channel,
+                    release.version.clone(),
+                    release.facts,
+                )),
+            )),
+            None => {
+                let releases: Vec<String> = self
+                    .ledger
+                    .releases(repo)
+                    .into_iter()
+                    .map(|e| e.tag)
+                    .collect();
+                Ok((
+                    vec![format!(
+                        "channel {tag} may move only to a release of {repo}; {} is not one (releases: {})",
+                        m.digest,
+                        if releases.is_empty() { "none yet".to_string() } else { releases.join(", ") }
+                    )],
+                    None,
+                ))
+            }
+        }
     }
 
     /// The upstream has the pushed manifest under `tags`: a new signature
@@ -157,6 +279,11 @@ impl Gate {
     /// immutable tags are remembered.
     pub fn pushed(&self, r: &Route, verdict: &PushVerdict, m: &Manifest, tags: &[String]) {
         let repo = &r.canonical;
+        for e in verdict.ledger.iter().filter(|e| tags.contains(&e.tag)) {
+            if let Err(err) = self.ledger.append(e) {
+                tracing::error!(repository = %repo, tag = %e.tag, "the release ledger could not record this {:?}: {err}", e.event);
+            }
+        }
         if verdict.exempt == Some(Exemption::SignatureArtifact) {
             let subject = ManifestSummary::parse(&m.bytes)
                 .ok()
@@ -171,7 +298,10 @@ impl Gate {
         }
         let loaded = self.policy.current();
         if verdict.exempt.is_none() {
-            for t in tags.iter().filter(|t| immutable_tag(loaded.policy.rule_for(repo), t)) {
+            for t in tags
+                .iter()
+                .filter(|t| immutable_tag(loaded.policy.rule_for(repo), t))
+            {
                 self.state.remember_tag(repo, t, &m.digest, &m.media_type);
             }
         }
@@ -214,6 +344,7 @@ impl Gate {
             decision: &decision,
             reasons: decision.reasons.clone(),
             models: vec![],
+            previous_digest: None,
         };
         self.record(&loaded, x, who);
         match decision.decision {

@@ -199,6 +199,58 @@ fn check_fact(what: &str, fact: &str, c: &Constraint, v: FactValue<'_>) -> Vec<S
     }
 }
 
+/// The numeric facts of the manifest decided (its first image): every
+/// label that is a number and every numeric model fact (parameter counts
+/// read with their units). What a release records and regressions compare.
+pub fn numeric_facts(ev: &Evidence) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Some(img) = ev.images.first() else {
+        return out;
+    };
+    for (k, v) in &img.labels {
+        if let Some(n) = v.trim().parse::<f64>().ok().filter(|n| n.is_finite()) {
+            out.insert(k.clone(), n);
+        }
+    }
+    if let Some(m) = &img.model {
+        for (k, v) in &m.facts.values {
+            let q = crate::policy::facts::Quantity::of_fact(k);
+            let n = match q {
+                Some(q) => q.parse(v),
+                None => v.trim().parse::<f64>().ok(),
+            };
+            if let Some(n) = n.filter(|n| n.is_finite()) {
+                out.insert(k.to_string(), n);
+            }
+        }
+    }
+    out
+}
+
+/// Every regression of `now` against the previous release `prev` (its tag
+/// and facts) under `rule`'s regression constraints, e.g.
+/// `accuracy.test 0.912 is 0.011 below v1.2.0 (0.923); max_drop 0.005`.
+/// The first release (no `prev`) has none.
+pub fn check_regressions(
+    rule: &Rule,
+    now: &BTreeMap<String, f64>,
+    prev: Option<(&str, &BTreeMap<String, f64>)>,
+) -> Vec<String> {
+    let Some((tag, before)) = prev else {
+        return Vec::new();
+    };
+    rule.labels
+        .iter()
+        .chain(&rule.model)
+        .filter_map(|(k, c)| {
+            let g = c.regression?;
+            let (b, n) = (*before.get(k)?, *now.get(k)?);
+            let why = g.violated(b, n, tag)?;
+            Some(format!("{k} {} is {why}", super::model::fmt_num(n)))
+        })
+        .collect()
+}
+
 /// Every way one manifest's kind, facts, config and layers fail `rule`.
 fn check_model(rule: &Rule, m: &ModelEvidence) -> Vec<String> {
     let mut out = Vec::new();

@@ -627,8 +627,12 @@ impl Constraint {
             text += " (optional)";
         }
         match self.regression {
-            Some(Regression::MaxDrop(m)) => text += &format!(", at most {} below the previous release", fmt_num(m)),
-            Some(Regression::MaxRise(m)) => text += &format!(", at most {} above the previous release", fmt_num(m)),
+            Some(Regression::MaxDrop(m)) => {
+                text += &format!(", at most {} below the previous release", fmt_num(m))
+            }
+            Some(Regression::MaxRise(m)) => {
+                text += &format!(", at most {} above the previous release", fmt_num(m))
+            }
             None => {}
         }
         text

@@ -3,11 +3,11 @@
 //! each rule's globs, mode, signatures, constraints and tags.
 
 use super::facts::{Quantity, FACT_NAMES};
-use super::model::{LayerRule, Regression};
 use super::model::{
     glob, Constraint, FieldMatch, GithubPin, KeylessSigner, Mode, NotationIdentity, NotationSigner,
     Policy, PolicyError, Rule, SignatureRule, TagRule, KEYLESS_SIGNER,
 };
+use super::model::{LayerRule, Regression};
 use crate::oci::kind::KIND_NAMES;
 use crate::trust::notation::{load_trust_store, Level, TrustStore};
 use crate::trust::sigstore::TrustedRoot;
@@ -713,9 +713,16 @@ fn parse_tags(src: &Source<'_>, r: &RawRule) -> Result<Option<TagRule>, PolicyEr
                 .map_err(|e| src.at(p.span(), format!("rule {:?}: tags.pattern: {e}", r.name)))
         })
         .transpose()?;
-    let channels = t.channels.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+    let channels = t
+        .channels
+        .as_ref()
+        .map(|c| c.get_ref().clone())
+        .unwrap_or_default();
     for c in &channels {
-        let valid = matches!(crate::oci::Reference::parse(c), Ok(crate::oci::Reference::Tag(_)));
+        let valid = matches!(
+            crate::oci::Reference::parse(c),
+            Ok(crate::oci::Reference::Tag(_))
+        );
         if !valid || semver::Version::parse(c.trim_start_matches('v')).is_ok() {
             return Err(src.at(
                 t.channels.as_ref().map(Spanned::span).unwrap_or(0..0),

@@ -37,6 +37,7 @@ impl Ctx<'_> {
         Requester {
             client: &self.client,
             user: self.user.as_deref(),
+            reason: None,
         }
     }
 }

@@ -5,6 +5,7 @@ use super::body::{digest_headers, empty, full, set_header, RespBody};
 use super::ctx::Ctx;
 use crate::cache::Held;
 use crate::gate::Admitted;
+use crate::gate::Requester;
 use crate::oci::media::{self, ManifestSummary, MAX_MANIFEST_BYTES};
 use crate::oci::{json, Digest, ErrorCode, Manifest, OciError, Reference, RepoName};
 use crate::upstream::Route;
@@ -181,6 +182,32 @@ async fn ensure_references(ctx: &Ctx<'_>, r: &Route, p: &Pushed) -> Result<(), O
     ))
 }
 
+/// The longest reason a client may give.
+const MAX_REASON: usize = 1000;
+
+/// `X-Modelgate-Reason`: why a release or channel move is made, kept in
+/// the audit log and the release ledger. Printable UTF-8, one line.
+fn reason_header(h: &http::HeaderMap) -> Result<Option<String>, OciError> {
+    let Some(v) = h.get("x-modelgate-reason") else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        OciError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Unsupported,
+            format!("X-Modelgate-Reason {why}: give one line of printable UTF-8 text, at most {MAX_REASON} bytes"),
+        )
+    };
+    let text = std::str::from_utf8(v.as_bytes()).map_err(|_| bad("is not UTF-8"))?;
+    if text.len() > MAX_REASON {
+        return Err(bad("is too long"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(bad("has control characters"));
+    }
+    Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
 /// PUT: validate, decide, forward, remember.
 pub async fn put(
     ctx: &Ctx<'_>,
@@ -189,6 +216,7 @@ pub async fn put(
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, OciError> {
     let r = ctx.route(name)?;
+    let reason = reason_header(req.headers())?;
     let pushed = read_pushed(&r, req).await?;
     let m = &pushed.manifest;
     if let Reference::Digest(want) = &reference {
@@ -203,7 +231,11 @@ pub async fn put(
     let tags = requested_tags(&reference, ctx)?;
     ensure_references(ctx, &r, &pushed).await?;
     let gate = ctx.app.gate();
-    let verdict = gate.decide_push(&r, m, &tags, &ctx.who()).await?;
+    let who = Requester {
+        reason: reason.as_deref(),
+        ..ctx.who()
+    };
+    let verdict = gate.decide_push(&r, m, &tags, &who).await?;
     let registry = ctx.app.registry();
     let (confirmed, subject) = registry.put_manifest(&r, m, &reference, &tags).await?;
     gate.pushed(&r, &verdict, m, &confirmed);

@@ -16,7 +16,7 @@ mod vectors;
 // The gate: policy decisions and the bypass suite.
 mod policy;
 // Pushing through the gate.
-mod push;
+pub mod push;
 // Regression tests for the bypasses and workflow defects of issue #7.
 mod bypass;
 // Regression tests for the protocol, resource and operability items of issue #7.
@@ -29,3 +29,5 @@ mod conformance;
 mod notation;
 // Models shipped as OCI artifacts (Docker Model Runner, ModelPack, KitOps, ORAS) through the gate.
 pub mod models;
+// The release lifecycle: regression gate, channels, the release ledger.
+mod releases;

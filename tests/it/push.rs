@@ -270,7 +270,7 @@ async fn mount_cancel_unknown_and_expired_sessions() {
     g.stop().await;
 }
 
-fn image_manifest(up: &Mock, labels: &str) -> (String, Digest) {
+pub fn image_manifest(up: &Mock, labels: &str) -> (String, Digest) {
     let config = format!(
         r#"{{"architecture":"amd64","os":"linux","config":{{"Labels":{labels}}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#
     );

@@ -125,6 +125,20 @@ impl Gate {
             .collect()
     }
 
+    /// The release ledger of `repo`, as written on disk.
+    pub fn ledger_entries(&self, repo: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(
+            self.dir
+                .join("cache/ledger")
+                .join(repo)
+                .join("ledger.jsonl"),
+        )
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("ledger lines are JSON"))
+        .collect()
+    }
+
     pub fn metrics(&self) -> String {
         self.app.metrics().encode()
     }

@@ -1,0 +1,159 @@
+//! The release lifecycle at the gate: a release may not fall behind the one
+//! before it by more than the policy allows, channels move only to
+//! releases, and every release and channel move is in the ledger with who,
+//! when and why.
+
+use crate::policy::{assert_denied, gate_with_policy};
+use crate::push::image_manifest;
+use crate::support::*;
+use http::{Method, StatusCode};
+use modelgate::oci::Digest;
+
+const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+
+pub const RELEASE_POLICY: &str = r#"default = "allow"
+[[rules]]
+name = "models"
+repositories = ["local/models/**"]
+[rules.labels]
+"model.version" = { semver = true }
+"accuracy.test" = { min = 0.90, regression = { max_drop = 0.005 } }
+[rules.tags]
+pattern = '^v[0-9]+\.[0-9]+\.[0-9]+$'
+immutable = true
+channels = ["prod", "staging"]
+"#;
+
+/// A labeled image of accuracy `acc` (its manifest and digest).
+fn model(up: &Mock, version: &str, acc: &str) -> (String, Digest) {
+    image_manifest(
+        up,
+        &format!(r#"{{"model.version":"{version}","accuracy.test":"{acc}"}}"#),
+    )
+}
+
+async fn put(g: &Gate, tag: &str, m: &str, reason: Option<&str>) -> Got {
+    let mut h = vec![("content-type", OCI)];
+    if let Some(r) = reason {
+        h.push(("x-modelgate-reason", r));
+    }
+    send_body(
+        Method::PUT,
+        &g.url(&format!("/v2/models/clf/manifests/{tag}")),
+        &h,
+        m.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn releases_may_not_regress_and_channels_move_only_to_releases() {
+    let up = Mock::start().await;
+    let (g, _t) = gate_with_policy(&up, RELEASE_POLICY).await;
+    let (m100, d100) = model(&up, "v1.0.0", "0.92");
+    let (m110, d110) = model(&up, "v1.1.0", "0.93");
+    let (m120, _) = model(&up, "v1.2.0", "0.918");
+    for (tag, m) in [("v1.0.0", &m100), ("v1.1.0", &m110)] {
+        let r = put(&g, tag, m, Some("trained on ds-2026-01")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{tag}: {:?}", r.body);
+    }
+    // 0.918 is 0.012 below v1.1.0 (0.93): refused before the upstream has it.
+    let r = put(&g, "v1.2.0", &m120, None).await;
+    assert_denied(
+        &r,
+        "accuracy.test 0.918 is 0.012 below v1.1.0 (0.93); max_drop 0.005",
+    );
+    assert!(!up.state.tags("models/clf").contains(&"v1.2.0".to_string()));
+    // A patch within the tolerance passes.
+    let (m111, _) = model(&up, "v1.1.1", "0.926");
+    assert_eq!(
+        put(&g, "v1.1.1", &m111, None).await.status,
+        StatusCode::CREATED
+    );
+
+    // Channels: to a release, with a reason; never to anything else.
+    let r = put(&g, "prod", &m110, Some("v1.1.0 passed the canary")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let (unreleased, _) = model(&up, "v9.9.9", "0.99");
+    let r = put(&g, "prod", &unreleased, None).await;
+    assert_denied(
+        &r,
+        "channel prod may move only to a release of local/models/clf",
+    );
+    assert!(
+        r.message().contains("releases: v1.0.0, v1.1.0, v1.1.1"),
+        "{}",
+        r.message()
+    );
+    let r = put(
+        &g,
+        "prod",
+        &m100,
+        Some("rollback: v1.1.0 drifts on ds-2026-02"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    // Pulled like any tag (it moved, and that is allowed).
+    let r = get(&g.url("/v2/models/clf/manifests/prod")).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(d100.to_string().as_str())
+    );
+
+    // The audit log says who and why, and what the channel named before.
+    let audit = g.audit();
+    let rollback = audit
+        .iter()
+        .rev()
+        .find(|a| a["action"] == "push" && a["reference"] == "prod" && a["decision"] == "allow")
+        .unwrap();
+    assert_eq!(rollback["reason"], "rollback: v1.1.0 drifts on ds-2026-02");
+    assert_eq!(rollback["previous_digest"], d110.to_string().as_str());
+
+    // The ledger: releases and channel moves, in order.
+    let ledger = g.ledger_entries("local/models/clf");
+    let lines: Vec<String> = ledger
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["event"].as_str().unwrap(),
+                e["tag"].as_str().unwrap(),
+                e["version"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "release v1.0.0 1.0.0",
+            "release v1.1.0 1.1.0",
+            "release v1.1.1 1.1.1",
+            "channel prod 1.1.0",
+            "channel prod 1.0.0"
+        ]
+    );
+    assert_eq!(ledger[4]["previous_digest"], d110.to_string().as_str());
+    assert_eq!(ledger[4]["reason"], "rollback: v1.1.0 drifts on ds-2026-02");
+    assert_eq!(ledger[0]["facts"]["accuracy.test"], 0.92);
+    assert_eq!(ledger[0]["client"], "127.0.0.1");
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn a_reason_must_be_one_printable_line() {
+    let up = Mock::start().await;
+    let (g, _t) = gate_with_policy(&up, RELEASE_POLICY).await;
+    let (m, _) = model(&up, "v1.0.0", "0.92");
+    let long = "x".repeat(1001);
+    let r = put(&g, "v1.0.0", &m, Some(&long)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.message().contains("X-Modelgate-Reason is too long"),
+        "{}",
+        r.message()
+    );
+    assert!(up.state.tags("models/clf").is_empty());
+    g.stop().await;
+}
