@@ -107,7 +107,7 @@ impl Ledger {
             }
         }
         let mut v: Vec<_> = by_tag.into_values().collect();
-        v.sort_by(|a, b| version_of(&a.tag).cmp(&version_of(&b.tag)));
+        v.sort_by_key(|e| version_of(&e.tag));
         v
     }
 
@@ -115,8 +115,7 @@ impl Ledger {
     pub fn previous_release(&self, repo: &str, version: &semver::Version) -> Option<LedgerEntry> {
         self.releases(repo)
             .into_iter()
-            .filter(|e| version_of(&e.tag).is_some_and(|v| &v < version))
-            .next_back()
+            .rfind(|e| version_of(&e.tag).is_some_and(|v| &v < version))
     }
 
     /// The release of `repo` whose digest is `digest`, if it is one.
