@@ -64,17 +64,43 @@ enum Command {
         /// With --digest and --format bundle: the subject manifest's size in bytes.
         #[arg(long)]
         size: Option<u64>,
-        /// Talk plain HTTP to the registry (loopback test registries).
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Move a channel tag (e.g. prod) to a release, through the gate, saying why.
+    Promote {
+        /// host[:port]/repository:CHANNEL
+        image: String,
+        /// The release to point the channel at (a tag such as v1.3.0, or a digest).
         #[arg(long)]
-        plain_http: bool,
-        #[arg(long, env = "MODELGATE_REGISTRY_USERNAME")]
-        username: Option<String>,
-        /// Name of the environment variable holding the registry password.
+        to: String,
+        /// Why (kept in the release ledger and the audit log).
         #[arg(long)]
-        password_env: Option<String>,
-        /// Extra CA certificate (PEM) for an https registry.
+        reason: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Move a channel tag back: to --to, or to where it pointed before its last move.
+    Rollback {
+        /// host[:port]/repository:CHANNEL
+        image: String,
         #[arg(long)]
-        ca_cert: Option<PathBuf>,
+        to: Option<String>,
+        /// Why (kept in the release ledger and the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// The release ledger of a repository (or one tag): releases and channel
+    /// moves with digest, version, facts, who, when and why.
+    History {
+        /// host[:port]/repository[:tag]; host is an upstream name or modelgate's listen address
+        image: String,
+        #[arg(long, default_value = "config/modelgate.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Verify a Sigstore bundle over a file (or sha256:<hex>) with the gate's
     /// verification core (sigstore-conformance CLI protocol). Exit 0
@@ -108,6 +134,39 @@ enum Command {
         #[arg(long, default_value = "config/modelgate.toml", global = true)]
         config: PathBuf,
     },
+}
+
+/// How to reach a registry (modelgate or another).
+#[derive(clap::Args)]
+struct ConnArgs {
+    /// Talk plain HTTP to the registry (loopback test registries).
+    #[arg(long)]
+    plain_http: bool,
+    #[arg(long, env = "MODELGATE_REGISTRY_USERNAME")]
+    username: Option<String>,
+    /// Name of the environment variable holding the registry password.
+    #[arg(long)]
+    password_env: Option<String>,
+    /// Extra CA certificate (PEM) for an https registry.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    fn connection(self) -> anyhow::Result<modelgate::commands::Connection> {
+        let password = match self.password_env {
+            Some(v) => {
+                Some(std::env::var(&v).with_context(|| format!("--password-env {v} is not set"))?)
+            }
+            None => None,
+        };
+        Ok(modelgate::commands::Connection {
+            plain_http: self.plain_http,
+            username: self.username,
+            password,
+            ca_cert: self.ca_cert,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -203,6 +262,26 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `promote` and `rollback`: move a channel through the gate.
+fn release(
+    image: String,
+    to: Option<String>,
+    reason: String,
+    conn: ConnArgs,
+) -> anyhow::Result<()> {
+    let args = modelgate::commands::ReleaseArgs {
+        image,
+        to,
+        reason,
+        conn: conn.connection()?,
+    };
+    let line = runtime()?
+        .block_on(modelgate::commands::promote(args))
+        .map_err(anyhow::Error::msg)?;
+    println!("{line}");
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -289,20 +368,11 @@ fn main() -> ExitCode {
             digest,
             media_type,
             size,
-            plain_http,
-            username,
-            password_env,
-            ca_cert,
+            conn,
         } => (|| {
             let digest = digest
                 .map(|d| d.parse().map_err(|e| anyhow::anyhow!("--digest: {e}")))
                 .transpose()?;
-            let password = match password_env {
-                Some(v) => Some(
-                    std::env::var(&v).with_context(|| format!("--password-env {v} is not set"))?,
-                ),
-                None => None,
-            };
             let args = modelgate::commands::SignArgs {
                 key,
                 image,
@@ -310,15 +380,31 @@ fn main() -> ExitCode {
                 digest,
                 media_type,
                 size,
-                plain_http,
-                username,
-                password,
-                ca_cert,
+                conn: conn.connection()?,
             };
             runtime()?
                 .block_on(modelgate::commands::sign(args))
                 .map_err(anyhow::Error::msg)
         })(),
+        Command::Promote {
+            image,
+            to,
+            reason,
+            conn,
+        } => release(image, Some(to), reason, conn),
+        Command::Rollback {
+            image,
+            to,
+            reason,
+            conn,
+        } => release(image, to, reason, conn),
+        Command::History {
+            image,
+            config,
+            json,
+        } => modelgate::commands::history::history(&config, &image, json)
+            .map(|out| print!("{out}"))
+            .map_err(anyhow::Error::msg),
         Command::Serve { config } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

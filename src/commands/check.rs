@@ -140,7 +140,7 @@ impl Report {
 
 /// Which upstream and repository `img` names: an upstream name as host,
 /// or modelgate's own listen address (then routed as the server would).
-fn route_of(img: &ImageRef, cfg: &Config, router: &Router) -> Result<Route, String> {
+pub(crate) fn route_of(img: &ImageRef, cfg: &Config, router: &Router) -> Result<Route, String> {
     if let Some(u) = router.by_name(&img.host) {
         return Ok(Route {
             canonical: img.repo.prefixed(&u.name),
@@ -162,16 +162,21 @@ fn route_of(img: &ImageRef, cfg: &Config, router: &Router) -> Result<Route, Stri
     ))
 }
 
-async fn check_inner(config: &Path, image: &str) -> Result<Report, String> {
-    let img = ImageRef::parse(image)?;
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
-    let metrics = Arc::new(Metrics::new());
+/// The router the server would build from `cfg`.
+pub(crate) fn router_of(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Router, String> {
     let mut ups = Vec::new();
     for u in &cfg.upstreams {
         let up = Upstream::new(u, metrics.clone()).map_err(|e| e.to_string())?;
         ups.push((Arc::new(up), u.default));
     }
-    let router = Router::new(ups);
+    Ok(Router::new(ups))
+}
+
+async fn check_inner(config: &Path, image: &str) -> Result<Report, String> {
+    let img = ImageRef::parse(image)?;
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let metrics = Arc::new(Metrics::new());
+    let router = router_of(&cfg, &metrics)?;
     let route = route_of(&img, &cfg, &router)?;
     let registry = Registry::open(&cfg, metrics.clone())
         .map_err(|e| format!("cache {}: {e}", cfg.cache_dir.display()))?;

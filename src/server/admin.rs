@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process
-//! answers) and `/readyz` (the client listener is accepting, has a free
-//! connection slot, and the cache directory is usable).
+//! answers), `/readyz` (the client listener is accepting, has a free
+//! connection slot, and the cache directory is usable), and the release
+//! ledger as JSON: `/api/v1/repositories` and
+//! `/api/v1/repositories/<name>/history[?tag=T]`.
 
 use super::app::App;
 use super::body::{full, RespBody};
@@ -46,12 +48,51 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             }
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "try /metrics, /healthz or /readyz\n".into(),
-            "text/plain",
+        "/api/v1/repositories" => json(
+            StatusCode::OK,
+            &serde_json::json!({ "repositories": app.gate().ledger().repositories() }),
         ),
+        path => match path
+            .strip_prefix("/api/v1/repositories/")
+            .and_then(|p| p.strip_suffix("/history"))
+        {
+            Some(name) if valid_repository(name) => {
+                let tag = req.uri().query().and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "tag")
+                        .map(|(_, v)| v.into_owned())
+                });
+                let h = crate::commands::history::History::of(app.gate().ledger(), name, tag.as_deref());
+                json(StatusCode::OK, &h.json())
+            }
+            Some(name) => json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": format!("{name:?} is not a repository name") }),
+            ),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "try /metrics, /healthz, /readyz, /api/v1/repositories or /api/v1/repositories/<name>/history\n".into(),
+                "text/plain",
+            ),
+        },
     })
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<RespBody> {
+    text(status, v.to_string(), "application/json")
+}
+
+/// A canonical repository name: path components of registry name
+/// characters, none `.` or `..` (the ledger is kept under that path).
+fn valid_repository(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-' | ':'))
+        })
 }
 
 /// Serve the admin API until the process ends.

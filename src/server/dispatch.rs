@@ -122,6 +122,7 @@ async fn dispatch(
             deletes::delete(ctx, &n, Deletion::Blob(d)).await
         }
         (Endpoint::TagsList(n), &Method::GET) => listing::tags(ctx, &n).await,
+        (Endpoint::History(n), &Method::GET) => listing::history(ctx, &n),
         (Endpoint::Referrers(n, d), &Method::GET) => listing::referrers(ctx, &n, &d).await,
         (Endpoint::Upload(n, None), &Method::POST) => uploads::post(ctx, n, req).await,
         (Endpoint::Upload(n, Some(id)), &Method::GET) => uploads::status(ctx, &n, &id).await,

@@ -58,6 +58,26 @@ pub async fn tags(ctx: &Ctx<'_>, name: &RepoName) -> Result<Response<RespBody>, 
     Ok(out)
 }
 
+/// GET `_modelgate/history[?tag=T]`: the release ledger of the
+/// repository as JSON (what `modelgate rollback` reads to find where a
+/// channel pointed before).
+pub fn history(ctx: &Ctx<'_>, name: &RepoName) -> Result<Response<RespBody>, OciError> {
+    let r = ctx.route(name)?;
+    let tag = ctx.param("tag");
+    let h = crate::commands::history::History::of(
+        ctx.app.gate().ledger(),
+        &r.canonical,
+        tag.as_deref(),
+    );
+    let body = h.json().to_string();
+    let len = body.len();
+    let mut out = Response::new(full(body));
+    let hd = out.headers_mut();
+    hd.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    hd.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(out)
+}
+
 /// GET `referrers/<digest>`: always an OCI index.
 pub async fn referrers(
     ctx: &Ctx<'_>,

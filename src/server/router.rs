@@ -17,6 +17,9 @@ pub enum Endpoint {
     Referrers(RepoName, Digest),
     /// `/v2/<name>/blobs/uploads/[<id>]`
     Upload(RepoName, Option<String>),
+    /// `/v2/<name>/_modelgate/history`: the release ledger (JSON). `_` cannot
+    /// start a repository component, so no repository is shadowed.
+    History(RepoName),
 }
 
 impl Endpoint {
@@ -26,6 +29,7 @@ impl Endpoint {
             Endpoint::Base | Endpoint::TagsList(..) | Endpoint::Referrers(..) => {
                 "GET, HEAD, OPTIONS"
             }
+            Endpoint::History(..) => "GET, OPTIONS",
             Endpoint::Catalog => "OPTIONS",
             Endpoint::Manifest(..) => "GET, HEAD, PUT, DELETE, OPTIONS",
             Endpoint::Blob(..) => "GET, HEAD, DELETE, OPTIONS",
@@ -44,6 +48,7 @@ impl Endpoint {
             Endpoint::Referrers(..) => "referrers",
             Endpoint::Upload(_, None) => "blobs/uploads/",
             Endpoint::Upload(_, Some(_)) => "an upload session",
+            Endpoint::History(..) => "_modelgate/history",
         }
     }
 
@@ -57,6 +62,7 @@ impl Endpoint {
             Endpoint::TagsList(..) => "tags",
             Endpoint::Referrers(..) => "referrers",
             Endpoint::Upload(..) => "uploads",
+            Endpoint::History(..) => "history",
         }
     }
 }
@@ -131,6 +137,9 @@ pub fn parse(path: &str) -> Result<Endpoint, OciError> {
             Some(id.to_string())
         };
         return Ok(Endpoint::Upload(name(n - 3)?, id));
+    }
+    if n >= 3 && segs[n - 2] == "_modelgate" && segs[n - 1] == "history" {
+        return Ok(Endpoint::History(name(n - 2)?));
     }
     if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
         return Ok(Endpoint::TagsList(name(n - 2)?));
