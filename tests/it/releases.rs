@@ -157,3 +157,148 @@ async fn a_reason_must_be_one_printable_line() {
     assert!(up.state.tags("models/clf").is_empty());
     g.stop().await;
 }
+
+/// `modelgate promote`, `rollback` and `history` against a running gate,
+/// and the ledger on the admin listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_rollback_and_history_from_the_command_line() {
+    let up = Mock::start().await;
+    let (g, tmp) = gate_with_policy(&up, RELEASE_POLICY).await;
+    let (m100, d100) = model(&up, "v1.0.0", "0.92");
+    let (m110, d110) = model(&up, "v1.1.0", "0.93");
+    for (tag, m) in [("v1.0.0", &m100), ("v1.1.0", &m110)] {
+        assert_eq!(put(&g, tag, m, None).await.status, StatusCode::CREATED);
+    }
+    let prod = format!("{}/models/clf:prod", g.addr);
+    let cli = |args: &[&str]| modelgate_cli(args.iter().copied());
+    let (code, out) = cli(&[
+        "promote",
+        &prod,
+        "--to",
+        "v1.1.0",
+        "--reason",
+        "canary passed",
+        "--plain-http",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "prod of {}/models/clf now points at v1.1.0 ({d110})",
+            g.addr
+        )),
+        "{out}"
+    );
+    let (code, out) = cli(&[
+        "promote",
+        &prod,
+        "--to",
+        "v1.0.0",
+        "--reason",
+        "latency regression in v1.1.0",
+        "--plain-http",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    // Rollback without --to: back to where prod was before its last move.
+    let (code, out) = cli(&[
+        "rollback",
+        &prod,
+        "--reason",
+        "latency fixed upstream",
+        "--plain-http",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&d110.to_string()), "{out}");
+    // An unreleased digest: refused by the gate, the reason relayed.
+    let (unreleased, du) = model(&up, "v9.9.9", "0.99");
+    let r = put(&g, &du.to_string(), &unreleased, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "a push by digest stages it");
+    let (code, out) = cli(&[
+        "promote",
+        &prod,
+        "--to",
+        &du.to_string(),
+        "--reason",
+        "yolo",
+        "--plain-http",
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("channel prod may move only to a release"),
+        "{out}"
+    );
+    let (code, out) = cli(&[
+        "promote",
+        &prod,
+        "--to",
+        "v1.0.0",
+        "--reason",
+        " ",
+        "--plain-http",
+    ]);
+    assert!(
+        code == Some(2) && out.contains("--reason is required"),
+        "{out}"
+    );
+
+    // history: the timeline with who, when and why; --json; one tag.
+    let cfg = tmp.path().join("history.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"{}\"\n[cache]\ndir = \"{}\"\n{}",
+            g.addr,
+            tmp.path().join("cache").display(),
+            upstream_toml("local", &up.url(), true, "")
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    // IMAGE names modelgate's listen address (routed as the server would).
+    let repo = format!("{}/models/clf", g.addr);
+    let (code, out) = cli(&["history", &repo, "--config", &cfg]);
+    assert_eq!(code, Some(0), "{out}");
+    for needle in [
+        "local/models/clf",
+        "release",
+        "canary passed",
+        "latency regression in v1.1.0",
+        "channel → v1.1.0",
+        "accuracy.test=0.93",
+        "anonymous@127.0.0.1",
+        "prod → v1.1.0",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+    let (code, out) = cli(&[
+        "history",
+        &format!("{repo}:prod"),
+        "--config",
+        &cfg,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let moves = v["entries"].as_array().unwrap();
+    assert_eq!(moves.len(), 3, "{v}");
+    assert_eq!(moves[1]["previous_digest"], d110.to_string().as_str());
+    assert_eq!(moves[2]["previous_digest"], d100.to_string().as_str());
+    assert_eq!(v["channels"]["prod"]["digest"], d110.to_string().as_str());
+
+    // The same on the admin listener.
+    let admin = format!("http://{}", g.admin);
+    let r = get(&format!("{admin}/api/v1/repositories")).await;
+    let list: serde_json::Value = serde_json::from_slice(r.bytes()).unwrap();
+    assert_eq!(
+        list["repositories"],
+        serde_json::json!(["local/models/clf"])
+    );
+    let r = get(&format!(
+        "{admin}/api/v1/repositories/local/models/clf/history?tag=v1.0.0"
+    ))
+    .await;
+    let h: serde_json::Value = serde_json::from_slice(r.bytes()).unwrap();
+    assert_eq!(h["entries"][0]["facts"]["accuracy.test"], 0.92);
+    let r = get(&format!("{admin}/api/v1/repositories/../etc/history")).await;
+    assert_ne!(r.status, StatusCode::OK);
+    g.stop().await;
+}
