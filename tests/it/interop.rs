@@ -1426,3 +1426,159 @@ async fn oras_pushes_and_pulls_artifacts_through_the_gate() {
     );
     g.stop().await;
 }
+
+/// The release lifecycle with the shipped example policy (its release key
+/// replaced by one made here), skopeo and the real registry: v1.0.0 (0.92)
+/// and v1.1.0 (0.93) are released, v1.2.0 (0.90) is refused by the
+/// regression gate, prod is promoted to v1.1.0 and rolled back to v1.0.0
+/// with reasons, moving prod to an unreleased digest is refused, and
+/// `modelgate history` shows all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_lifecycle_with_the_shipped_policy_and_skopeo() {
+    let Some((registry, skopeo)) = registry_and_skopeo() else {
+        return;
+    };
+    let reg = Registry::start(&registry).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    output_ok(Command::new("cp").arg("-r").arg(&shipped).arg(tmp.path()));
+    let conf = tmp.path().join("config");
+    let key = release_key(tmp.path());
+    std::fs::copy(key.with_extension("pub"), conf.join("keys/release.pub")).unwrap();
+    let policy = std::fs::read_to_string(conf.join("policy.toml")).unwrap();
+    let g = gate_over(&reg, &conf, &policy).await;
+    let gate = g.addr.to_string();
+    let pol = accept_anything(tmp.path());
+    let copy = |src: String, dst: String| skopeo_copy(&skopeo, &pol, false, src, dst);
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let mut layouts = Vec::new();
+    for (version, acc) in [("v1.0.0", "0.92"), ("v1.1.0", "0.93"), ("v1.2.0", "0.90")] {
+        let labels = serde_json::json!({"model.version": version, "training.timestamp": "2026-01-05T10:00:00Z",
+            "dataset.id": "ds-20260101", "accuracy.test": acc});
+        let scratch = format!("scratch/{version}");
+        let layer = tar_layer(
+            "weights.bin",
+            &data(50_000, acc.len() as u8 + version.len() as u8),
+        );
+        push_image(&reg.url(), &scratch, Some("v1"), &[layer], &labels, "amd64").await;
+        let (layout, d) = layout_of(&skopeo, &pol, &reg, &scratch, &tmp.path().join(version)).await;
+        let (ok, out) = cli(&[
+            "sign",
+            "--plain-http",
+            "--key",
+            &key.with_extension("key").display().to_string(),
+            "--digest",
+            &d.to_string(),
+            &format!("{gate}/models/clf"),
+        ]);
+        assert!(ok, "sign {version}: {out}");
+        let (pushed, out) = run(&mut copy(
+            format!("oci:{}:v1", layout.display()),
+            format!("docker://{gate}/models/clf:{version}"),
+        ))
+        .await;
+        if version == "v1.2.0" {
+            assert!(!pushed, "v1.2.0 regressed and was admitted");
+            assert!(
+                out.contains("accuracy.test 0.9 is 0.03 below v1.1.0 (0.93); max_drop 0.005"),
+                "skopeo said: {out}"
+            );
+        } else {
+            assert!(pushed, "{version}: {out}");
+        }
+        layouts.push((layout, d));
+    }
+    let tags = upstream_tags(&reg, "models/clf").await;
+    assert!(
+        tags.contains(&"v1.1.0".into()) && !tags.contains(&"v1.2.0".into()),
+        "{tags:?}"
+    );
+    let prod = format!("{gate}/models/clf:prod");
+    let (ok, out) = cli(&[
+        "promote",
+        &prod,
+        "--to",
+        "v1.1.0",
+        "--reason",
+        "v1.1.0 passed the canary on 5% of traffic",
+        "--plain-http",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&[
+        "rollback",
+        &prod,
+        "--to",
+        "v1.0.0",
+        "--reason",
+        "v1.1.0 doubles p99 latency on GPU nodes",
+        "--plain-http",
+    ]);
+    assert!(ok, "{out}");
+    // prod to the refused v1.2.0 digest: not a release.
+    let (moved, out) = run(&mut copy(
+        format!("oci:{}:v1", layouts[2].0.display()),
+        format!("docker://{gate}/models/clf:prod"),
+    ))
+    .await;
+    assert!(!moved, "prod moved to an unreleased digest");
+    assert!(
+        out.contains("channel prod may move only to a release"),
+        "skopeo said: {out}"
+    );
+    // prod pulls what it names now: v1.0.0.
+    run_ok(
+        &mut copy(
+            format!("docker://{gate}/models/clf:prod"),
+            format!("oci:{}:prod", tmp.path().join("pulled").display()),
+        ),
+        "pull of prod",
+    )
+    .await;
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("pulled/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        layouts[0].1.to_string().as_str()
+    );
+    // The history, with who, when and why.
+    let cfg = conf.join("history.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"{gate}\"\n[cache]\ndir = \"{}\"\n{}",
+            conf.join("cache").display(),
+            upstream_toml("registry.test", &reg.url(), true, "")
+        ),
+    )
+    .unwrap();
+    let (ok, history) = cli(&[
+        "history",
+        "registry.test/models/clf",
+        "--config",
+        &cfg.display().to_string(),
+    ]);
+    assert!(ok, "{history}");
+    eprintln!("{history}");
+    for needle in [
+        "v1.0.0",
+        "v1.1.0",
+        "release",
+        "channel → v1.1.0",
+        "channel → v1.0.0",
+        "v1.1.0 passed the canary on 5% of traffic",
+        "v1.1.0 doubles p99 latency on GPU nodes",
+        "accuracy.test=0.92",
+        "accuracy.test=0.93",
+        "prod → v1.0.0",
+    ] {
+        assert!(history.contains(needle), "{needle}: {history}");
+    }
+    assert!(!history.contains("v1.2.0"), "{history}");
+    g.stop().await;
+}
