@@ -3,9 +3,11 @@
 //! image's upstream.
 
 use crate::config::Config;
+use crate::gate::ledger::version_of;
 use crate::gate::{Exemption, Gate};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, ImageRef, OciError, Reference};
+use crate::policy::eval::{compare_releases, numeric_facts};
 use crate::policy::Decision;
 use crate::registry::Registry;
 use crate::upstream::{Route, Router, Upstream};
@@ -56,6 +58,8 @@ struct Report {
     signature_matches: Vec<String>,
     signature_notes: Vec<String>,
     models: Vec<serde_json::Value>,
+    /// Regression-gated facts against the previous release (version tags).
+    releases: Vec<String>,
     exempt: Option<Exemption>,
     policy_sha256: String,
 }
@@ -83,6 +87,7 @@ impl Report {
             "signature_matches": self.signature_matches,
             "signature_notes": self.signature_notes,
             "models": self.models,
+            "previous_release": self.releases,
             "exempt": self.exempt.map(|x| x.reason()),
             "policy_sha256": self.policy_sha256,
         })
@@ -127,6 +132,9 @@ impl Report {
                 m["kind"].as_str().unwrap_or("?"),
                 m["facts"]
             );
+        }
+        for c in &self.releases {
+            s += &format!("release     {c}\n");
         }
         for m in &self.signature_matches {
             s += &format!("  + {m}\n");
@@ -190,6 +198,20 @@ async fn check_inner(config: &Path, image: &str) -> Result<Report, String> {
     let loaded = gate.policy().current();
     let out = gate.decide(&route, &reference, &m, &loaded).await;
     let models = out.evidence.models_summary();
+    let releases = match (
+        loaded.policy.rule_for(&route.canonical),
+        img.tag.as_deref().and_then(version_of),
+    ) {
+        (Some(rule), Some(v)) => {
+            let prev = gate.ledger().previous_release(&route.canonical, &v);
+            compare_releases(
+                rule,
+                &numeric_facts(&out.evidence),
+                prev.as_ref().map(|p| (p.tag.as_str(), &p.facts)),
+            )
+        }
+        _ => Vec::new(),
+    };
     Ok(Report {
         image: image.to_string(),
         digest: m.digest.clone(),
@@ -198,6 +220,7 @@ async fn check_inner(config: &Path, image: &str) -> Result<Report, String> {
         signature_matches: out.evidence.signature_matches,
         signature_notes: out.evidence.signature_notes,
         models,
+        releases,
         exempt: out.exempt,
         policy_sha256: loaded.sha256.clone(),
         route,

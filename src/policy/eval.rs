@@ -251,6 +251,41 @@ pub fn check_regressions(
         .collect()
 }
 
+/// Each regression-gated fact of `now` next to the previous release, held
+/// or not: `accuracy.test 0.93 vs v1.0.0 0.92 (max_drop 0.005): holds`.
+pub fn compare_releases(
+    rule: &Rule,
+    now: &BTreeMap<String, f64>,
+    prev: Option<(&str, &BTreeMap<String, f64>)>,
+) -> Vec<String> {
+    use super::model::{fmt_num, Regression};
+    rule.labels
+        .iter()
+        .chain(&rule.model)
+        .filter_map(|(k, c)| {
+            let g = c.regression?;
+            let knob = match g {
+                Regression::MaxDrop(m) => format!("max_drop {}", fmt_num(m)),
+                Regression::MaxRise(m) => format!("max_rise {}", fmt_num(m)),
+            };
+            let n = now.get(k).map_or("missing".to_string(), |n| fmt_num(*n));
+            Some(match prev {
+                None => format!("{k} {n}: first release, nothing to compare ({knob})"),
+                Some((tag, before)) => match (before.get(k), now.get(k)) {
+                    (Some(b), Some(x)) => {
+                        let verdict = match g.violated(*b, *x, tag) {
+                            Some(why) => format!("regression: {why}"),
+                            None => "holds".into(),
+                        };
+                        format!("{k} {n} vs {tag} {} ({knob}): {verdict}", fmt_num(*b))
+                    }
+                    _ => format!("{k} {n}: {tag} has no value to compare ({knob})"),
+                },
+            })
+        })
+        .collect()
+}
+
 /// Every way one manifest's kind, facts, config and layers fail `rule`.
 fn check_model(rule: &Rule, m: &ModelEvidence) -> Vec<String> {
     let mut out = Vec::new();

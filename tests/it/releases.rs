@@ -245,8 +245,9 @@ async fn promote_rollback_and_history_from_the_command_line() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"{}\"\n[cache]\ndir = \"{}\"\n{}",
+            "[server]\nlisten = \"{}\"\n[policy]\nfile = \"{}\"\n[cache]\ndir = \"{}\"\n{}",
             g.addr,
+            tmp.path().join("policy.toml").display(),
             tmp.path().join("cache").display(),
             upstream_toml("local", &up.url(), true, "")
         ),
@@ -283,6 +284,29 @@ async fn promote_rollback_and_history_from_the_command_line() {
     assert_eq!(moves[1]["previous_digest"], d110.to_string().as_str());
     assert_eq!(moves[2]["previous_digest"], d100.to_string().as_str());
     assert_eq!(v["channels"]["prod"]["digest"], d110.to_string().as_str());
+
+    // check compares a release with the one before it, pulls too.
+    let (code, out) = cli(&["check", &format!("{repo}:v1.1.0"), "--config", &cfg]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("release     accuracy.test 0.93 vs v1.0.0 0.92 (max_drop 0.005): holds"),
+        "{out}"
+    );
+    let (_, out) = cli(&[
+        "check",
+        &format!("{repo}:v1.0.0"),
+        "--config",
+        &cfg,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["previous_release"][0]
+            .as_str()
+            .unwrap()
+            .contains("first release"),
+        "{v}"
+    );
 
     // The same on the admin listener.
     let admin = format!("http://{}", g.admin);
