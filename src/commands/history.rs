@@ -74,6 +74,7 @@ impl History {
             .map(|e| {
                 let what = match e.event {
                     Event::Release => "release".to_string(),
+                    Event::Refused => "refused".to_string(),
                     Event::Channel => format!(
                         "channel → {}",
                         e.version
@@ -97,13 +98,16 @@ impl History {
                         .map(short)
                         .unwrap_or("-".into()),
                     format!("{}@{}", e.user.as_deref().unwrap_or("anonymous"), e.client),
-                    e.reason.clone().unwrap_or("-".into()),
+                    match e.event {
+                        Event::Refused => e.refused_because.join("; "),
+                        _ => e.reason.clone().unwrap_or("-".into()),
+                    },
                     facts.join(" "),
                 ]
             })
             .collect();
         let head = [
-            "TIME", "TAG", "EVENT", "DIGEST", "PREVIOUS", "WHO", "REASON", "FACTS",
+            "TIME", "TAG", "EVENT", "DIGEST", "PREVIOUS", "WHO", "WHY", "FACTS",
         ];
         let widths: Vec<usize> = (0..8)
             .map(|i| {

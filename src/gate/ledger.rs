@@ -23,6 +23,8 @@ pub enum Event {
     Release,
     /// A channel tag moved.
     Channel,
+    /// A release candidate the gate refused (the upstream never got it).
+    Refused,
 }
 
 /// One line of the ledger.
@@ -41,6 +43,12 @@ pub struct LedgerEntry {
     /// Numeric facts of the release (labels, model facts).
     #[serde(default)]
     pub facts: BTreeMap<String, f64>,
+    /// Who signed the release (key names, keyless and Notation signers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
+    /// Why a candidate was refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_because: Vec<String>,
     pub user: Option<String>,
     pub client: String,
     pub reason: Option<String>,
@@ -168,6 +176,8 @@ mod tests {
             previous_digest: None,
             version: version_of(tag).map(|v| v.to_string()),
             facts: [("accuracy.test".to_string(), 0.9)].into(),
+            signers: vec![],
+            refused_because: vec![],
             user: Some("ci".into()),
             client: "127.0.0.1".into(),
             reason: None,

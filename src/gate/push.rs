@@ -110,6 +110,16 @@ impl Gate {
             e.reason = who.reason.map(str::to_string);
             e.policy_sha256 = loaded.sha256.clone();
         }
+        if decision.decision == Decision::Deny {
+            // A refused release candidate is history too (never a release).
+            for e in ledger.iter_mut().filter(|e| e.event == Event::Release) {
+                e.event = Event::Refused;
+                e.refused_because = decision.reasons.clone();
+                if let Err(err) = self.ledger.append(e) {
+                    tracing::error!(repository = %r.canonical, tag = %e.tag, "the release ledger could not record a refusal: {err}");
+                }
+            }
+        }
         match decision.decision {
             Decision::Deny => Err(GateError::Denied(decision.message())),
             Decision::Audit => {
@@ -144,6 +154,7 @@ impl Gate {
             _ => Default::default(),
         };
         let facts = numeric_facts(&ev);
+        let signers: Vec<String> = ev.signers.iter().cloned().collect();
         let tag_list: Vec<Option<&String>> = match tags.is_empty() {
             true => vec![None],
             false => tags.iter().map(Some).collect(),
@@ -164,7 +175,10 @@ impl Gate {
             }
             let mut d = evaluate(&loaded.policy, repo, &ev);
             if let (Some(rule), Some(t)) = (rule, t) {
-                let (extra, entry) = self.lifecycle(r, m, rule, t, &facts).await?;
+                let (extra, mut entry) = self.lifecycle(r, m, rule, t, &facts).await?;
+                if let Some(e) = entry.as_mut() {
+                    e.signers = signers.clone();
+                }
                 if !extra.is_empty() && d.decision == Decision::Allow {
                     d.decision = match rule.mode {
                         Mode::Audit => Decision::Audit,
@@ -229,6 +243,8 @@ impl Gate {
             previous_digest: previous_digest.clone(),
             version,
             facts,
+            signers: Vec::new(),
+            refused_because: Vec::new(),
             user: None,
             client: String::new(),
             reason: None,

@@ -1579,6 +1579,9 @@ async fn release_lifecycle_with_the_shipped_policy_and_skopeo() {
     ] {
         assert!(history.contains(needle), "{needle}: {history}");
     }
-    assert!(!history.contains("v1.2.0"), "{history}");
+    assert!(
+        history.contains("refused") && history.contains("accuracy.test 0.9 is 0.03 below v1.1.0"),
+        "the refused candidate is history too: {history}"
+    );
     g.stop().await;
 }

@@ -129,13 +129,18 @@ async fn releases_may_not_regress_and_channels_move_only_to_releases() {
         [
             "release v1.0.0 1.0.0",
             "release v1.1.0 1.1.0",
+            "refused v1.2.0 1.2.0",
             "release v1.1.1 1.1.1",
             "channel prod 1.1.0",
             "channel prod 1.0.0"
         ]
     );
-    assert_eq!(ledger[4]["previous_digest"], d110.to_string().as_str());
-    assert_eq!(ledger[4]["reason"], "rollback: v1.1.0 drifts on ds-2026-02");
+    assert_eq!(ledger[5]["previous_digest"], d110.to_string().as_str());
+    assert_eq!(ledger[5]["reason"], "rollback: v1.1.0 drifts on ds-2026-02");
+    assert!(ledger[2]["refused_because"][0]
+        .as_str()
+        .unwrap()
+        .contains("is 0.012 below v1.1.0"));
     assert_eq!(ledger[0]["facts"]["accuracy.test"], 0.92);
     assert_eq!(ledger[0]["client"], "127.0.0.1");
     g.stop().await;
