@@ -93,6 +93,23 @@ pub struct Gate {
     pub(super) audit: AuditLog,
     pub(super) metrics: Arc<Metrics>,
     pub(super) ledger: Ledger,
+    /// The latest denials, newest last (for the release page).
+    recent_denials: std::sync::Mutex<std::collections::VecDeque<Denial>>,
+}
+
+/// How many denials the release page shows.
+pub const RECENT_DENIALS: usize = 50;
+
+/// One denial, as the release page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Denial {
+    pub time: String,
+    pub action: &'static str,
+    pub repository: String,
+    pub reference: String,
+    pub user: Option<String>,
+    pub client: String,
+    pub reasons: Vec<String>,
 }
 
 /// Whether `rule` makes tags immutable.
@@ -131,7 +148,17 @@ impl Gate {
             audit,
             metrics,
             ledger,
+            recent_denials: Default::default(),
         })
+    }
+
+    /// The latest denials, newest first.
+    pub fn recent_denials(&self) -> Vec<Denial> {
+        let q = self
+            .recent_denials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        q.iter().rev().cloned().collect()
     }
 
     /// The release ledger.
@@ -165,6 +192,24 @@ impl Gate {
                 rule: d.rule_label(),
             })
             .inc();
+        if d.decision == crate::policy::Decision::Deny {
+            let mut q = self
+                .recent_denials
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if q.len() == RECENT_DENIALS {
+                q.pop_front();
+            }
+            q.push_back(Denial {
+                time: now_rfc3339(),
+                action: x.action.as_str(),
+                repository: x.route.canonical.clone(),
+                reference: x.reference.to_string(),
+                user: who.user.map(str::to_string),
+                client: who.client.to_string(),
+                reasons: x.reasons.clone(),
+            });
+        }
         self.audit.record(&AuditRecord {
             time: now_rfc3339(),
             action: x.action.as_str(),

@@ -2,7 +2,8 @@
 //! answers), `/readyz` (the client listener is accepting, has a free
 //! connection slot, and the cache directory is usable), and the release
 //! ledger as JSON: `/api/v1/repositories` and
-//! `/api/v1/repositories/<name>/history[?tag=T]`.
+//! `/api/v1/repositories/<name>/history[?tag=T]`; and the release page
+//! (`/ui/`, see [`super::ui`]).
 
 use super::app::App;
 use super::body::{full, RespBody};
@@ -48,6 +49,27 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             }
         }
+        "/ui" | "/ui/" => {
+            let fact = req.uri().query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "fact")
+                    .map(|(_, v)| v.into_owned())
+            });
+            let loaded = app.gate().policy().current();
+            let html = super::ui::page(
+                &loaded.policy,
+                &loaded.sha256,
+                app.gate().ledger(),
+                &app.gate().recent_denials(),
+                fact.as_deref(),
+            );
+            let mut r = text(StatusCode::OK, html, "text/html; charset=utf-8");
+            r.headers_mut().insert(
+                "content-security-policy",
+                HeaderValue::from_static(super::ui::CSP),
+            );
+            r
+        }
         "/api/v1/repositories" => json(
             StatusCode::OK,
             &serde_json::json!({ "repositories": app.gate().ledger().repositories() }),
@@ -71,7 +93,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
             ),
             None => text(
                 StatusCode::NOT_FOUND,
-                "try /metrics, /healthz, /readyz, /api/v1/repositories or /api/v1/repositories/<name>/history\n".into(),
+                "try /ui/, /metrics, /healthz, /readyz, /api/v1/repositories or /api/v1/repositories/<name>/history\n".into(),
                 "text/plain",
             ),
         },

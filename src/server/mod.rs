@@ -18,6 +18,7 @@ pub mod listener;
 pub mod listing;
 pub mod manifests;
 pub mod router;
+pub mod ui;
 pub mod uploads;
 
 pub use app::{App, StartError};

@@ -8,7 +8,7 @@ mod pull;
 // Upstreams that lie, drop, drip, stall, redirect and ask for tokens.
 mod faults;
 // The real distribution registry and real clients (skopeo, containerd, podman).
-mod interop;
+pub mod interop;
 // The compiled binary: quick-start config, CLI cache tools, SIGTERM.
 mod cli;
 // cosign signature vectors from another implementation.

@@ -143,6 +143,129 @@ async fn releases_may_not_regress_and_channels_move_only_to_releases() {
         .contains("is 0.012 below v1.1.0"));
     assert_eq!(ledger[0]["facts"]["accuracy.test"], 0.92);
     assert_eq!(ledger[0]["client"], "127.0.0.1");
+
+    // The release page shows all of it, escaped, with no script.
+    let r = get(&format!("http://{}/ui/", g.admin)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+    );
+    let html = String::from_utf8_lossy(r.bytes()).to_string();
+    for needle in [
+        "<section class=\"repo\" id=\"repo-local-models-clf\">",
+        "<tr class=\"channel\"><td><b>prod</b></td><td>v1.0.0",
+        "rollback: v1.1.0 drifts on ds-2026-02",
+        "v1.1.0 passed the canary",
+        "<tr class=\"refused\"><td>v1.2.0 (refused)</td>",
+        "<svg class=\"plot\"",
+        "<path class=\"refused\"",
+        "accuracy.test 0.918 is 0.012 below v1.1.0 (0.93); max_drop 0.005",
+        "channel prod may move only to a release",
+    ] {
+        assert!(html.contains(needle), "{needle}: {html}");
+    }
+    assert!(!html.contains("<script"), "no script on the page");
+    g.stop().await;
+}
+
+/// Text a client controls (a reason) cannot become markup on the page.
+#[tokio::test]
+async fn the_release_page_escapes_what_clients_write() {
+    let up = Mock::start().await;
+    let (g, _t) = gate_with_policy(&up, RELEASE_POLICY).await;
+    let (m, _) = model(&up, "v1.0.0", "0.92");
+    let r = put(&g, "v1.0.0", &m, None).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = put(&g, "prod", &m, Some("<script>alert(1)</script>")).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let html =
+        String::from_utf8_lossy(get(&format!("http://{}/ui/", g.admin)).await.bytes()).to_string();
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script"), "{html}");
+    g.stop().await;
+}
+
+/// The page in a real browser (Debian's headless Chromium): it renders the
+/// DOM expected and a screenshot (kept at MODELGATE_UI_SCREENSHOT when set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_page_renders_in_a_real_browser() {
+    let Some(chromium) = crate::interop::tool("chromium", &["/usr/bin/chromium"]) else {
+        return;
+    };
+    let up = Mock::start().await;
+    let (g, tmp) = gate_with_policy(&up, RELEASE_POLICY).await;
+    let mut digests = Vec::new();
+    for (v, acc, reason) in [
+        ("v1.0.0", "0.92", "baseline on ds-2026-01"),
+        ("v1.1.0", "0.93", "more data"),
+        ("v1.2.0", "0.90", "new tokenizer"),
+        ("v1.2.1", "0.931", "tokenizer fixed"),
+    ] {
+        let (m, d) = model(&up, v, acc);
+        put(&g, v, &m, Some(reason)).await;
+        digests.push((m, d));
+    }
+    put(&g, "prod", &digests[1].0, Some("v1.1.0 passed the canary")).await;
+    put(&g, "prod", &digests[3].0, Some("v1.2.1 on 100% of traffic")).await;
+    put(
+        &g,
+        "prod",
+        &digests[1].0,
+        Some("rollback: v1.2.1 doubles p99 latency"),
+    )
+    .await;
+    put(&g, "staging", &digests[3].0, Some("soak test")).await;
+    let url = format!("http://{}/ui/", g.admin);
+    let browser = |args: &[&str]| {
+        let out = std::process::Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                tmp.path().join("chromium").display()
+            ))
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("chromium runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, dom, err) = browser(&["--dump-dom"]);
+    assert!(ok, "{err}");
+    assert_eq!(dom.matches("<circle class=\"release\"").count(), 3, "{dom}");
+    assert_eq!(dom.matches("<path class=\"refused\"").count(), 1, "{dom}");
+    assert!(
+        dom.contains("rollback: v1.2.1 doubles p99 latency"),
+        "{dom}"
+    );
+    assert!(dom.contains("<b>staging</b>"), "{dom}");
+    let shot = tmp.path().join("ui.png");
+    let (ok, _, err) = browser(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=1280,1500",
+    ]);
+    assert!(ok, "{err}");
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    if let Some(keep) = std::env::var_os("MODELGATE_UI_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
     g.stop().await;
 }
 
