@@ -454,3 +454,69 @@ async fn promote_rollback_and_history_from_the_command_line() {
     assert_ne!(r.status, StatusCode::OK);
     g.stop().await;
 }
+
+/// promote and rollback against a modelgate that wants credentials: they
+/// log in like `sign` does, and the ledger records who moved the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_logs_in_and_the_ledger_names_the_user() {
+    let up = Mock::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("policy.toml"), RELEASE_POLICY).unwrap();
+    let extra = htpasswd_with_ci_bot(tmp.path());
+    let g = Gate::start_with(
+        tmp.path(),
+        &upstream_toml("local", &up.url(), true, ""),
+        "",
+        &extra,
+        None,
+    )
+    .await;
+    // The release itself, pushed by ci-bot.
+    use base64::Engine;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("ci-bot:s3cret")
+    );
+    let (m, _) = model(&up, "v1.0.0", "0.92");
+    let r = send_body(
+        Method::PUT,
+        &g.url("/v2/models/clf/manifests/v1.0.0"),
+        &[("content-type", OCI), ("authorization", &auth)],
+        m,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let prod = format!("{}/models/clf:prod", g.addr);
+    let promote = |user: &str| {
+        std::process::Command::new(bin())
+            .args([
+                "promote",
+                &prod,
+                "--to",
+                "v1.0.0",
+                "--reason",
+                "first prod",
+                "--plain-http",
+            ])
+            .args(["--username", user, "--password-env", "MG_TEST_PASSWORD"])
+            .env("MG_TEST_PASSWORD", "s3cret")
+            .output()
+            .unwrap()
+    };
+    let out = promote("someone-else");
+    assert!(!out.status.success(), "wrong credentials moved prod");
+    let out = promote("ci-bot");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ledger = g.ledger_entries("local/models/clf");
+    let last = ledger.last().unwrap();
+    assert_eq!(
+        (last["tag"].as_str(), last["user"].as_str()),
+        (Some("prod"), Some("ci-bot"))
+    );
+    assert_eq!(ledger[0]["user"], "ci-bot");
+    g.stop().await;
+}
