@@ -372,15 +372,7 @@ async fn push_needs_credentials_and_records_the_user() {
     let (m, _) = image_manifest(&up, "{}");
     up.state.add_manifest("team/x", Some("v0"), m.clone(), OCI);
     let tmp = tempfile::tempdir().unwrap();
-    let extra = htpasswd_with_ci_bot(tmp.path());
-    let g = Gate::start_with(
-        tmp.path(),
-        &upstream_toml("local", &up.url(), true, ""),
-        "",
-        &extra,
-        None,
-    )
-    .await;
+    let g = Gate::start_with_ci_bot(tmp.path(), &up.url()).await;
     use base64::Engine;
     let good = format!(
         "Basic {}",
@@ -450,7 +442,7 @@ async fn push_needs_credentials_and_records_the_user() {
     assert!(up.state.seen().iter().all(|s| s.authorization.is_none()));
     g.stop().await;
     // pull_auth = true: pulls need credentials too.
-    let extra = format!("{extra}\npull_auth = true");
+    let extra = format!("{}\npull_auth = true", htpasswd_with_ci_bot(tmp.path()));
     let g = Gate::start_with(
         tmp.path(),
         &upstream_toml("local", &up.url(), true, ""),

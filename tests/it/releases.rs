@@ -462,15 +462,7 @@ async fn promote_logs_in_and_the_ledger_names_the_user() {
     let up = Mock::start().await;
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("policy.toml"), RELEASE_POLICY).unwrap();
-    let extra = htpasswd_with_ci_bot(tmp.path());
-    let g = Gate::start_with(
-        tmp.path(),
-        &upstream_toml("local", &up.url(), true, ""),
-        "",
-        &extra,
-        None,
-    )
-    .await;
+    let g = Gate::start_with_ci_bot(tmp.path(), &up.url()).await;
     // The release itself, pushed by ci-bot.
     use base64::Engine;
     let auth = format!(

@@ -64,6 +64,15 @@ impl Gate {
         g
     }
 
+    /// One upstream named `local` at `upstream_url`, in `dir` (its
+    /// `policy.toml`, if any), and client logins: user `ci-bot`, password
+    /// `s3cret` (writes need them).
+    pub async fn start_with_ci_bot(dir: &std::path::Path, upstream_url: &str) -> Gate {
+        let extra = super::process::htpasswd_with_ci_bot(dir);
+        let upstreams = upstream_toml("local", upstream_url, true, "");
+        Gate::start_with(dir, &upstreams, "", &extra, None).await
+    }
+
     /// Start with extra `[server]` settings too.
     pub async fn start_with(
         dir: &std::path::Path,
