@@ -167,3 +167,27 @@ mod tests {
         assert_eq!(h.finish(), Digest::of(&data));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        #[test]
+        fn digests_parse_or_refuse(s in ".{0,80}|sha256:[0-9a-fA-F]{0,70}") {
+            if let Ok(d) = s.parse::<Digest>() {
+                prop_assert_eq!(d.to_string(), s.clone());
+                prop_assert_eq!(d.hex().len(), 64);
+            }
+        }
+
+        #[test]
+        fn every_sha256_prints_and_parses_back(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let d = Digest::of(&bytes);
+            prop_assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+        }
+    }
+}

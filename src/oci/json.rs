@@ -151,3 +151,30 @@ mod tests {
         assert!(parse_strict(b"").is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        #[test]
+        fn any_bytes_parse_or_refuse(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_strict(&bytes);
+        }
+
+        /// A document a serializer wrote (no duplicate keys) parses to
+        /// itself; the same with one key written twice is refused.
+        #[test]
+        fn documents_round_trip_and_twins_are_refused(v in crate::proptests::json()) {
+            let text = serde_json::to_string(&v).unwrap();
+            prop_assert_eq!(parse_strict(text.as_bytes()).unwrap(), v.clone());
+            if let Some((k, x)) = v.as_object().and_then(|o| o.iter().next()) {
+                let twin = format!("{{{}:{},{}", serde_json::to_string(k).unwrap(), x, &text[1..]);
+                prop_assert!(parse_strict(twin.as_bytes()).is_err(), "{}", twin);
+            }
+        }
+    }
+}

@@ -252,3 +252,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// Any document is a kind or a type confusion, never a panic; a
+        /// confusion is only ever claimed with an artifactType.
+        #[test]
+        fn any_document_has_a_kind_or_a_reason(doc in crate::proptests::json(), ct in ".{0,40}") {
+            if detect(&doc, &ct).is_err() {
+                prop_assert!(doc["artifactType"].is_string());
+            }
+        }
+    }
+}

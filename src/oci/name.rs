@@ -267,3 +267,26 @@ mod tests {
         assert_eq!(RepoName::parse("alpine").unwrap().split_first(), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// Names and references from clients never panic the parsers, and
+        /// what parses prints back to itself.
+        #[test]
+        fn names_and_references_parse_or_refuse(s in ".{0,80}|[a-z0-9._/-]{1,60}|[a-z0-9.:-]{1,20}/[a-z0-9/]{1,30}(:[a-zA-Z0-9._-]{1,10})?") {
+            if let Ok(n) = RepoName::parse(&s) {
+                prop_assert_eq!(n.as_str(), s.as_str());
+            }
+            if let Ok(r) = Reference::parse(&s) {
+                prop_assert_eq!(r.to_string(), s.clone());
+            }
+            let _ = ImageRef::parse(&s);
+        }
+    }
+}

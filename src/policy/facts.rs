@@ -442,3 +442,33 @@ mod tests {
         assert_eq!(f.lists["files"][0].0, "model.gguf");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        #[test]
+        fn quantities_are_finite_or_refused(s in "[0-9. ]{0,12}[a-zA-Z]{0,4}|.{0,16}") {
+            for q in [Quantity::Count, Quantity::Bytes] {
+                if let Some(n) = q.parse(&s) {
+                    prop_assert!(n.is_finite());
+                }
+            }
+        }
+
+        /// Facts and pointers over any config of any kind: no panic, and
+        /// every layer is accounted for.
+        #[test]
+        fn facts_of_any_document(doc in crate::proptests::json(), config in crate::proptests::json(), ptr in "(/[a-z*0-9~]{0,6}){0,4}") {
+            for kind in [Kind::KitOps, Kind::ModelPack { cnai: false }, Kind::DockerModel { version: "v0.1".into() }, Kind::Image { ollama: false }] {
+                let f = extract(&kind, &doc, &config, &BTreeMap::new());
+                prop_assert_eq!(f.layers.len(), doc["layers"].as_array().map_or(0, Vec::len));
+            }
+            let _ = pointer(&config, &ptr);
+        }
+    }
+}

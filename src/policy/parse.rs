@@ -1061,3 +1061,34 @@ mod tests {
         assert!(e.contains("kept for keyless signers"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn shipped() -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.toml"))
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// Arbitrary text and damaged copies of the shipped policy: parsed
+        /// or refused with a message, never a panic.
+        #[test]
+        fn policies_parse_or_refuse(text in ".{0,200}") {
+            let _ = Policy::parse(&text, Path::new("."), "p.toml");
+        }
+
+        #[test]
+        fn damaged_shipped_policies_parse_or_refuse(bytes in crate::proptests::mutated(shipped().into_bytes())) {
+            let text = String::from_utf8_lossy(&bytes);
+            let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+            if let Err(e) = Policy::parse(&text, &base, "policy.toml") {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+}

@@ -170,3 +170,32 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 5000), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::parse_range;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// Any header, any size: no panic, and a range served lies inside
+        /// the blob.
+        #[test]
+        fn ranges_stay_inside_the_blob(h in "(bytes=)?[0-9 ,-]{0,24}|.{0,32}", size in 0u64..10_000) {
+            if let Some(Ok((a, b))) = parse_range(&h, size) {
+                prop_assert!(a <= b && b < size, "{h:?} {size} -> {a}-{b}");
+            }
+        }
+
+        #[test]
+        fn well_formed_ranges_are_honoured(size in 1u64..10_000, a in 0u64..10_000, len in 0u64..10_000) {
+            let b = a + len;
+            let got = parse_range(&format!("bytes={a}-{b}"), size);
+            match a < size {
+                true => prop_assert_eq!(got, Some(Ok((a, b.min(size - 1))))),
+                false => prop_assert_eq!(got, Some(Err(()))),
+            }
+        }
+    }
+}
