@@ -255,3 +255,20 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::basic_credentials;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        #[test]
+        fn authorization_headers_parse_or_refuse(h in "(Basic |basic |Bearer )?[A-Za-z0-9+/=]{0,40}|.{0,60}") {
+            if let Some((user, _)) = basic_credentials(&h) {
+                prop_assert!(!user.contains(':'));
+            }
+        }
+    }
+}

@@ -799,3 +799,69 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    /// (envelope, media type, target, store) of a vector.
+    fn vector(name: &str) -> (Vec<u8>, String, Target, TrustStore) {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/notation")
+            .join(name);
+        let read = |p: &str| std::fs::read(d.join(p)).unwrap();
+        let case: Value = serde_json::from_slice(&read("case.json")).unwrap();
+        let manifest: Value = serde_json::from_slice(&read("signature/manifest.json")).unwrap();
+        let layer = &manifest["layers"][0];
+        let hex = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        let t = &case["target"];
+        (
+            read(&format!("signature/blobs/{hex}")),
+            layer["mediaType"].as_str().unwrap().into(),
+            Target {
+                media_type: t["mediaType"].as_str().unwrap().into(),
+                digest: t["digest"].as_str().unwrap().into(),
+                size: t["size"].as_u64().unwrap(),
+            },
+            load_trust_store("t", &[d.join("truststore")]).unwrap(),
+        )
+    }
+
+    fn check(name: &str, damaged: &[u8]) -> Result<(), TestCaseError> {
+        let (good, mt, target, store) = vector(name);
+        let now = OffsetDateTime::now_utc();
+        if let Ok(sig) = verify_notation(damaged, &mt, &target, &store, Level::Strict, now) {
+            let want = verify_notation(&good, &mt, &target, &store, Level::Strict, now).unwrap();
+            prop_assert_eq!(sig.subject, want.subject);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// Damaged JWS and COSE envelopes are refused or, when only
+        /// unprotected bytes changed, name the same signer.
+        #[test]
+        fn damaged_jws_envelopes(b in crate::proptests::mutated(vector("jws-es256-valid").0)) {
+            check("jws-es256-valid", &b)?;
+        }
+
+        #[test]
+        fn damaged_cose_envelopes(b in crate::proptests::mutated(vector("cose-es256-valid").0)) {
+            check("cose-es256-valid", &b)?;
+        }
+
+        #[test]
+        fn distinguished_names_parse_or_refuse(s in ".{0,60}|([A-Z]{1,2}=[a-zA-Z ,\\\\+#]{0,8}, ?){0,5}") {
+            if let Ok(dn) = parse_dn(&s) {
+                prop_assert!(dn_subset(&dn, &dn));
+            }
+        }
+    }
+}

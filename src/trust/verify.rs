@@ -243,3 +243,32 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> PublicKey {
+        let pem = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/cosign/keys/ecdsa-p256.pub.pem"),
+        )
+        .unwrap();
+        PublicKey::from_pem(&pem).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// Payloads, signatures and bundles from anywhere: refused, never a
+        /// panic (none of them is signed by the key).
+        #[test]
+        fn unsigned_documents_are_refused(payload in prop::collection::vec(any::<u8>(), 0..200), sig in ".{0,100}", doc in crate::proptests::json()) {
+            let image = Digest::of(b"x");
+            prop_assert!(verify_simple_signing(&payload, &sig, &key(), &image).is_err());
+            let bundle = serde_json::to_vec(&doc).unwrap();
+            prop_assert!(verify_bundle(&bundle, &key(), &image).is_err());
+        }
+    }
+}

@@ -360,3 +360,32 @@ mod tests {
         assert!(!key.verify(SigAlg::EcdsaDer(Hash::Sha256), b"other", sig));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// The DER walker over any bytes: elements never run past their
+        /// container.
+        #[test]
+        fn der_elements_stay_inside_their_input(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok((t, rest)) = Tlv::next(&bytes) {
+                prop_assert_eq!(t.raw.len() + rest.len(), bytes.len());
+                prop_assert!(t.value.len() <= t.raw.len());
+                let _ = t.children();
+                let _ = t.oid();
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_a_key_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
+            let _ = CertKey::of_cert(&bytes);
+            let _ = CertKey::of_spki_der(&bytes);
+            let _ = CertKey::rsa_pkcs1(bytes);
+        }
+    }
+}

@@ -910,3 +910,44 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::trust::sigstore::testdata::{bundle, fixture, root};
+    use proptest::prelude::*;
+
+    fn image() -> Digest {
+        let case: Value = serde_json::from_slice(&fixture("bundle-valid-uri/case.json")).unwrap();
+        case["image_digest"].as_str().unwrap().parse().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// A damaged keyless bundle is refused or, if the damage missed
+        /// everything that is checked, names the same signer: never a
+        /// panic, never someone else.
+        #[test]
+        fn damaged_bundles_never_name_another_signer(b in crate::proptests::mutated(bundle("bundle-valid-uri"))) {
+            let root = root("bundle-valid-uri");
+            if let Ok(sig) = verify_keyless(&b, &root, &image()) {
+                let good = verify_keyless(&bundle("bundle-valid-uri"), &root, &image()).unwrap();
+                prop_assert_eq!(sig.identity.subjects, good.identity.subjects);
+                prop_assert_eq!(sig.identity.issuer, good.identity.issuer);
+            }
+        }
+
+        #[test]
+        fn damaged_trusted_roots_parse_or_refuse(b in crate::proptests::mutated(fixture("bundle-valid-uri/trusted_root.json"))) {
+            let _ = TrustedRoot::parse(&b);
+        }
+
+        #[test]
+        fn any_bundle_document_is_refused_without_panic(doc in crate::proptests::json()) {
+            let b = serde_json::to_vec(&doc).unwrap();
+            let root = root("bundle-valid-uri");
+            prop_assert!(verify_keyless(&b, &root, &image()).is_err());
+        }
+    }
+}

@@ -264,3 +264,50 @@ pub fn verify_timestamp(
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use base64::Engine;
+    use proptest::prelude::*;
+
+    /// A real RFC 3161 token, the signature it stamps, and its root.
+    fn case() -> (Vec<u8>, Vec<u8>, TrustedRoot) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/sigstore-conformance/bundle-verify/rekor2-happy-path");
+        let b: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("bundle.sigstore.json")).unwrap())
+                .unwrap();
+        let b64 = |s: &serde_json::Value| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s.as_str().unwrap())
+                .unwrap()
+        };
+        let token = b64(&b["verificationMaterial"]["timestampVerificationData"]
+            ["rfc3161Timestamps"][0]["signedTimestamp"]);
+        let sig = b64(&b["messageSignature"]["signature"]);
+        let root =
+            TrustedRoot::parse(&std::fs::read(dir.join("trusted_root.json")).unwrap()).unwrap();
+        (token, sig, root)
+    }
+
+    #[test]
+    fn the_real_token_verifies() {
+        let (token, sig, root) = case();
+        assert!(verify_timestamp(&token, &sig, &root).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// A damaged token is refused or, if the damage missed everything
+        /// that is checked, states the same time.
+        #[test]
+        fn damaged_tokens_never_state_another_time(t in crate::proptests::mutated(case().0)) {
+            let (good, sig, root) = case();
+            if let Ok(at) = verify_timestamp(&t, &sig, &root) {
+                prop_assert_eq!(at, verify_timestamp(&good, &sig, &root).unwrap());
+            }
+        }
+    }
+}
