@@ -16,7 +16,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 /// A parsed single `Range: bytes=...` header. `None` means serve it all.
-fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+pub fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     let spec = h.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None; // multiple ranges: a full 200 is a valid answer
