@@ -31,3 +31,5 @@ mod notation;
 pub mod models;
 // The release lifecycle: regression gate, channels, the release ledger.
 mod releases;
+// Dependency hygiene: licenses, one crypto generation, known duplicates.
+mod deps;
