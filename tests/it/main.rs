@@ -33,3 +33,5 @@ pub mod models;
 mod releases;
 // Dependency hygiene: licenses, one crypto generation, known duplicates.
 mod deps;
+// kill -9 mid-traffic, then a restart.
+mod crash;

@@ -16,7 +16,7 @@ fn loc(g: &Gate, r: &Got) -> String {
     g.url(l)
 }
 
-fn with_digest(url: &str, d: &Digest) -> String {
+pub fn with_digest(url: &str, d: &Digest) -> String {
     format!(
         "{url}{}digest={d}",
         if url.contains('?') { '&' } else { '?' }
