@@ -16,7 +16,7 @@ const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Start `modelgate serve` on `cfg`; wait until /readyz answers.
 async fn serve(cfg: &std::path::Path, admin: u16, log: &std::path::Path) -> std::process::Child {
-    let child = spawn_logged(
+    let mut child = spawn_logged(
         Command::new(bin()).args(["serve", "--config"]).arg(cfg),
         log,
     )
@@ -30,6 +30,8 @@ async fn serve(cfg: &std::path::Path, admin: u16, log: &std::path::Path) -> std:
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!(
         "modelgate did not become ready: {}",
         std::fs::read_to_string(log).unwrap_or_default()
