@@ -184,11 +184,7 @@ async fn serve_pull_sigterm_then_cache_tools() {
         3.0
     );
     // SIGTERM, by PID.
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    signal(&child, "TERM");
     let mut exited = None;
     for _ in 0..100 {
         if let Some(s) = child.try_wait().unwrap() {

@@ -132,11 +132,7 @@ async fn kill_9_during_cold_pulls_and_pushes_loses_nothing() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let st = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    signal(&child, "KILL");
     let _ = child.wait();
     for t in tasks {
         let _ = t.await;
@@ -195,11 +191,7 @@ async fn kill_9_during_cold_pulls_and_pushes_loses_nothing() {
             "tag {tag} names missing content"
         );
     }
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    signal(&child, "TERM");
     let _ = child.wait();
     let (code, out) = cache_cli("verify", &cfg);
     assert_eq!(code, Some(0), "{out}");

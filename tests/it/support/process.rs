@@ -89,3 +89,12 @@ pub fn htpasswd_with_ci_bot(dir: &std::path::Path) -> String {
     std::fs::write(dir.join("htpasswd"), format!("ci-bot:{hash}\n")).unwrap();
     format!("htpasswd = \"{}\"", dir.join("htpasswd").display())
 }
+
+/// Send `signal` (e.g. "TERM", "KILL") to `child`, by its PID.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let st = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{signal} {}", child.id());
+}
