@@ -195,7 +195,7 @@ impl<'a> Remote<'a> {
         if let Some(r) = reason {
             h.insert(
                 "x-modelgate-reason",
-                HeaderValue::from_str(r)
+                HeaderValue::from_bytes(r.as_bytes())
                     .map_err(|_| "--reason must be one line of printable text")?,
             );
         }

@@ -305,7 +305,7 @@ async fn promote_rollback_and_history_from_the_command_line() {
         "--to",
         "v1.1.0",
         "--reason",
-        "canary passed",
+        "canary passed — 5% of traffic",
         "--plain-http",
     ]);
     assert_eq!(code, Some(0), "{out}");
@@ -389,7 +389,7 @@ async fn promote_rollback_and_history_from_the_command_line() {
     for needle in [
         "local/models/clf",
         "release",
-        "canary passed",
+        "canary passed — 5% of traffic",
         "latency regression in v1.1.0",
         "channel → v1.1.0",
         "accuracy.test=0.93",
