@@ -527,3 +527,34 @@ default = true
         assert!(parse_size("-1").is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn shipped() -> String {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/modelgate.toml"),
+        )
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// Damaged copies of the shipped config, sizes and durations:
+        /// parsed or refused with a message, never a panic.
+        #[test]
+        fn damaged_configs_parse_or_refuse(bytes in crate::proptests::mutated(shipped().into_bytes())) {
+            if let Err(e) = Config::parse(&String::from_utf8_lossy(&bytes)) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn sizes_parse_or_refuse(s in "[0-9. ]{0,12}[a-zA-Z]{0,4}|.{0,16}") {
+            let _ = parse_size(&s);
+        }
+    }
+}

@@ -272,3 +272,25 @@ mod props {
         }
     }
 }
+
+#[cfg(test)]
+mod htpasswd_props {
+    use super::Htpasswd;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// Any htpasswd file: loaded or refused naming the file, never a
+        /// panic (cost fields kept small so that no case hashes for long).
+        #[test]
+        fn htpasswd_files_load_or_refuse(text in "([a-z]{0,6}(:\\$2[aby]\\$0[4-5]\\$[./A-Za-z0-9]{0,53})?\n){0,4}|.{0,60}") {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("htpasswd");
+            std::fs::write(&p, &text).unwrap();
+            if let Err(e) = Htpasswd::load(&p) {
+                prop_assert!(e.contains("htpasswd"), "{e}");
+            }
+        }
+    }
+}

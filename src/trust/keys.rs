@@ -234,3 +234,21 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// PEM and DER keys from anywhere: a key or a refusal.
+        #[test]
+        fn keys_parse_or_refuse(text in "(-----BEGIN (PUBLIC|PRIVATE) KEY-----\n)?[A-Za-z0-9+/=\n]{0,120}(-----END (PUBLIC|PRIVATE) KEY-----)?|.{0,80}", der in prop::collection::vec(any::<u8>(), 0..100)) {
+            let _ = PublicKey::from_pem(&text);
+            let _ = PrivateKey::from_pem(&text);
+            let _ = PublicKey::from_spki_der(&der);
+        }
+    }
+}
