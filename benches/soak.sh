@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Soak: CLIENTS concurrent clients for SECONDS seconds through modelgate in
+# Soak: CLIENTS concurrent clients for DURATION seconds through modelgate in
 # front of the real distribution registry, all on 127.0.0.1. The mix:
 # manifest GETs by tag and by digest, warm blob GETs, Range GETs, cold blobs
 # (each fetched once) and pulls the policy denies. Prints request counts,
 # unexpected errors (must be 0), p50/p99 latency, and modelgate's RSS and
 # open file descriptors after warm-up and at the end.
 #
-#   benches/soak.sh            (CLIENTS=200 SECONDS=60 COLD=3000 to tune)
+#   benches/soak.sh            (CLIENTS=200 DURATION=60 COLD=3000 to tune)
 # Needs: docker-registry curl (apt-get install -y docker-registry curl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CLIENTS="${CLIENTS:-200}"; SECONDS_="${SECONDS:-60}"; COLD="${COLD:-3000}"
+CLIENTS="${CLIENTS:-200}"; DURATION="${DURATION:-60}"; COLD="${COLD:-3000}"
 UP_PORT="${UP_PORT:-5161}"; MG_PORT="${MG_PORT:-5461}"; MG_ADMIN="${MG_ADMIN:-9461}"
 W="${BENCH_DIR:-/tmp/modelgate-soak}"
 for t in docker-registry curl; do command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y docker-registry curl" >&2; exit 1; }; done
@@ -62,4 +62,4 @@ default = true
 TOML
 MODELGATE_LOG=warn "$BIN" serve --config "$W/mg/modelgate.toml" >>"$W/mg/log" 2>&1 </dev/null & MG_PID=$!; PIDS+=("$MG_PID")
 wait_http "http://127.0.0.1:$MG_ADMIN/readyz"
-"$SOAK" run "http://127.0.0.1:$MG_PORT" "$MG_PID" "$CLIENTS" "$SECONDS_" "$COLD"
+"$SOAK" run "http://127.0.0.1:$MG_PORT" "$MG_PID" "$CLIENTS" "$DURATION" "$COLD"
