@@ -69,64 +69,38 @@ async fn send(
     Ok((status, body))
 }
 
-async fn push_blob(c: &Http, base: &str, repo: &str, b: Bytes) -> String {
-    let d = digest(&b);
-    let req = http::Request::post(format!("{base}/v2/{repo}/blobs/uploads/"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
-    assert_eq!(resp.status(), 202, "start upload");
-    let loc = resp.headers()["location"].to_str().unwrap().to_string();
-    let loc = if loc.starts_with("http") {
-        loc
-    } else {
-        format!("{base}{loc}")
-    };
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let (s, body) = send(
-        c,
-        http::Method::PUT,
-        &format!("{loc}{sep}digest={d}"),
-        &[],
-        b,
-    )
-    .await
-    .unwrap();
-    assert_eq!(s, 201, "push blob: {}", String::from_utf8_lossy(&body));
-    d
-}
-
 /// The image of the soak: `soak/model:v1` (3 layers of 1 MiB) and
 /// `denied/model:v1`; `soak/cold` holds the cold blobs.
 async fn seed(base: &str, cold: usize) {
-    let c: Http = Client::builder(TokioExecutor::new()).build_http();
-    for repo in ["soak/model", "denied/model"] {
+    use modelgate::commands::remote::{registry_client, Connection, Remote};
+    let host = base.trim_start_matches("http://");
+    let conn = Connection {
+        plain_http: true,
+        ..Default::default()
+    };
+    for repo in ["soak/model", "denied/model", "soak/cold"] {
+        let image = modelgate::oci::ImageRef::parse(&format!("{host}/{repo}")).unwrap();
+        let up = registry_client(&image, &conn).unwrap();
+        let r = Remote::new(&up, &image);
+        if repo == "soak/cold" {
+            for i in 0..cold {
+                r.put_blob(&blob(1000 + i, 64 * 1024)).await.unwrap();
+            }
+            continue;
+        }
         let mut layers = Vec::new();
         for i in 0..3 {
-            let b = blob(i, 1 << 20);
-            layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": push_blob(&c, base, repo, b).await, "size": 1 << 20}));
+            let d = r.put_blob(&blob(i, 1 << 20)).await.unwrap();
+            layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": 1 << 20}));
         }
-        let config = Bytes::from(
-            r#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#,
-        );
-        let cd = push_blob(&c, base, repo, config.clone()).await;
+        let config = br#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let cd = r.put_blob(config).await.unwrap();
         let m = serde_json::json!({"schemaVersion": 2, "mediaType": OCI,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
             "layers": layers});
-        let url = format!("{base}/v2/{repo}/manifests/v1");
-        let (s, _) = send(
-            &c,
-            http::Method::PUT,
-            &url,
-            &[("content-type", OCI)],
-            Bytes::from(m.to_string()),
-        )
-        .await
-        .unwrap();
-        assert_eq!(s, 201);
-    }
-    for i in 0..cold {
-        push_blob(&c, base, "soak/cold", blob(1000 + i, 64 * 1024)).await;
+        r.put_manifest("v1", m.to_string().as_bytes(), OCI, None)
+            .await
+            .unwrap();
     }
     println!("seeded: 2 images, {cold} cold blobs");
 }
