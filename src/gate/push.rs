@@ -49,6 +49,12 @@ fn push_exemption(tags: &[String], m: &Manifest) -> Option<Exemption> {
     found
 }
 
+/// Whether setting `tag` is a release (a semantic version) or a channel
+/// move under `rule`: what the ledger records.
+fn lifecycle_tag(rule: &Rule, tag: &str) -> bool {
+    version_of(tag).is_some() || rule.tags.as_ref().is_some_and(|t| t.is_channel(tag))
+}
+
 fn rank(d: Decision) -> u8 {
     match d {
         Decision::Deny => 2,
@@ -165,9 +171,16 @@ impl Gate {
         for t in tag_list {
             let mut ev = ev.clone();
             ev.tag = t.cloned();
+            // What the upstream's tag names now: asked once, for the
+            // immutability check and the ledger's previous digest.
+            let upstream_now = match t {
+                Some(t) if immutable_tag(rule, t) || rule.is_some_and(|r| lifecycle_tag(r, t)) => {
+                    self.registry.tag_digest(r, t).await?
+                }
+                _ => None,
+            };
             if let Some(t) = t.filter(|t| immutable_tag(rule, t)) {
-                let upstream_now = self.registry.tag_digest(r, t).await?;
-                let first = self.state.seen_tag(repo, t).or(upstream_now);
+                let first = self.state.seen_tag(repo, t).or(upstream_now.clone());
                 if let Some(first) = first.filter(|f| f != &m.digest) {
                     tracing::warn!(repository = %repo, tag = %t, first = %first, now = %m.digest, "tag mutation refused");
                     ev.tag_moved = Some((first, m.digest.clone()));
@@ -175,7 +188,8 @@ impl Gate {
             }
             let mut d = evaluate(&loaded.policy, repo, &ev);
             if let (Some(rule), Some(t)) = (rule, t) {
-                let (extra, mut entry) = self.lifecycle(r, m, rule, t, &facts).await?;
+                let previous = upstream_now.map(|d| d.to_string());
+                let (extra, mut entry) = self.lifecycle(r, m, rule, t, &facts, previous);
                 if let Some(e) = entry.as_mut() {
                     e.signers = signers.clone();
                 }
@@ -215,25 +229,21 @@ impl Gate {
     /// release version, regressions against the previous release; for a
     /// channel, whether `m` is a release. Returns the reasons against it
     /// and the ledger entry to write once the upstream has the tag.
-    async fn lifecycle(
+    /// `previous_digest` is what the upstream's tag names now.
+    fn lifecycle(
         &self,
         r: &Route,
         m: &Manifest,
         rule: &Rule,
         tag: &str,
         facts: &BTreeMap<String, f64>,
-    ) -> Result<(Vec<String>, Option<LedgerEntry>), GateError> {
+        previous_digest: Option<String>,
+    ) -> (Vec<String>, Option<LedgerEntry>) {
         let repo = &r.canonical;
-        let channel = rule.tags.as_ref().is_some_and(|t| t.is_channel(tag));
         let version = version_of(tag);
-        if version.is_none() && !channel {
-            return Ok((Vec::new(), None));
+        if !lifecycle_tag(rule, tag) {
+            return (Vec::new(), None);
         }
-        let previous_digest = self
-            .registry
-            .tag_digest(r, tag)
-            .await?
-            .map(|d| d.to_string());
         let entry = |event, version: Option<String>, facts: BTreeMap<String, f64>| LedgerEntry {
             time: crate::audit::now_rfc3339(),
             event,
@@ -257,20 +267,20 @@ impl Gate {
                 facts,
                 prev.as_ref().map(|p| (p.tag.as_str(), &p.facts)),
             );
-            return Ok((
+            return (
                 reasons,
                 Some(entry(Event::Release, Some(v.to_string()), facts.clone())),
-            ));
+            );
         }
         match self.ledger.release_with_digest(repo, &m.digest.to_string()) {
-            Some(release) => Ok((
+            Some(release) => (
                 Vec::new(),
                 Some(entry(
                     Event::Channel,
                     release.version.clone(),
                     release.facts,
                 )),
-            )),
+            ),
             None => {
                 let releases: Vec<String> = self
                     .ledger
@@ -278,14 +288,14 @@ impl Gate {
                     .into_iter()
                     .map(|e| e.tag)
                     .collect();
-                Ok((
+                (
                     vec![format!(
                         "channel {tag} may move only to a release of {repo}; {} is not one (releases: {})",
                         m.digest,
                         if releases.is_empty() { "none yet".to_string() } else { releases.join(", ") }
                     )],
                     None,
-                ))
+                )
             }
         }
     }
