@@ -285,78 +285,10 @@ pub fn extract(
         });
     }
     match kind {
-        Kind::DockerModel { .. } => {
-            f.set("format", c.pointer("/config/format"));
-            f.set("param_size", c.pointer("/config/parameters"));
-            f.set("quantization", c.pointer("/config/quantization"));
-            f.set("architecture", c.pointer("/config/architecture"));
-            f.set("created", c.pointer("/descriptor/created"));
-            let gguf_license = c["config"]["gguf"]["general.license"].as_str();
-            f.push(
-                "licenses",
-                gguf_license
-                    .map(|s| Value::Array(split_licenses(s)))
-                    .as_ref(),
-                "gguf general.license",
-            );
-        }
-        Kind::ModelPack { .. } => {
-            let d = &c["descriptor"];
-            f.set("version", d.get("version"));
-            f.set("created", d.get("createdAt").or(d.get("created_at")));
-            f.push("licenses", d.get("licenses"), "descriptor.licenses");
-            f.set("format", c.pointer("/config/format"));
-            f.set(
-                "param_size",
-                c.pointer("/config/paramSize")
-                    .or(c.pointer("/config/param_size")),
-            );
-            f.set("quantization", c.pointer("/config/quantization"));
-            f.set("precision", c.pointer("/config/precision"));
-            f.set("architecture", c.pointer("/config/architecture"));
-            f.push("datasets", d.get("datasetsURL"), "descriptor.datasetsURL");
-        }
-        Kind::KitOps => {
-            f.set("version", c.pointer("/package/version"));
-            f.set("version", c.pointer("/model/version"));
-            f.set("format", c.pointer("/model/format"));
-            f.set("param_size", c.pointer("/model/parameters/paramSize"));
-            f.set("architecture", c.pointer("/model/framework"));
-            f.push("licenses", c.pointer("/package/license"), "package");
-            f.push("licenses", c.pointer("/model/license"), "model");
-            for (at, v) in pointer(c, "/model/parts/*/license") {
-                f.push("licenses", Some(v), &format!("model part {at}"));
-            }
-            for d in c["datasets"].as_array().into_iter().flatten() {
-                let name = d["name"].as_str().or(d["path"].as_str()).unwrap_or("?");
-                f.push("licenses", d.get("license"), &format!("dataset {name:?}"));
-                f.push("datasets", d.get("name").or(d.get("path")), "datasets");
-            }
-            for code in c["code"].as_array().into_iter().flatten() {
-                let path = code["path"].as_str().unwrap_or("?");
-                f.push("licenses", code.get("license"), &format!("code {path:?}"));
-            }
-        }
-        Kind::Image { .. } => {
-            let label = |k: &str| labels.get(k).map(|s| Value::String(s.clone()));
-            f.set(
-                "version",
-                label("org.opencontainers.image.version").as_ref(),
-            );
-            f.set(
-                "created",
-                label("org.opencontainers.image.created").as_ref(),
-            );
-            f.set("created", c.get("created"));
-            f.set("architecture", c.get("architecture"));
-            if let Some(l) = labels.get("org.opencontainers.image.licenses") {
-                f.push(
-                    "licenses",
-                    Some(&Value::Array(split_licenses(l))),
-                    "label org.opencontainers.image.licenses",
-                );
-            }
-        }
+        Kind::DockerModel { .. } => docker_model_facts(&mut f, c),
+        Kind::ModelPack { .. } => modelpack_facts(&mut f, c),
+        Kind::KitOps => kitops_facts(&mut f, c),
+        Kind::Image { .. } => image_facts(&mut f, c, labels),
         Kind::Artifact { artifact_type } => {
             f.set("format", Some(&Value::String(artifact_type.clone())));
         }
@@ -382,6 +314,86 @@ pub fn extract(
         .collect();
     f.push("files", Some(&Value::Array(paths)), "layers");
     f
+}
+
+/// Docker Model Runner: `/config/*`, `/descriptor/created`, the GGUF license.
+fn docker_model_facts(f: &mut ModelFacts, c: &Value) {
+    f.set("format", c.pointer("/config/format"));
+    f.set("param_size", c.pointer("/config/parameters"));
+    f.set("quantization", c.pointer("/config/quantization"));
+    f.set("architecture", c.pointer("/config/architecture"));
+    f.set("created", c.pointer("/descriptor/created"));
+    let gguf_license = c["config"]["gguf"]["general.license"].as_str();
+    f.push(
+        "licenses",
+        gguf_license
+            .map(|s| Value::Array(split_licenses(s)))
+            .as_ref(),
+        "gguf general.license",
+    );
+}
+
+/// CNCF ModelPack (and CNAI): `/descriptor/*`, `/config/*`.
+fn modelpack_facts(f: &mut ModelFacts, c: &Value) {
+    let d = &c["descriptor"];
+    f.set("version", d.get("version"));
+    f.set("created", d.get("createdAt").or(d.get("created_at")));
+    f.push("licenses", d.get("licenses"), "descriptor.licenses");
+    f.set("format", c.pointer("/config/format"));
+    f.set(
+        "param_size",
+        c.pointer("/config/paramSize")
+            .or(c.pointer("/config/param_size")),
+    );
+    f.set("quantization", c.pointer("/config/quantization"));
+    f.set("precision", c.pointer("/config/precision"));
+    f.set("architecture", c.pointer("/config/architecture"));
+    f.push("datasets", d.get("datasetsURL"), "descriptor.datasetsURL");
+}
+
+/// KitOps: the Kitfile (package, model, its parts, datasets, code).
+fn kitops_facts(f: &mut ModelFacts, c: &Value) {
+    f.set("version", c.pointer("/package/version"));
+    f.set("version", c.pointer("/model/version"));
+    f.set("format", c.pointer("/model/format"));
+    f.set("param_size", c.pointer("/model/parameters/paramSize"));
+    f.set("architecture", c.pointer("/model/framework"));
+    f.push("licenses", c.pointer("/package/license"), "package");
+    f.push("licenses", c.pointer("/model/license"), "model");
+    for (at, v) in pointer(c, "/model/parts/*/license") {
+        f.push("licenses", Some(v), &format!("model part {at}"));
+    }
+    for d in c["datasets"].as_array().into_iter().flatten() {
+        let name = d["name"].as_str().or(d["path"].as_str()).unwrap_or("?");
+        f.push("licenses", d.get("license"), &format!("dataset {name:?}"));
+        f.push("datasets", d.get("name").or(d.get("path")), "datasets");
+    }
+    for code in c["code"].as_array().into_iter().flatten() {
+        let path = code["path"].as_str().unwrap_or("?");
+        f.push("licenses", code.get("license"), &format!("code {path:?}"));
+    }
+}
+
+/// A container image: its `org.opencontainers.image.*` labels and config.
+fn image_facts(f: &mut ModelFacts, c: &Value, labels: &BTreeMap<String, String>) {
+    let label = |k: &str| labels.get(k).map(|s| Value::String(s.clone()));
+    f.set(
+        "version",
+        label("org.opencontainers.image.version").as_ref(),
+    );
+    f.set(
+        "created",
+        label("org.opencontainers.image.created").as_ref(),
+    );
+    f.set("created", c.get("created"));
+    f.set("architecture", c.get("architecture"));
+    if let Some(l) = labels.get("org.opencontainers.image.licenses") {
+        f.push(
+            "licenses",
+            Some(&Value::Array(split_licenses(l))),
+            "label org.opencontainers.image.licenses",
+        );
+    }
 }
 
 #[cfg(test)]

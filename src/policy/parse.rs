@@ -589,7 +589,8 @@ type ModelParts = (
     Option<LayerRule>,
 );
 
-fn parse_model_parts(src: &Source<'_>, r: &RawRule) -> Result<ModelParts, PolicyError> {
+/// `kinds = [...]`: kind names, or `artifact:<artifactType>`.
+fn parse_kinds(src: &Source<'_>, r: &RawRule) -> Result<Option<Vec<String>>, PolicyError> {
     let rule = &r.name;
     let kinds = match &r.kinds {
         None => None,
@@ -615,6 +616,15 @@ fn parse_model_parts(src: &Source<'_>, r: &RawRule) -> Result<ModelParts, Policy
             Some(k.get_ref().clone())
         }
     };
+    Ok(kinds)
+}
+
+/// `[rules.model]`: constraints on normalized facts (units by fact).
+fn parse_model_facts(
+    src: &Source<'_>,
+    r: &RawRule,
+) -> Result<Vec<(String, Constraint)>, PolicyError> {
+    let rule = &r.name;
     let model = r
         .model
         .iter()
@@ -632,6 +642,15 @@ fn parse_model_parts(src: &Source<'_>, r: &RawRule) -> Result<ModelParts, Policy
             Ok((fact.clone(), c))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(model)
+}
+
+/// `[rules.config.<kind>]`: JSON pointers into one kind's config.
+fn parse_config_pointers(
+    src: &Source<'_>,
+    r: &RawRule,
+) -> Result<BTreeMap<String, Vec<(String, Constraint)>>, PolicyError> {
+    let rule = &r.name;
     let mut config = BTreeMap::new();
     for (kind, pointers) in &r.config {
         let first = pointers.values().next().map(Spanned::span).unwrap_or(0..0);
@@ -654,6 +673,12 @@ fn parse_model_parts(src: &Source<'_>, r: &RawRule) -> Result<ModelParts, Policy
         }
         config.insert(kind.clone(), list);
     }
+    Ok(config)
+}
+
+/// `[rules.layers]`: media-type and path globs, size and count limits.
+fn parse_layer_rule(src: &Source<'_>, r: &RawRule) -> Result<Option<LayerRule>, PolicyError> {
+    let rule = &r.name;
     let layers = match &r.layers {
         None => None,
         Some(l) => {
@@ -693,7 +718,16 @@ fn parse_model_parts(src: &Source<'_>, r: &RawRule) -> Result<ModelParts, Policy
             })
         }
     };
-    Ok((kinds, model, config, layers))
+    Ok(layers)
+}
+
+fn parse_model_parts(src: &Source<'_>, r: &RawRule) -> Result<ModelParts, PolicyError> {
+    Ok((
+        parse_kinds(src, r)?,
+        parse_model_facts(src, r)?,
+        parse_config_pointers(src, r)?,
+        parse_layer_rule(src, r)?,
+    ))
 }
 
 /// A glob whose `*` crosses `/` (media types, file paths).
