@@ -282,6 +282,87 @@ fn release(
     Ok(())
 }
 
+/// `sign`: the digest given (with its media type and size) or the one
+/// IMAGE names.
+fn sign(
+    key: PathBuf,
+    image: String,
+    format: SigFormatArg,
+    (digest, media_type, size): (Option<String>, Option<String>, Option<u64>),
+    conn: ConnArgs,
+) -> anyhow::Result<()> {
+    let digest = digest
+        .map(|d| d.parse().map_err(|e| anyhow::anyhow!("--digest: {e}")))
+        .transpose()?;
+    let args = modelgate::commands::SignArgs {
+        key,
+        image,
+        bundle: format == SigFormatArg::Bundle,
+        digest,
+        media_type,
+        size,
+        conn: conn.connection()?,
+    };
+    runtime()?
+        .block_on(modelgate::commands::sign(args))
+        .map_err(anyhow::Error::msg)
+}
+
+/// `check`: exit 0 admitted, 1 denied, 2 error.
+fn check(image: &str, config: &std::path::Path, json: bool) -> ExitCode {
+    let output = match json {
+        true => modelgate::commands::Output::Json,
+        false => modelgate::commands::Output::Human,
+    };
+    let code = match runtime() {
+        Ok(rt) => rt.block_on(modelgate::commands::check(config, image, output)),
+        Err(e) => {
+            eprintln!("modelgate: {e:#}");
+            2
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// `verify-bundle`: exit 0 verified, 1 rejected, 2 unusable input.
+fn verify_bundle(
+    bundle: PathBuf,
+    (key, certificate_identity, certificate_oidc_issuer): (
+        Option<PathBuf>,
+        Option<String>,
+        Option<String>,
+    ),
+    trusted_root: PathBuf,
+    file_or_digest: String,
+) -> ExitCode {
+    use modelgate::commands::{Expected, Refusal, VerifyBundleArgs};
+    let expected = match (key, certificate_identity, certificate_oidc_issuer) {
+        (Some(k), _, _) => Expected::Key(k),
+        (None, Some(identity), Some(issuer)) => Expected::Identity { identity, issuer },
+        _ => unreachable!("clap requires a key or an identity with its issuer"),
+    };
+    let args = VerifyBundleArgs {
+        bundle,
+        expected,
+        trusted_root,
+        artifact: file_or_digest,
+    };
+    match modelgate::commands::verify_bundle(&args) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(Refusal::Rejected(why)) => {
+            eprintln!("modelgate: not verified: {why}");
+            ExitCode::from(1)
+        }
+        Err(Refusal::Unusable(why)) => {
+            eprintln!("modelgate: {why}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -296,22 +377,7 @@ fn main() -> ExitCode {
             image,
             config,
             json,
-        } => {
-            let code = match runtime() {
-                Ok(rt) => {
-                    let output = match json {
-                        true => modelgate::commands::Output::Json,
-                        false => modelgate::commands::Output::Human,
-                    };
-                    rt.block_on(modelgate::commands::check(&config, &image, output))
-                }
-                Err(e) => {
-                    eprintln!("modelgate: {e:#}");
-                    2
-                }
-            };
-            return ExitCode::from(code);
-        }
+        } => return check(&image, &config, json),
         Command::Keygen { out, algorithm } => {
             let alg = match algorithm {
                 KeyAlgorithm::Ed25519 => modelgate::trust::keys::Algorithm::Ed25519,
@@ -327,32 +393,12 @@ fn main() -> ExitCode {
             trusted_root,
             file_or_digest,
         } => {
-            use modelgate::commands::{Expected, Refusal, VerifyBundleArgs};
-            let expected = match (key, certificate_identity, certificate_oidc_issuer) {
-                (Some(k), _, _) => Expected::Key(k),
-                (None, Some(identity), Some(issuer)) => Expected::Identity { identity, issuer },
-                _ => unreachable!("clap requires a key or an identity with its issuer"),
-            };
-            let args = VerifyBundleArgs {
+            return verify_bundle(
                 bundle,
-                expected,
+                (key, certificate_identity, certificate_oidc_issuer),
                 trusted_root,
-                artifact: file_or_digest,
-            };
-            return match modelgate::commands::verify_bundle(&args) {
-                Ok(line) => {
-                    println!("{line}");
-                    ExitCode::SUCCESS
-                }
-                Err(Refusal::Rejected(why)) => {
-                    eprintln!("modelgate: not verified: {why}");
-                    ExitCode::from(1)
-                }
-                Err(Refusal::Unusable(why)) => {
-                    eprintln!("modelgate: {why}");
-                    ExitCode::from(2)
-                }
-            };
+                file_or_digest,
+            )
         }
         Command::Policy {
             action: PolicyAction::Lint { file, config },
@@ -369,23 +415,7 @@ fn main() -> ExitCode {
             media_type,
             size,
             conn,
-        } => (|| {
-            let digest = digest
-                .map(|d| d.parse().map_err(|e| anyhow::anyhow!("--digest: {e}")))
-                .transpose()?;
-            let args = modelgate::commands::SignArgs {
-                key,
-                image,
-                bundle: format == SigFormatArg::Bundle,
-                digest,
-                media_type,
-                size,
-                conn: conn.connection()?,
-            };
-            runtime()?
-                .block_on(modelgate::commands::sign(args))
-                .map_err(anyhow::Error::msg)
-        })(),
+        } => sign(key, image, format, (digest, media_type, size), conn),
         Command::Promote {
             image,
             to,
