@@ -131,17 +131,18 @@ struct Bundle {
     dsse: Option<Envelope>,
 }
 
+/// A DSSE envelope as bundles carry it.
 #[derive(Deserialize)]
-struct Envelope {
-    payload: String,
+pub(crate) struct Envelope {
+    pub(crate) payload: String,
     #[serde(rename = "payloadType")]
-    payload_type: String,
-    signatures: Vec<EnvelopeSig>,
+    pub(crate) payload_type: String,
+    pub(crate) signatures: Vec<EnvelopeSig>,
 }
 
 #[derive(Deserialize)]
-struct EnvelopeSig {
-    sig: String,
+pub(crate) struct EnvelopeSig {
+    pub(crate) sig: String,
 }
 
 #[derive(Deserialize)]

@@ -39,7 +39,7 @@ use super::tlog::{
 use super::tsa::{verify_timestamp, TsaError};
 use crate::oci::Digest;
 use crate::trust::keys::PublicKey;
-use crate::trust::verify::{pae, verify_bundle, SigError, INTOTO_PAYLOAD};
+use crate::trust::verify::{pae, verify_bundle, Envelope, SigError, INTOTO_PAYLOAD};
 
 /// sigstore-go's cap on log entries and timestamps per bundle.
 const MAX_ENTRIES: usize = 32;
@@ -170,19 +170,6 @@ struct MessageSignature {
 struct MessageDigest {
     algorithm: String,
     digest: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope {
-    payload: String,
-    payload_type: String,
-    signatures: Vec<EnvelopeSig>,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeSig {
-    sig: String,
 }
 
 #[derive(Deserialize)]
