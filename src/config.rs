@@ -34,6 +34,38 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    coordination: RawCoordination,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    backend: Option<String>,
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: Option<String>,
+    path_style: Option<bool>,
+    access_key_env: Option<String>,
+    secret_key_env: Option<String>,
+    /// An AWS-style credentials file (`aws_access_key_id = ...`).
+    credentials_file: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+    /// Key prefix inside the bucket (several fleets can share one bucket).
+    prefix: Option<String>,
+    local_cache_bytes: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCoordination {
+    redis: Option<String>,
+    internal_listen: Option<String>,
+    internal_advertise: Option<String>,
+    internal_token_env: Option<String>,
+    lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +244,47 @@ pub struct Config {
     pub policy_reload_interval: Duration,
     pub audit_path: String,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Shared object storage (`[storage] backend = "s3"`); None = local disk only.
+    pub storage: Option<S3Config>,
+    /// Fleet-wide single flight (`[coordination] redis`); None = per replica.
+    pub coordination: Option<CoordinationConfig>,
+}
+
+/// A secret read from the environment or a file: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Where the shared state lives: an S3-compatible bucket.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub endpoint: url::Url,
+    pub bucket: String,
+    pub region: String,
+    pub path_style: bool,
+    pub access_key: Secret,
+    pub secret_key: Secret,
+    pub ca_cert: Option<PathBuf>,
+    /// Prefix of every key ("" or ending in '/').
+    pub prefix: String,
+}
+
+/// How replicas share downloads.
+#[derive(Debug, Clone)]
+pub struct CoordinationConfig {
+    pub redis: url::Url,
+    /// Where this replica serves its downloads in flight to the others.
+    pub internal_listen: SocketAddr,
+    /// How the others reach `internal_listen`.
+    pub internal_advertise: url::Url,
+    pub internal_token: Secret,
+    /// How long a download lease lives without renewal.
+    pub lease_ttl: Duration,
 }
 
 /// One upstream registry.
@@ -461,8 +534,197 @@ impl Config {
             )?,
             audit_path: raw.audit.path.clone(),
             upstreams,
+            storage: storage_of(&raw.storage)?,
+            coordination: coordination_of(&raw.coordination)?,
+        })
+        .and_then(|mut c| {
+            if let Some(n) = &raw.storage.local_cache_bytes {
+                c.max_bytes = max_bytes_of(&RawCache {
+                    max_bytes: n.clone(),
+                    ..raw.cache.clone()
+                })
+                .map_err(|e| {
+                    ConfigError::Invalid(
+                        e.to_string()
+                            .replace("cache.max_bytes", "storage.local_cache_bytes"),
+                    )
+                })?;
+            }
+            Ok(c)
         })
     }
+}
+
+/// A secret from the environment variable `var`.
+fn secret_from_env(field: &str, var: &str) -> Result<Secret, ConfigError> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(Secret(v)),
+        _ => Err(ConfigError::Invalid(format!(
+            "{field}: the environment variable {var} is not set (or empty); set it, or name a credentials_file"
+        ))),
+    }
+}
+
+/// `aws_access_key_id` and `aws_secret_access_key` from an AWS-style
+/// credentials file (the first of each; `[profile]` lines are ignored).
+fn credentials_from_file(path: &Path) -> Result<(Secret, Secret), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "storage.credentials_file {}: cannot read it: {e}",
+            path.display()
+        ))
+    })?;
+    let find = |key: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| Secret(v.trim().to_string()))
+            .filter(|s| !s.0.is_empty())
+    };
+    match (find("aws_access_key_id"), find("aws_secret_access_key")) {
+        (Some(a), Some(s)) => Ok((a, s)),
+        _ => Err(ConfigError::Invalid(format!(
+            "storage.credentials_file {}: needs aws_access_key_id = ... and aws_secret_access_key = ... lines",
+            path.display()
+        ))),
+    }
+}
+
+fn storage_of(s: &RawStorage) -> Result<Option<S3Config>, ConfigError> {
+    match s.backend.as_deref().unwrap_or("local") {
+        "local" => {
+            if s.endpoint.is_some() || s.bucket.is_some() {
+                return Err(ConfigError::Invalid(
+                    "storage: endpoint and bucket are set but backend is \"local\"; set backend = \"s3\" to use them".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        "s3" => {}
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "storage.backend = {other:?}: use \"local\" (the default) or \"s3\""
+            )))
+        }
+    }
+    let need = |v: &Option<String>, field: &str| {
+        v.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
+            ConfigError::Invalid(format!("storage.{field} is required with backend = \"s3\""))
+        })
+    };
+    let endpoint = need(&s.endpoint, "endpoint")?;
+    let endpoint = url::Url::parse(&endpoint)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "storage.endpoint = {endpoint:?} is not an http(s) URL like \"https://s3.eu-west-1.amazonaws.com\""
+            ))
+        })?;
+    let bucket = need(&s.bucket, "bucket")?;
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err(ConfigError::Invalid(format!(
+            "storage.bucket = {bucket:?}: bucket names are lowercase letters, digits, '-' and '.'"
+        )));
+    }
+    let (access_key, secret_key) = match &s.credentials_file {
+        Some(p) => credentials_from_file(p)?,
+        None => (
+            secret_from_env(
+                "storage.access_key_env",
+                s.access_key_env
+                    .as_deref()
+                    .unwrap_or("MODELGATE_S3_ACCESS_KEY"),
+            )?,
+            secret_from_env(
+                "storage.secret_key_env",
+                s.secret_key_env
+                    .as_deref()
+                    .unwrap_or("MODELGATE_S3_SECRET_KEY"),
+            )?,
+        ),
+    };
+    let prefix = s.prefix.clone().unwrap_or_default();
+    let prefix = match prefix.trim_matches('/') {
+        "" => String::new(),
+        p => format!("{p}/"),
+    };
+    Ok(Some(S3Config {
+        endpoint,
+        bucket,
+        region: s.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        path_style: s.path_style.unwrap_or(true),
+        access_key,
+        secret_key,
+        ca_cert: s.ca_cert.clone(),
+        prefix,
+    }))
+}
+
+fn coordination_of(c: &RawCoordination) -> Result<Option<CoordinationConfig>, ConfigError> {
+    let Some(redis) = &c.redis else {
+        if c.internal_listen.is_some() || c.internal_advertise.is_some() {
+            return Err(ConfigError::Invalid(
+                "coordination: internal_listen is set but redis is not; set redis = \"redis://...\" for fleet-wide single flight".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let redis = url::Url::parse(redis)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "redis" | "rediss"))
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "coordination.redis = {redis:?} is not a URL like \"redis://127.0.0.1:6379\""
+            ))
+        })?;
+    let listen = c.internal_listen.as_deref().ok_or_else(|| {
+        ConfigError::Invalid(
+            "coordination.internal_listen is required with redis (where this replica serves its downloads to the others)".into(),
+        )
+    })?;
+    let internal_listen = addr("coordination.internal_listen", listen)?;
+    let advertise = match &c.internal_advertise {
+        Some(a) => a.clone(),
+        None if !internal_listen.ip().is_unspecified() => format!("http://{internal_listen}"),
+        None => {
+            return Err(ConfigError::Invalid(format!(
+                "coordination.internal_advertise is required when internal_listen = {listen:?} listens on every address: name the address the other replicas reach"
+            )))
+        }
+    };
+    let internal_advertise = url::Url::parse(&advertise)
+        .ok()
+        .filter(|u| u.scheme() == "http" && u.host_str().is_some())
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "coordination.internal_advertise = {advertise:?} is not a URL like \"http://10.0.0.5:5001\""
+            ))
+        })?;
+    let internal_token = secret_from_env(
+        "coordination.internal_token_env",
+        c.internal_token_env
+            .as_deref()
+            .unwrap_or("MODELGATE_INTERNAL_TOKEN"),
+    )?;
+    if internal_token.0.len() < 16 {
+        return Err(ConfigError::Invalid(
+            "coordination.internal_token_env: the token is shorter than 16 characters; use a long random one (openssl rand -hex 32)".into(),
+        ));
+    }
+    Ok(Some(CoordinationConfig {
+        redis,
+        internal_listen,
+        internal_advertise,
+        internal_token,
+        lease_ttl: positive_duration(
+            "coordination.lease_ttl",
+            c.lease_ttl.as_deref().unwrap_or("15s"),
+        )?,
+    }))
 }
 
 #[cfg(test)]

@@ -126,6 +126,11 @@ impl From<RegistryError> for OciError {
             RegistryError::WrongKind(_) => {
                 OciError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUnknown, message)
             }
+            RegistryError::Shared(_) => OciError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                message,
+            ),
         }
     }
 }
@@ -150,6 +155,11 @@ impl From<FetchError> for OciError {
                 Some(RegistryError::Upstream(UpstreamError::Auth { .. })) => {
                     OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unauthorized, message)
                 }
+                Some(RegistryError::Shared(_)) => OciError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    message,
+                ),
                 _ => OciError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message),
             },
             FetchError::Download(_) => {

@@ -20,6 +20,7 @@ pub mod oci;
 pub mod policy;
 pub mod registry;
 pub mod server;
+pub mod shared;
 pub mod trust;
 pub mod upstream;
 

@@ -381,7 +381,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_buffers() {
     const MMAP_THRESHOLD: libc::c_int = 4 << 20;
-    const TRIM_THRESHOLD: libc::c_int = 64 << 20;
+    const TRIM_THRESHOLD: libc::c_int = 8 << 20;
     // SAFETY: mallopt only sets allocator parameters; it is called before
     // any other thread exists.
     unsafe {

@@ -117,6 +117,11 @@ pub struct Metrics {
     pub cache_passthrough: Counter,
     pub cache_layout_recreated: Counter,
     pub uploads_refused: Family<ReasonLabels, Counter>,
+    pub shared_storage_up: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub coordination_up: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub shared_blob_sources: Family<SourceLabels, Counter>,
+    pub shared_uploads: Family<ResultLabels, Counter>,
+    pub shared_refusals: Family<ReasonLabels, Counter>,
 }
 
 /// Register `m` under `name` and hand it back.
@@ -160,6 +165,11 @@ impl Metrics {
             cache_passthrough: reg(&mut r, "cache_passthrough", "Blobs served verified but not cached (they did not fit)", Counter::default()),
             cache_layout_recreated: reg(&mut r, "cache_layout_recreated", "Times the cache directory layout was found missing and made again", Counter::default()),
             uploads_refused: reg(&mut r, "uploads_refused", "Upload sessions refused, by reason (limit, per_client)", Family::default()),
+            shared_storage_up: reg(&mut r, "shared_storage_up", "1 when the shared bucket answered its last call (backend = \"s3\"); 0 = degraded", Gauge::default()),
+            coordination_up: reg(&mut r, "coordination_up", "1 when Redis answered its last command ([coordination]); 0 = each replica downloads on its own", Gauge::default()),
+            shared_blob_sources: reg(&mut r, "shared_blob_sources", "Cold blobs of this replica by where it read them (bucket, peer, upstream, resumed)", Family::default()),
+            shared_uploads: reg(&mut r, "shared_uploads", "Blobs copied into the shared bucket, by result (stored, failed)", Family::default()),
+            shared_refusals: reg(&mut r, "shared_refusals", "Requests refused because shared storage was unreachable, by reason", Family::default()),
             registry: r,
         }
     }

@@ -42,7 +42,7 @@ pub fn stream_leader(
                         None => st = St::File(state, pos),
                     },
                     St::File(mut state, pos) => {
-                        return match next_from_flight(&mut state, pos, &metrics).await? {
+                        return match next_from_flight(&mut state, pos, Some(&metrics)).await? {
                             Ok(b) => {
                                 let n = b.len() as u64;
                                 Some((Ok(b), Some(St::File(state, pos + n))))
@@ -98,7 +98,7 @@ pub fn stream_file(
 async fn next_from_flight(
     rx: &mut watch::Receiver<FetchState>,
     pos: u64,
-    metrics: &Metrics,
+    metrics: Option<&Metrics>,
 ) -> Option<io::Result<Bytes>> {
     loop {
         let snapshot = rx.borrow_and_update().clone();
@@ -126,8 +126,8 @@ async fn next_from_flight(
             if pos < avail {
                 let n = (avail - pos).min(CHUNK as u64 * 4) as usize;
                 let r = read_at(file, pos, n).await;
-                if r.is_ok() {
-                    metrics.served("upstream", n as u64);
+                if let (Ok(_), Some(m)) = (&r, metrics) {
+                    m.served("upstream", n as u64);
                 }
                 return Some(r);
             }
@@ -147,11 +147,21 @@ pub fn stream_flight(
     rx: watch::Receiver<FetchState>,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    futures_util::stream::unfold(Some((rx, 0u64)), move |st| {
+    stream_flight_at(rx, 0, Some(metrics))
+}
+
+/// Stream a download in flight from byte `start`, as bytes land (counted
+/// as served when `metrics` is given: a client reads it).
+pub fn stream_flight_at(
+    rx: watch::Receiver<FetchState>,
+    start: u64,
+    metrics: Option<Arc<Metrics>>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold(Some((rx, start)), move |st| {
         let metrics = metrics.clone();
         async move {
             let (mut rx, pos) = st?;
-            match next_from_flight(&mut rx, pos, &metrics).await? {
+            match next_from_flight(&mut rx, pos, metrics.as_deref()).await? {
                 Ok(b) => {
                     let n = b.len() as u64;
                     Some((Ok(b), Some((rx, pos + n))))

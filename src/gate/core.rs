@@ -136,7 +136,7 @@ impl Gate {
         let audit = AuditLog::open(&config.audit_path)
             .map_err(|e| GateOpenError::Audit(config.audit_path.clone(), e))?;
         let dir = config.cache_dir.join("seen-tags");
-        let state = GateState::open(dir.clone())
+        let state = GateState::open(dir.clone(), registry.shared().cloned())
             .map_err(|e| GateOpenError::State(dir.display().to_string(), e))?;
         let dir = ledger_dir(config);
         let ledger = Ledger::open(dir.clone())

@@ -220,16 +220,33 @@ impl Gate {
         who: &Requester<'_>,
     ) -> Result<Admitted, GateError> {
         let loaded = self.policy.current();
-        let out = self.decide(r, reference, &m, &loaded).await;
         let repo = &r.canonical;
+        let immutable = match reference {
+            Reference::Tag(t) if immutable_tag(loaded.policy.rule_for(repo), t) => Some(t),
+            _ => None,
+        };
+        if let Some(t) = immutable {
+            self.state.load_first_seen(repo, t).await?;
+        }
+        let mut out = self.decide(r, reference, &m, &loaded).await;
+        if let (Some(t), None, true) = (
+            immutable,
+            out.exempt,
+            out.decision.decision != Decision::Deny,
+        ) {
+            // First writer wins fleet-wide: another replica may have
+            // recorded another digest since; then this one is a move.
+            let first = self
+                .state
+                .claim_tag(repo, t, &m.digest, &m.media_type)
+                .await?;
+            if first != m.digest {
+                out = self.decide(r, reference, &m, &loaded).await;
+            }
+        }
         let d = &out.decision;
         if d.decision != Decision::Deny {
             self.open_references(repo, &m, out.exempt, loaded.generation);
-            if let (Reference::Tag(t), None) = (reference, out.exempt) {
-                if immutable_tag(loaded.policy.rule_for(repo), t) {
-                    self.state.remember_tag(repo, t, &m.digest, &m.media_type);
-                }
-            }
         }
         if let Some((first, now)) = &out.evidence.tag_moved {
             tracing::warn!(repository = %repo, tag = ?out.evidence.tag, first = %first, now = %now, "tag mutation: an immutable tag moved upstream");

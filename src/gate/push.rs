@@ -180,6 +180,7 @@ impl Gate {
                 _ => None,
             };
             if let Some(t) = t.filter(|t| immutable_tag(rule, t)) {
+                self.state.load_first_seen(repo, t).await?;
                 let first = self.state.seen_tag(repo, t).or(upstream_now.clone());
                 if let Some(first) = first.filter(|f| f != &m.digest) {
                     tracing::warn!(repository = %repo, tag = %t, first = %first, now = %m.digest, "tag mutation refused");

@@ -9,7 +9,10 @@
 use crate::cache::TagStore;
 use crate::oci::Digest;
 use crate::policy::{Evidence, Rule};
+use crate::registry::RegistryError;
+use crate::shared::{BucketError, Shared};
 use dashmap::DashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long evidence that lacks signatures is reused: long enough for a
@@ -44,11 +47,25 @@ pub struct GateState {
     /// Manifests whose references were opened: repository → digest →
     /// (policy generation, how) — so an admitted manifest is parsed once.
     opened: DashMap<String, DashMap<Digest, (u64, Permit)>>,
+    /// With several replicas the first digests live in the shared bucket.
+    shared: Option<Arc<Shared>>,
+}
+
+/// The 503 for an immutable tag whose shared record cannot be read or written.
+fn unavailable(s: &Shared, e: BucketError, repo: &str, tag: &str) -> RegistryError {
+    s.count_refusal("tag_record");
+    RegistryError::Shared(format!(
+        "tag {tag} of {repo} is immutable and its fleet-wide record cannot be read or written ({e}); this replica will not decide it alone: retry when object storage is back"
+    ))
 }
 
 impl GateState {
-    pub fn open(dir: std::path::PathBuf) -> std::io::Result<GateState> {
+    pub fn open(
+        dir: std::path::PathBuf,
+        shared: Option<Arc<Shared>>,
+    ) -> std::io::Result<GateState> {
         Ok(GateState {
+            shared,
             evidence: DashMap::new(),
             admitted: DashMap::new(),
             seen_tags: TagStore::open(dir)?,
@@ -56,14 +73,72 @@ impl GateState {
         })
     }
 
-    /// The first digest seen for `tag` under an immutable rule.
+    /// The first digest seen for `tag` under an immutable rule (with
+    /// shared storage: as [`GateState::load_first_seen`] last read it).
     pub fn seen_tag(&self, repo: &str, tag: &str) -> Option<Digest> {
-        self.seen_tags.get(repo, tag).map(|e| e.digest)
+        match &self.shared {
+            Some(s) => s.cached_first_seen(repo, tag),
+            None => self.seen_tags.get(repo, tag).map(|e| e.digest),
+        }
+    }
+
+    /// With shared storage, read the fleet's record of an immutable tag
+    /// (before [`GateState::seen_tag`] is asked); unreadable is a 503.
+    pub async fn load_first_seen(&self, repo: &str, tag: &str) -> Result<(), RegistryError> {
+        if let Some(s) = &self.shared {
+            s.first_seen(repo, tag)
+                .await
+                .map_err(|e| unavailable(s, e, repo, tag))?;
+        }
+        Ok(())
+    }
+
+    /// Record `tag → d` as the first digest seen unless one is; the first
+    /// digest (another replica's, when it was first). With shared storage
+    /// a record that cannot be written is a 503.
+    pub async fn claim_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+        d: &Digest,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        match &self.shared {
+            Some(s) => s
+                .claim_first_seen(repo, tag, d, media_type)
+                .await
+                .map_err(|e| unavailable(s, e, repo, tag)),
+            None => {
+                self.remember_tag(repo, tag, d, media_type);
+                Ok(self.seen_tag(repo, tag).unwrap_or_else(|| d.clone()))
+            }
+        }
     }
 
     /// Record `tag → d` as the first digest seen (once; later calls keep
-    /// the first).
+    /// the first). With shared storage the record is written in the
+    /// background (a push the upstream already took).
     pub fn remember_tag(&self, repo: &str, tag: &str, d: &Digest, media_type: &str) {
+        if let Some(s) = self.shared.clone() {
+            let (repo, tag, d, mt) = (
+                repo.to_string(),
+                tag.to_string(),
+                d.clone(),
+                media_type.to_string(),
+            );
+            tokio::spawn(async move {
+                match s.claim_first_seen(&repo, &tag, &d, &mt).await {
+                    Ok(first) if first != d => {
+                        tracing::error!(repository = %repo, tag = %tag, first = %first, now = %d, "another replica recorded another digest for this immutable tag first")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(repository = %repo, tag = %tag, "the fleet-wide record of this immutable tag could not be written: {e}")
+                    }
+                }
+            });
+            return;
+        }
         if self.seen_tags.get(repo, tag).is_none() {
             if let Err(e) = self.seen_tags.confirm(repo, tag, d, media_type) {
                 tracing::error!(error = %e, "cannot record tag {tag} of {repo} as seen");

@@ -184,6 +184,27 @@ impl Registry {
             return;
         }
         let failed = |e: RegistryError| FetchState::Failed(FetchError::Start(Arc::new(e)));
+        if let Some(shared) = self.shared.clone() {
+            let opened = self
+                .shared_source(&shared, &up, &path, &d, tx.subscribe())
+                .await;
+            let (body, size) = match opened {
+                Ok(x) => x,
+                Err(e) => {
+                    tx.send_replace(failed(e));
+                    return;
+                }
+            };
+            if let (Some(n), Some(m)) = (size, declared) {
+                if n != m {
+                    tx.send_replace(failed(size_lie(&d, n, m)));
+                    return;
+                }
+            }
+            self.download_into_cache(&up, d, size.or(declared), tx, body, leader)
+                .await;
+            return;
+        }
         let resp = match upstream_blob(&up, Method::GET, &path, &d).await {
             Ok(r) => r,
             Err(e) => {
@@ -204,7 +225,23 @@ impl Registry {
         }
         // Without a Content-Length the declared size bounds the body: the
         // download stops at the first byte past it.
-        let size = size.or(declared);
+        self.download_into_cache(&up, d, size.or(declared), tx, resp.into_body(), leader)
+            .await;
+    }
+
+    /// Hash `body` into the cache as [`Download`] does, publishing on `tx`.
+    async fn download_into_cache<B>(
+        &self,
+        up: &Upstream,
+        d: Digest,
+        size: Option<u64>,
+        tx: tokio::sync::watch::Sender<FetchState>,
+        body: B,
+        leader: Option<Leader>,
+    ) where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let dl = Download {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
@@ -213,7 +250,7 @@ impl Registry {
             idle_timeout: up.idle_timeout(),
             min_free: self.min_free,
         };
-        dl.run(tx, size, resp.into_body(), leader).await;
+        dl.run(tx, size, body, leader).await;
     }
 
     /// A small blob (a config, a signature payload) read whole: from the

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oci::media::ManifestSummary;
 use crate::oci::Digest;
+use crate::shared::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub struct Registry {
     pub(super) metrics: Arc<Metrics>,
     pub(super) tag_ttl: Duration,
     pub(super) min_free: u64,
+    /// Shared bucket and leases, when several replicas run.
+    pub(super) shared: Option<Arc<Shared>>,
+    pub(super) lease_ttl: Duration,
 }
 
 impl Registry {
@@ -29,7 +33,14 @@ impl Registry {
         store.count_evictions(metrics.cache_evictions.clone());
         store.count_recreations(metrics.cache_layout_recreated.clone());
         metrics.cache_bytes.set(store.total_bytes() as i64);
+        let shared = Shared::open(config, metrics.clone()).map_err(std::io::Error::other)?;
         Ok(Registry {
+            shared,
+            lease_ttl: config
+                .coordination
+                .as_ref()
+                .map(|c| c.lease_ttl)
+                .unwrap_or(Duration::from_secs(15)),
             store: Arc::new(store),
             tags: TagStore::open(dir.join("tags"))?,
             flights: Flights::new(),

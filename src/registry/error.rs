@@ -80,6 +80,11 @@ pub enum RegistryError {
     /// for as a blob).
     #[error("{0}")]
     WrongKind(String),
+    /// Occurs when the shared storage a request needs cannot be reached
+    /// (several replicas; the request is refused rather than answered by
+    /// this replica alone).
+    #[error("{0}")]
+    Shared(String),
 }
 
 impl RegistryError {

@@ -299,6 +299,27 @@ impl Registry {
                 tracing::error!(error = %e, "cannot record tag {tag} of {}", r.canonical);
             }
         }
+        if let Some(s) = self.shared.clone() {
+            let (bytes, d, mt) = (
+                Bytes::copy_from_slice(bytes),
+                digest.clone(),
+                media_type.to_string(),
+            );
+            let tag = match reference {
+                Reference::Tag(t) => Some((r.canonical.clone(), t.clone())),
+                Reference::Digest(_) => None,
+            };
+            tokio::spawn(async move {
+                s.put_manifest(&d, bytes).await;
+                if let Some((repo, tag)) = tag {
+                    if let Err(e) = s.set_last_known(&repo, &tag, &d, &mt).await {
+                        tracing::warn!(
+                            "the fleet's last known digest of {repo}:{tag} was not updated: {e}"
+                        );
+                    }
+                }
+            });
+        }
     }
 }
 

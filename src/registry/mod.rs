@@ -18,6 +18,7 @@ pub mod core;
 pub mod error;
 pub mod listing;
 pub mod manifests;
+pub mod sources;
 pub mod writes;
 
 pub use self::core::Registry;

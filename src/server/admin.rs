@@ -46,7 +46,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
                     app.config().cache_dir.display()
                 ))
             } else {
-                text(StatusCode::OK, "ready\n".into(), "text/plain")
+                text(StatusCode::OK, readiness(&app), "text/plain")
             }
         }
         "/ui" | "/ui/" => {
@@ -98,6 +98,26 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
             ),
         },
     })
+}
+
+/// "ready", and what is degraded with several replicas: still ready (the
+/// local cache serves, and tag pulls that need the shared records get a
+/// clear 503), but said, for operators and probes that look.
+fn readiness(app: &App) -> String {
+    let Some(s) = app.registry().shared() else {
+        return "ready\n".into();
+    };
+    let mut out = String::from("ready");
+    if !s.bucket_up() {
+        out += &format!(
+            "\ndegraded: object storage {} is unreachable: cached digests are served, immutable tags without a local record get 503",
+            s.bucket.endpoint()
+        );
+    }
+    if !s.redis_up() {
+        out += "\ndegraded: redis is unreachable: each replica downloads on its own";
+    }
+    out + "\n"
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<RespBody> {

@@ -82,6 +82,24 @@ pub async fn run(
     if let Some(admin) = admin {
         tokio::spawn(admin::serve(app.clone(), admin));
     }
+    if let Some(s) = app.registry.shared() {
+        s.clone().watch_health(Duration::from_secs(2));
+    }
+    if let Some(c) = &app.config.coordination {
+        match TcpListener::bind(c.internal_listen).await {
+            Ok(l) => {
+                tokio::spawn(super::internal::serve(app.clone(), l));
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot listen on {} (coordination.internal_listen): {e}",
+                    c.internal_listen
+                );
+                app.registry.store().unlock();
+                return;
+            }
+        }
+    }
     app.gate
         .policy()
         .watch(app.metrics.clone(), app.config.policy_reload_interval);

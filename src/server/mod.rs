@@ -14,6 +14,7 @@ pub mod conn;
 pub mod ctx;
 pub mod deletes;
 pub mod dispatch;
+pub mod internal;
 pub mod listener;
 pub mod listing;
 pub mod manifests;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Licenses every dependency may be under (SPDX identifiers).
-const ALLOWED: [&str; 12] = [
+const ALLOWED: [&str; 13] = [
     "MIT",
     "Apache-2.0",
     "Apache-2.0 WITH LLVM-exception",
@@ -21,6 +21,8 @@ const ALLOWED: [&str; 12] = [
     "CC0-1.0",
     // webpki-roots: the Mozilla root list's data license.
     "CDLA-Permissive-2.0",
+    // xxhash-rust (under redis): the Boost license, permissive like MIT.
+    "BSL-1.0",
 ];
 
 /// Crates of which exactly one version may be linked.

@@ -1,0 +1,336 @@
+//! State shared by several replicas (`[storage] backend = "s3"`,
+//! `[coordination] redis`; docs/ARCHITECTURE.md, "Several replicas"):
+//!
+//! - the bucket ([`bucket`], signed by [`sigv4`]) holds blobs and manifests
+//!   by digest, the first digest seen for each immutable tag, the last
+//!   known digest of every tag, and the release ledger;
+//! - Redis holds per-digest download leases ([`lease`]); the holder copies
+//!   the blob into the bucket as it downloads ([`upload`]) and serves it to
+//!   the other replicas over the internal endpoint
+//!   (`server::internal`).
+//!
+//! Invariants: the bucket holds only verified, complete objects; an
+//! immutable tag's record is created once, first writer wins, and never
+//! overwritten; last-known records change only by compare-and-swap; a
+//! replica that cannot read a record it needs refuses (503) rather than
+//! decide alone.
+
+pub mod bucket;
+pub mod lease;
+pub mod sigv4;
+pub mod upload;
+
+pub use bucket::{Bucket, BucketError, Cond};
+pub use lease::{Lease, LeaseGuard, Leases};
+
+use crate::config::{Config, Secret};
+use crate::metrics::{Metrics, ReasonLabels, ResultLabels, SourceLabels};
+use crate::oci::Digest;
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::sync::Arc;
+
+/// A tag record in the bucket.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TagRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    /// Seconds since the epoch when it was written.
+    pub written_unix: u64,
+}
+
+/// The shared bucket and, with `[coordination]`, the leases.
+pub struct Shared {
+    pub bucket: Arc<Bucket>,
+    pub leases: Option<Arc<Leases>>,
+    /// The bearer token replicas present to each other's internal endpoint.
+    pub internal_token: Option<Secret>,
+    metrics: Arc<Metrics>,
+    /// Immutable records already read: they never change.
+    first_seen: DashMap<(String, String), Digest>,
+    /// Requests to the other replicas' internal endpoints.
+    pub peer: PeerClient,
+}
+
+/// The client for other replicas' internal endpoints (plain HTTP inside
+/// the fleet's network, authenticated by the shared token).
+pub type PeerClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<Bytes>,
+>;
+
+/// Key of blob `d`.
+pub fn blob_key(d: &Digest) -> String {
+    format!("blobs/{}/{}", d.algorithm(), d.hex())
+}
+
+/// Key of manifest `d`.
+pub fn manifest_key(d: &Digest) -> String {
+    format!("manifests/{}/{}", d.algorithm(), d.hex())
+}
+
+fn first_seen_key(repo: &str, tag: &str) -> String {
+    format!("tags/immutable/{repo}/{tag}.json")
+}
+
+fn last_known_key(repo: &str, tag: &str) -> String {
+    format!("tags/last-known/{repo}/{tag}.json")
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// The shared state `config` names, if any.
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Option<Arc<Shared>>, String> {
+        let Some(s3) = &config.storage else {
+            if config.coordination.is_some() {
+                return Err("[coordination] needs [storage] backend = \"s3\": the lease holder copies each blob into the shared bucket".into());
+            }
+            return Ok(None);
+        };
+        let bucket = Arc::new(Bucket::new(s3).map_err(|e| format!("storage: {e}"))?);
+        let leases = match &config.coordination {
+            Some(c) => Some(Leases::new(&c.redis, &c.internal_advertise, c.lease_ttl)?),
+            None => None,
+        };
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+        http.set_nodelay(true);
+        let peer =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(30))
+                .build(http);
+        metrics.shared_storage_up.set(1);
+        metrics.coordination_up.set(leases.is_some() as i64);
+        Ok(Some(Arc::new(Shared {
+            bucket,
+            leases,
+            internal_token: config
+                .coordination
+                .as_ref()
+                .map(|c| c.internal_token.clone()),
+            metrics,
+            first_seen: DashMap::new(),
+            peer,
+        })))
+    }
+
+    /// Note whether the bucket answered (the gauge and the log follow).
+    pub fn note<T>(&self, r: &Result<T, BucketError>) {
+        let up = !matches!(r, Err(BucketError::Unavailable { .. }));
+        let was = self.metrics.shared_storage_up.set(up as i64);
+        if was != up as i64 {
+            match (up, r) {
+                (true, _) => tracing::info!(bucket = %self.bucket.endpoint(), "shared storage is reachable again"),
+                (false, Err(e)) => tracing::error!("{e}; serving what the local cache holds, refusing what needs the shared records"),
+                (false, Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Probe the bucket and Redis every `every`, so the gauges and
+    /// `/readyz` say how they are even when no request needs them.
+    pub fn watch_health(self: Arc<Self>, every: std::time::Duration) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let r = self.bucket.head("modelgate-health-probe").await;
+                self.note(&r);
+                if let Some(l) = &self.leases {
+                    l.ping().await;
+                    self.redis_up();
+                }
+            }
+        });
+    }
+
+    /// Whether the bucket answered its last call.
+    pub fn bucket_up(&self) -> bool {
+        self.metrics.shared_storage_up.get() == 1
+    }
+
+    /// Whether Redis answered its last command (true without coordination).
+    pub fn redis_up(&self) -> bool {
+        let up = self.leases.as_ref().is_none_or(|l| l.is_up());
+        if self.leases.is_some() {
+            self.metrics.coordination_up.set(up as i64);
+        }
+        up
+    }
+
+    pub fn count_source(&self, source: &'static str) {
+        self.metrics
+            .shared_blob_sources
+            .get_or_create(&SourceLabels { source })
+            .inc();
+    }
+
+    pub fn count_upload(&self, result: &'static str) {
+        self.metrics
+            .shared_uploads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn count_refusal(&self, reason: &'static str) {
+        self.metrics
+            .shared_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    async fn read_record(&self, key: &str) -> Result<Option<(TagRecord, String)>, BucketError> {
+        let r = self.bucket.get_small(key).await;
+        self.note(&r);
+        let Some((body, etag)) = r? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<TagRecord>(&body) {
+            Ok(rec) => Ok(Some((rec, etag))),
+            Err(e) => Err(BucketError::Unavailable {
+                endpoint: self.bucket.endpoint(),
+                message: format!("tag record {key} is not one modelgate wrote: {e}"),
+            }),
+        }
+    }
+
+    /// The first digest of an immutable tag as last read from the bucket.
+    pub fn cached_first_seen(&self, repo: &str, tag: &str) -> Option<Digest> {
+        self.first_seen
+            .get(&(repo.to_string(), tag.to_string()))
+            .map(|d| d.clone())
+    }
+
+    /// The first digest recorded for an immutable tag, fleet-wide.
+    pub async fn first_seen(&self, repo: &str, tag: &str) -> Result<Option<Digest>, BucketError> {
+        let k = (repo.to_string(), tag.to_string());
+        if let Some(d) = self.first_seen.get(&k) {
+            return Ok(Some(d.clone()));
+        }
+        let rec = self.read_record(&first_seen_key(repo, tag)).await?;
+        if let Some((rec, _)) = &rec {
+            self.first_seen.insert(k, rec.digest.clone());
+        }
+        Ok(rec.map(|(r, _)| r.digest))
+    }
+
+    /// Record `d` as the first digest of an immutable tag unless one is
+    /// recorded already; the digest recorded (first writer wins).
+    pub async fn claim_first_seen(
+        &self,
+        repo: &str,
+        tag: &str,
+        d: &Digest,
+        media_type: &str,
+    ) -> Result<Digest, BucketError> {
+        if let Some(first) = self.first_seen(repo, tag).await? {
+            return Ok(first);
+        }
+        let key = first_seen_key(repo, tag);
+        let rec = record(d, media_type);
+        let put = self.bucket.put(&key, rec, Cond::IfAbsent).await;
+        self.note(&put);
+        let first = match put {
+            Ok(_) => d.clone(),
+            // Another replica was first: its record is the answer.
+            Err(BucketError::Precondition) => match self.read_record(&key).await? {
+                Some((rec, _)) => rec.digest,
+                None => {
+                    return Err(BucketError::Unavailable {
+                        endpoint: self.bucket.endpoint(),
+                        message: format!("tag record {key} exists but cannot be read"),
+                    })
+                }
+            },
+            Err(e) => return Err(e),
+        };
+        self.first_seen
+            .insert((repo.to_string(), tag.to_string()), first.clone());
+        Ok(first)
+    }
+
+    /// The last known digest of a tag, fleet-wide.
+    pub async fn last_known(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Option<TagRecord>, BucketError> {
+        Ok(self
+            .read_record(&last_known_key(repo, tag))
+            .await?
+            .map(|(r, _)| r))
+    }
+
+    /// Record that the upstream says `tag → d` now (compare-and-swap, so
+    /// two replicas never interleave a read and a write).
+    pub async fn set_last_known(
+        &self,
+        repo: &str,
+        tag: &str,
+        d: &Digest,
+        media_type: &str,
+    ) -> Result<(), BucketError> {
+        let key = last_known_key(repo, tag);
+        for _ in 0..8 {
+            let cond = match self.read_record(&key).await? {
+                Some((rec, _)) if rec.digest == *d && rec.media_type == media_type => return Ok(()),
+                Some((_, etag)) => Cond::IfMatch(etag),
+                None => Cond::IfAbsent,
+            };
+            let put = self.bucket.put(&key, record(d, media_type), cond).await;
+            self.note(&put);
+            match put {
+                Ok(_) => return Ok(()),
+                Err(BucketError::Precondition) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BucketError::Precondition)
+    }
+
+    /// A manifest by digest from the bucket, verified; None when absent.
+    pub async fn manifest(
+        &self,
+        d: &Digest,
+        max: usize,
+    ) -> Result<Option<(Bytes, String)>, BucketError> {
+        let r = self.bucket.get_small(&manifest_key(d)).await;
+        self.note(&r);
+        let Some((bytes, _)) = r? else {
+            return Ok(None);
+        };
+        if bytes.len() > max || Digest::of(&bytes) != *d {
+            tracing::error!(digest = %d, "the shared bucket holds other bytes under manifest {d}; ignored");
+            return Ok(None);
+        }
+        let media_type = crate::oci::media::content_type_for(None, &bytes);
+        Ok(Some((bytes, media_type)))
+    }
+
+    /// Keep a verified manifest in the bucket (content-addressed: an
+    /// existing object is the same bytes).
+    pub async fn put_manifest(&self, d: &Digest, bytes: Bytes) {
+        let r = self
+            .bucket
+            .put(&manifest_key(d), bytes, Cond::IfAbsent)
+            .await;
+        self.note(&r);
+        if let Err(e @ BucketError::Unavailable { .. }) = r {
+            tracing::warn!("manifest {d} not stored in the shared bucket: {e}");
+        }
+    }
+}
+
+fn record(d: &Digest, media_type: &str) -> Bytes {
+    let rec = TagRecord {
+        digest: d.clone(),
+        media_type: media_type.to_string(),
+        written_unix: now_unix(),
+    };
+    Bytes::from(serde_json::to_vec(&rec).unwrap_or_default())
+}
