@@ -201,7 +201,11 @@ impl Registry {
                     return;
                 }
             }
-            self.download_into_cache(&up, d, size.or(declared), tx, body, leader)
+            // Each source is watched for stalls by `resuming`; moving to
+            // another may wait out a dead holder's lease.
+            let idle = up.idle_timeout() + self.lease_ttl + std::time::Duration::from_secs(10);
+            self.download_of(&up, d, idle)
+                .run(tx, size.or(declared), body, leader)
                 .await;
             return;
         }
@@ -225,32 +229,22 @@ impl Registry {
         }
         // Without a Content-Length the declared size bounds the body: the
         // download stops at the first byte past it.
-        self.download_into_cache(&up, d, size.or(declared), tx, resp.into_body(), leader)
+        self.download_of(&up, d, up.idle_timeout())
+            .run(tx, size.or(declared), resp.into_body(), leader)
             .await;
     }
 
-    /// Hash `body` into the cache as [`Download`] does, publishing on `tx`.
-    async fn download_into_cache<B>(
-        &self,
-        up: &Upstream,
-        d: Digest,
-        size: Option<u64>,
-        tx: tokio::sync::watch::Sender<FetchState>,
-        body: B,
-        leader: Option<Leader>,
-    ) where
-        B: hyper::body::Body<Data = Bytes> + Unpin,
-        B::Error: std::fmt::Display,
-    {
-        let dl = Download {
+    /// The download of `d` into the cache (hashing, verifying, committing),
+    /// abandoned after `idle_timeout` without a byte.
+    fn download_of(&self, up: &Upstream, d: Digest, idle_timeout: std::time::Duration) -> Download {
+        Download {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             digest: d,
             upstream: up.name.clone(),
-            idle_timeout: up.idle_timeout(),
+            idle_timeout,
             min_free: self.min_free,
-        };
-        dl.run(tx, size, body, leader).await;
+        }
     }
 
     /// A small blob (a config, a signature payload) read whole: from the

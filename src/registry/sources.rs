@@ -60,6 +60,8 @@ pub struct Resumer {
     /// The download's progress (for an uploader if this replica takes over).
     pub progress: watch::Receiver<FetchState>,
     pub lease_ttl: Duration,
+    /// How long one source may send nothing before the next is tried.
+    pub idle: Duration,
 }
 
 impl Resumer {
@@ -252,18 +254,25 @@ pub fn resuming(
             return None;
         }
         loop {
-            let broke = match st.body.next().await {
-                Some(Ok(b)) => {
-                    st.at += b.len() as u64;
-                    return Some((Ok(Frame::data(b)), st));
-                }
-                None if size.is_none_or(|s| st.at >= s) => return None,
-                None => format!(
-                    "the source ended after {} of {} bytes",
-                    st.at,
-                    size.unwrap_or(0)
+            let next = tokio::time::timeout(st.r.idle, st.body.next()).await;
+            let broke = match next {
+                Err(_) => format!(
+                    "the source sent nothing for {}",
+                    humantime::format_duration(st.r.idle)
                 ),
-                Some(Err(e)) => e.to_string(),
+                Ok(next) => match next {
+                    Some(Ok(b)) => {
+                        st.at += b.len() as u64;
+                        return Some((Ok(Frame::data(b)), st));
+                    }
+                    None if size.is_none_or(|s| st.at >= s) => return None,
+                    None => format!(
+                        "the source ended after {} of {} bytes",
+                        st.at,
+                        size.unwrap_or(0)
+                    ),
+                    Some(Err(e)) => e.to_string(),
+                },
             };
             if st.resumes >= MAX_RESUMES {
                 st.done = true;
@@ -308,6 +317,7 @@ impl Registry {
             d: d.clone(),
             progress,
             lease_ttl: self.lease_ttl,
+            idle: up.idle_timeout(),
         };
         if let Some(o) = r.open_bucket(0).await {
             return Ok(resuming(o, r, None));

@@ -35,3 +35,6 @@ mod releases;
 mod deps;
 // kill -9 mid-traffic, then a restart.
 mod crash;
+
+// Several replicas sharing SeaweedFS and Redis.
+mod replicas;

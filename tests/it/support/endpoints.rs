@@ -269,10 +269,28 @@ fn get_blob(
         return r;
     } else {
         let fault = st.faults.lock().unwrap().get(reference).cloned();
-        let (body, len) = faulty_body(st.clone(), data, fault);
+        // `Range: bytes=N-`, served when the mock is told to.
+        let from = req
+            .headers()
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("bytes=")?
+                    .strip_suffix('-')?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .filter(|n| st.ranges.load(Ordering::SeqCst) && *n < data.len());
+        if from.is_some() {
+            st.ranged_gets.fetch_add(1, Ordering::SeqCst);
+        }
+        let (body, len) = faulty_body(st.clone(), data.slice(from.unwrap_or(0)..), fault);
         r = Response::new(body);
         if let Some(l) = len {
             r.headers_mut().insert("content-length", l.into());
+        }
+        if from.is_some() {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
         }
     }
     r.headers_mut()

@@ -89,6 +89,10 @@ pub struct MockState {
     pub upload_location_base: Mutex<Option<String>>,
     /// Upload Locations are relative to the request's URL (`u1`, not `/v2/...`).
     pub relative_upload_locations: AtomicBool,
+    /// Serve `Range: bytes=N-` on blob GETs (206).
+    pub ranges: AtomicBool,
+    /// Blob GETs answered with a range.
+    pub ranged_gets: AtomicU64,
 }
 
 impl MockState {

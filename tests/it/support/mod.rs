@@ -9,6 +9,7 @@ pub mod answers;
 pub mod client;
 pub mod endpoints;
 pub mod faults;
+pub mod fleet;
 pub mod gate;
 pub mod mock;
 pub mod notary;

