@@ -157,7 +157,23 @@ pub fn history(config: &Path, image: &str, json: bool) -> Result<String, String>
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let router = router_of(&cfg, &metrics)?;
     let repo = route_of(&img, &cfg, &router)?.canonical;
-    let ledger = Ledger::open(ledger_dir(&cfg)).map_err(|e| e.to_string())?;
+    // With several replicas the ledger of record is in the bucket: read it
+    // into a mirror of this command's own.
+    let mirror = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ledger = match crate::shared::Shared::open(&cfg, metrics)? {
+        Some(shared) => {
+            let l = Ledger::open_shared(mirror.path().to_path_buf(), Some(shared))
+                .map_err(|e| e.to_string())?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(l.refresh(&repo))
+                .map_err(|e| format!("the release ledger in shared storage: {e}"))?;
+            l
+        }
+        None => Ledger::open(ledger_dir(&cfg)).map_err(|e| e.to_string())?,
+    };
     let h = History::of(&ledger, &repo, img.tag.as_deref());
     Ok(match json {
         true => serde_json::to_string_pretty(&h.json()).map_err(|e| e.to_string())? + "\n",

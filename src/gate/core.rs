@@ -92,7 +92,7 @@ pub struct Gate {
     pub(super) policy: Arc<PolicyHolder>,
     pub(super) audit: AuditLog,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) ledger: Ledger,
+    pub(super) ledger: std::sync::Arc<Ledger>,
     /// The latest denials, newest last (for the release page).
     recent_denials: std::sync::Mutex<std::collections::VecDeque<Denial>>,
 }
@@ -139,8 +139,9 @@ impl Gate {
         let state = GateState::open(dir.clone(), registry.shared().cloned())
             .map_err(|e| GateOpenError::State(dir.display().to_string(), e))?;
         let dir = ledger_dir(config);
-        let ledger = Ledger::open(dir.clone())
+        let ledger = Ledger::open_shared(dir.clone(), registry.shared().cloned())
             .map_err(|e| GateOpenError::State(dir.display().to_string(), e))?;
+        let ledger = std::sync::Arc::new(ledger);
         Ok(Gate {
             registry,
             state,
@@ -162,7 +163,7 @@ impl Gate {
     }
 
     /// The release ledger.
-    pub fn ledger(&self) -> &Ledger {
+    pub fn ledger(&self) -> &std::sync::Arc<Ledger> {
         &self.ledger
     }
 

@@ -4,16 +4,24 @@
 //! `<cache dir>/ledger/`, next to the tag memory, so that both move
 //! together (shared storage for several replicas keeps them side by side).
 //!
+//! With several replicas (`[storage] backend = "s3"`) the ledger of record
+//! is in the bucket (`ledger/<repo>/ledger.jsonl`, appended by
+//! compare-and-swap); the local files are its mirror, refreshed before a
+//! push is decided, before history is read, and every few seconds.
+//!
 //! Invariants: an entry is written (and fsynced) only after the upstream
 //! confirmed the tag; entries are never rewritten; a line that does not
-//! parse (a torn write at a crash) is skipped, never fatal.
+//! parse (a torn write at a crash) is skipped, never fatal; an entry the
+//! bucket could not take is kept in `pending.jsonl` and appended later,
+//! never dropped.
 
+use crate::shared::{BucketError, Shared};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What an entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +68,8 @@ pub struct Ledger {
     root: PathBuf,
     /// Appends to one file at a time (lines never interleave).
     lock: Mutex<()>,
+    /// The ledger of record, with several replicas.
+    shared: Option<Arc<Shared>>,
 }
 
 /// The semantic version a tag names (`v1.2.0` or `1.2.0`), if any.
@@ -69,11 +79,97 @@ pub fn version_of(tag: &str) -> Option<semver::Version> {
 
 impl Ledger {
     pub fn open(root: PathBuf) -> io::Result<Ledger> {
+        Ledger::open_shared(root, None)
+    }
+
+    /// A ledger whose record is in `shared`'s bucket (when given).
+    pub fn open_shared(root: PathBuf, shared: Option<Arc<Shared>>) -> io::Result<Ledger> {
         fs::create_dir_all(&root)?;
         Ok(Ledger {
             root,
             lock: Mutex::new(()),
+            shared,
         })
+    }
+
+    fn pending_path(&self, repo: &str) -> PathBuf {
+        self.root.join(repo).join("pending.jsonl")
+    }
+
+    /// Replace the mirror of `repo` with `text` (the bucket's copy).
+    fn mirror(&self, repo: &str, text: &[u8]) -> io::Result<()> {
+        let path = self.path(repo);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("jsonl.tmp");
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        fs::write(&tmp, text)?;
+        fs::rename(tmp, path)
+    }
+
+    /// Record `e`: in the bucket first with several replicas (kept pending
+    /// locally when the bucket cannot take it), else in the local file.
+    pub async fn record(&self, e: &LedgerEntry) -> io::Result<()> {
+        let Some(shared) = &self.shared else {
+            return self.append(e);
+        };
+        let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
+        line.push(b'\n');
+        match shared.append_ledger(&e.repository, &line).await {
+            Ok(text) => self.mirror(&e.repository, &text),
+            Err(err) => {
+                tracing::error!(repository = %e.repository, "the shared ledger cannot take an entry now ({err}); it is kept in pending.jsonl and appended when the bucket is back");
+                self.append_to(&self.pending_path(&e.repository), &line)?;
+                self.append(e)
+            }
+        }
+    }
+
+    /// Bring the mirror of `repo` up to date with the bucket (after
+    /// appending what is pending). Without shared storage, nothing to do.
+    pub async fn refresh(&self, repo: &str) -> Result<(), BucketError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let pending = self.pending_path(repo);
+        if let Ok(lines) = fs::read(&pending) {
+            shared.append_ledger(repo, &lines).await?;
+            let _ = fs::remove_file(&pending);
+        }
+        if let Some((text, _)) = shared.ledger(repo).await? {
+            if let Err(e) = self.mirror(repo, &text) {
+                tracing::warn!(repository = %repo, "cannot mirror the shared ledger: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Refresh every repository's mirror every `every` (release page, API).
+    pub fn keep_mirrored(self: Arc<Self>, every: std::time::Duration) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                if let Ok(repos) = shared.ledger_repositories().await {
+                    for repo in repos.iter().chain(self.repositories().iter()) {
+                        let _ = self.refresh(repo).await;
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    fn append_to(&self, path: &std::path::Path, line: &[u8]) -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(line)?;
+        f.sync_data()
     }
 
     fn path(&self, repo: &str) -> PathBuf {
@@ -81,18 +177,11 @@ impl Ledger {
         self.root.join(repo).join("ledger.jsonl")
     }
 
-    /// Append `e` durably.
+    /// Append `e` durably to the local file.
     pub fn append(&self, e: &LedgerEntry) -> io::Result<()> {
-        let path = self.path(&e.repository);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
         let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
         line.push(b'\n');
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-        f.write_all(&line)?;
-        f.sync_data()
+        self.append_to(&self.path(&e.repository), &line)
     }
 
     /// Every entry of `repo`, oldest first.

@@ -75,6 +75,15 @@ impl Gate {
     ) -> Result<PushVerdict, GateError> {
         let loaded = self.policy.current();
         let exempt = push_exemption(tags, m);
+        if exempt.is_none() && !tags.is_empty() && loaded.policy.rule_for(&r.canonical).is_some() {
+            // Regressions and channels are judged against the fleet's ledger.
+            self.ledger.refresh(&r.canonical).await.map_err(|e| {
+                GateError::Registry(crate::registry::RegistryError::Shared(format!(
+                    "the release ledger of {} in shared storage cannot be read ({e}); pushes of tags are refused until it can: retry when object storage is back",
+                    r.canonical
+                )))
+            })?;
+        }
         let found = match exempt {
             Some(x) => TagsDecided {
                 decision: PolicyDecision {
@@ -121,7 +130,7 @@ impl Gate {
             for e in ledger.iter_mut().filter(|e| e.event == Event::Release) {
                 e.event = Event::Refused;
                 e.refused_because = decision.reasons.clone();
-                if let Err(err) = self.ledger.append(e) {
+                if let Err(err) = self.ledger.record(e).await {
                     tracing::error!(repository = %r.canonical, tag = %e.tag, "the release ledger could not record a refusal: {err}");
                 }
             }
@@ -304,10 +313,10 @@ impl Gate {
     /// The upstream has the pushed manifest under `tags`: a new signature
     /// makes the image it signs be decided afresh; a decided document's
     /// immutable tags are remembered.
-    pub fn pushed(&self, r: &Route, verdict: &PushVerdict, m: &Manifest, tags: &[String]) {
+    pub async fn pushed(&self, r: &Route, verdict: &PushVerdict, m: &Manifest, tags: &[String]) {
         let repo = &r.canonical;
         for e in verdict.ledger.iter().filter(|e| tags.contains(&e.tag)) {
-            if let Err(err) = self.ledger.append(e) {
+            if let Err(err) = self.ledger.record(e).await {
                 tracing::error!(repository = %repo, tag = %e.tag, "the release ledger could not record this {:?}: {err}", e.event);
             }
         }

@@ -84,6 +84,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<RespBo
                         .find(|(k, _)| k == "tag")
                         .map(|(_, v)| v.into_owned())
                 });
+                if let Err(e) = app.gate().ledger().refresh(name).await {
+                    tracing::warn!(repository = %name, "history from the local mirror: {e}");
+                }
                 let h = crate::commands::history::History::of(app.gate().ledger(), name, tag.as_deref());
                 json(StatusCode::OK, &h.json())
             }

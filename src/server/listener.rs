@@ -84,6 +84,10 @@ pub async fn run(
     }
     if let Some(s) = app.registry.shared() {
         s.clone().watch_health(Duration::from_secs(2));
+        app.gate
+            .ledger()
+            .clone()
+            .keep_mirrored(Duration::from_secs(5));
     }
     if let Some(c) = &app.config.coordination {
         match TcpListener::bind(c.internal_listen).await {

@@ -238,7 +238,7 @@ pub async fn put(
     let verdict = gate.decide_push(&r, m, &tags, &who).await?;
     let registry = ctx.app.registry();
     let (confirmed, subject) = registry.put_manifest(&r, m, &reference, &tags).await?;
-    gate.pushed(&r, &verdict, m, &confirmed);
+    gate.pushed(&r, &verdict, m, &confirmed).await;
     let mut out = Response::new(empty());
     *out.status_mut() = StatusCode::CREATED;
     let h = out.headers_mut();

@@ -82,6 +82,13 @@ impl Leases {
         let _ = self.run::<String>(redis::cmd("PING")).await;
     }
 
+    /// Whether a lease on `d` is held now (None: Redis did not answer).
+    pub async fn is_held(&self, d: &Digest) -> Option<bool> {
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(key(d));
+        self.run::<i64>(exists).await.map(|n| n > 0)
+    }
+
     /// This replica's internal address.
     pub fn me(&self) -> &str {
         &self.me

@@ -326,6 +326,57 @@ impl Shared {
     }
 }
 
+/// Key of `repo`'s release ledger.
+pub fn ledger_key(repo: &str) -> String {
+    format!("ledger/{repo}/ledger.jsonl")
+}
+
+impl Shared {
+    /// `repo`'s ledger as the bucket holds it (JSON lines) and its ETag.
+    pub async fn ledger(&self, repo: &str) -> Result<Option<(Bytes, String)>, BucketError> {
+        let r = self.bucket.get_small(&ledger_key(repo)).await;
+        self.note(&r);
+        r
+    }
+
+    /// Append `lines` to `repo`'s ledger (compare-and-swap, so appends from
+    /// several replicas never overwrite each other); the ledger after.
+    pub async fn append_ledger(&self, repo: &str, lines: &[u8]) -> Result<Bytes, BucketError> {
+        let key = ledger_key(repo);
+        for _ in 0..16 {
+            let (mut text, cond) = match self.ledger(repo).await? {
+                Some((t, etag)) => (t.to_vec(), Cond::IfMatch(etag)),
+                None => (Vec::new(), Cond::IfAbsent),
+            };
+            text.extend_from_slice(lines);
+            let text = Bytes::from(text);
+            let put = self.bucket.put(&key, text.clone(), cond).await;
+            self.note(&put);
+            match put {
+                Ok(_) => return Ok(text),
+                Err(BucketError::Precondition) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BucketError::Precondition)
+    }
+
+    /// Every repository with a ledger in the bucket.
+    pub async fn ledger_repositories(&self) -> Result<Vec<String>, BucketError> {
+        let r = self.bucket.list("ledger/").await;
+        self.note(&r);
+        Ok(r?
+            .into_iter()
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix("ledger/")?
+                    .strip_suffix("/ledger.jsonl")
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+}
+
 fn record(d: &Digest, media_type: &str) -> Bytes {
     let rec = TagRecord {
         digest: d.clone(),

@@ -30,7 +30,7 @@ mod notation;
 // Models shipped as OCI artifacts (Docker Model Runner, ModelPack, KitOps, ORAS) through the gate.
 pub mod models;
 // The release lifecycle: regression gate, channels, the release ledger.
-mod releases;
+pub mod releases;
 // Dependency hygiene: licenses, one crypto generation, known duplicates.
 mod deps;
 // kill -9 mid-traffic, then a restart.

@@ -5,6 +5,8 @@
 //! replica; a killed lease holder, a restarted bucket and a stopped Redis
 //! lose nothing; a bucket that is down fails tag pulls closed.
 
+use crate::push::image_manifest;
+use crate::releases::RELEASE_POLICY;
 use crate::support::fleet::*;
 use crate::support::*;
 use http::StatusCode;
@@ -170,12 +172,25 @@ async fn twelve_cold_gets_over_three_replicas_fetch_once() {
         "{sources}"
     );
     // The internal endpoint serves only the fleet.
-    let internal = format!("http://127.0.0.1:{}/internal/blobs/{d}", f.replicas[0].internal);
+    let internal = format!(
+        "http://127.0.0.1:{}/internal/blobs/{d}",
+        f.replicas[0].internal
+    );
     assert_eq!(get(&internal).await.status, StatusCode::UNAUTHORIZED);
-    let wrong = send(http::Method::GET, &internal, &[("authorization", "Bearer fleet-token-0123456789abcdeX")]).await;
+    let wrong = send(
+        http::Method::GET,
+        &internal,
+        &[("authorization", "Bearer fleet-token-0123456789abcdeX")],
+    )
+    .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     let bearer = format!("Bearer {TOKEN}");
-    let right = send(http::Method::GET, &internal, &[("authorization", &bearer), ("range", "bytes=5-")]).await;
+    let right = send(
+        http::Method::GET,
+        &internal,
+        &[("authorization", &bearer), ("range", "bytes=5-")],
+    )
+    .await;
     assert_eq!(right.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(right.bytes()[..], blob[5..]);
     // A fourth replica started later reads it from the bucket.
@@ -269,9 +284,18 @@ async fn killing_the_lease_holder_mid_download_loses_nothing() {
         let u = f.replicas[1].url(&path);
         async move { get(&u).await }
     });
-    while f.up.state.sent.load(Ordering::SeqCst) < 6 << 20 {
+    // Kill the holder once its copy into the bucket is under way.
+    let b = bucket(&f.weed);
+    for _ in 0..200 {
+        if !b.pending_uploads("blobs/").await.unwrap().is_empty() {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        f.up.state.sent.load(Ordering::SeqCst) < blob.len() as u64,
+        "killed mid-download"
+    );
     f.replicas[0].kill9();
     let l = leader.await.unwrap();
     assert!(
@@ -313,6 +337,99 @@ async fn killing_the_lease_holder_mid_download_loses_nothing() {
     // A later pull anywhere succeeds.
     let g = get(&f.replicas[2].url(&path)).await;
     assert_eq!(Digest::of(g.bytes()), d);
+    // The dead holder's unfinished upload: `cache gc` aborts it (nobody
+    // holds its lease); `cache verify` hashes what the bucket holds.
+    let dead_uploads = b.pending_uploads("blobs/").await.unwrap();
+    assert!(
+        !dead_uploads.is_empty(),
+        "the killed holder left its upload unfinished"
+    );
+    // (With replica 0's config: its process is gone, so its local cache is free.)
+    let (code, out) = f.replicas[0].cli(&["cache", "gc"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "aborted {} unfinished uploads",
+            dead_uploads.len()
+        )),
+        "{out}"
+    );
+    assert!(b.pending_uploads("blobs/").await.unwrap().is_empty());
+    let (code, out) = f.replicas[0].cli(&["cache", "verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("checked 1 objects") && out.contains("all objects match their digests"),
+        "{out}"
+    );
+    let (_, out) = f.replicas[2].cli(&["cache", "stats"]);
+    assert!(out.contains("blobs        1 (16.0 MiB)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_release_ledger_is_the_fleets() {
+    let Some(f) = Fleet::start(2, Some(RELEASE_POLICY)).await else {
+        return;
+    };
+    let put = |r: &Replica, tag: &str, m: &str| {
+        let (url, m) = (
+            r.url(&format!("/v2/models/clf/manifests/{tag}")),
+            m.to_string(),
+        );
+        async move {
+            send_body(
+                http::Method::PUT,
+                &url,
+                &[("content-type", OCI), ("x-modelgate-reason", "fleet test")],
+                m,
+            )
+            .await
+        }
+    };
+    let (m100, d100) = image_manifest(
+        &f.up,
+        r#"{"model.version":"v1.0.0","accuracy.test":"0.92"}"#,
+    );
+    let r = put(&f.replicas[0], "v1.0.0", &m100).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", text(&r));
+    // Replica 1 never saw v1.0.0 pushed, yet judges v1.1.0 against it.
+    let (m110, _) = image_manifest(
+        &f.up,
+        r#"{"model.version":"v1.1.0","accuracy.test":"0.90"}"#,
+    );
+    let r = put(&f.replicas[1], "v1.1.0", &m110).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
+    assert!(
+        r.message().contains("0.02 below v1.0.0 (0.92)"),
+        "{}",
+        r.message()
+    );
+    // Both entries (the release and the refusal) are in the bucket's ledger,
+    // and every replica's history shows them.
+    let admin = format!(
+        "http://127.0.0.1:{}/api/v1/repositories/local/models/clf/history",
+        f.replicas[0].admin
+    );
+    let h = get(&admin).await.json();
+    let events: Vec<String> = h["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["event"].as_str().unwrap(),
+                e["tag"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(events, ["release v1.0.0", "refused v1.1.0"], "{h}");
+    let image = format!("127.0.0.1:{}/models/clf", f.replicas[1].port);
+    let (code, out) = f.replicas[1].cli(&["history", &image]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("v1.0.0") && out.contains(&d100.hex()[..12]),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,7 +4,7 @@
 //! `MODELGATE_REQUIRE_INTEROP=1`), saying which.
 
 use super::client::client;
-use super::process::{bin, free_port, spawn_logged};
+use super::process::{bin, free_port, free_ports, spawn_logged};
 use http::StatusCode;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -79,7 +79,7 @@ pub struct Seaweed {
 impl Seaweed {
     pub async fn start(bin: &Path, dir: &Path) -> Seaweed {
         std::fs::create_dir_all(dir).unwrap();
-        let ports: Vec<u16> = (0..14).map(|_| free_port()).collect();
+        let ports = free_ports(14);
         let mut w = Seaweed {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -289,7 +289,8 @@ impl Replica {
     ) -> Replica {
         let dir = dir.join(format!("replica{n}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let (port, admin, internal) = (free_port(), free_port(), free_port());
+        let p = free_ports(3);
+        let (port, admin, internal) = (p[0], p[1], p[2]);
         let mut cfg = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nallow_anonymous_push = true\n[cache]\ndir = \"{}\"\ntag_ttl = \"1s\"\n[storage]\nbackend = \"s3\"\nendpoint = \"{s3}\"\nbucket = \"{BUCKET}\"\n",
             dir.join("cache").display()
@@ -359,6 +360,23 @@ impl Replica {
             stop(c);
         }
         self.child = None;
+    }
+
+    /// Run `modelgate <args> --config <this replica's config>` with the
+    /// fleet's credentials: (exit code, stdout + stderr).
+    pub fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.cfg)
+            .env("MODELGATE_S3_ACCESS_KEY", S3_KEY)
+            .env("MODELGATE_S3_SECRET_KEY", S3_SECRET)
+            .env("MODELGATE_INTERNAL_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
     }
 }
 

@@ -9,6 +9,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free loopback ports (all held until all are chosen, so
+/// none is handed out twice).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// Start `cmd` with no input and its output in `log`.
 pub fn spawn_logged(
     cmd: &mut std::process::Command,
