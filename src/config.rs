@@ -250,6 +250,14 @@ pub struct Config {
     pub coordination: Option<CoordinationConfig>,
 }
 
+/// How configuration reads environment variables (the process's, or a
+/// test's own).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 /// A secret read from the environment or a file: never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -478,6 +486,11 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, &process_env)
+    }
+
+    /// [`Config::parse`], reading environment variables through `env`.
+    pub fn parse_with_env(text: &str, env: Env) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             message: e.to_string(),
@@ -534,10 +547,15 @@ impl Config {
             )?,
             audit_path: raw.audit.path.clone(),
             upstreams,
-            storage: storage_of(&raw.storage)?,
-            coordination: coordination_of(&raw.coordination)?,
+            storage: storage_of(env, &raw.storage)?,
+            coordination: coordination_of(env, &raw.coordination)?,
         })
         .and_then(|mut c| {
+            if c.coordination.is_some() && c.storage.is_none() {
+                return Err(ConfigError::Invalid(
+                    "[coordination] needs [storage] backend = \"s3\": the lease holder copies each blob into the shared bucket the others read".into(),
+                ));
+            }
             if let Some(n) = &raw.storage.local_cache_bytes {
                 c.max_bytes = max_bytes_of(&RawCache {
                     max_bytes: n.clone(),
@@ -556,9 +574,9 @@ impl Config {
 }
 
 /// A secret from the environment variable `var`.
-fn secret_from_env(field: &str, var: &str) -> Result<Secret, ConfigError> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Ok(Secret(v)),
+fn secret_from_env(env: Env, field: &str, var: &str) -> Result<Secret, ConfigError> {
+    match env(var) {
+        Some(v) if !v.is_empty() => Ok(Secret(v)),
         _ => Err(ConfigError::Invalid(format!(
             "{field}: the environment variable {var} is not set (or empty); set it, or name a credentials_file"
         ))),
@@ -590,7 +608,7 @@ fn credentials_from_file(path: &Path) -> Result<(Secret, Secret), ConfigError> {
     }
 }
 
-fn storage_of(s: &RawStorage) -> Result<Option<S3Config>, ConfigError> {
+fn storage_of(env: Env, s: &RawStorage) -> Result<Option<S3Config>, ConfigError> {
     match s.backend.as_deref().unwrap_or("local") {
         "local" => {
             if s.endpoint.is_some() || s.bucket.is_some() {
@@ -634,12 +652,14 @@ fn storage_of(s: &RawStorage) -> Result<Option<S3Config>, ConfigError> {
         Some(p) => credentials_from_file(p)?,
         None => (
             secret_from_env(
+                env,
                 "storage.access_key_env",
                 s.access_key_env
                     .as_deref()
                     .unwrap_or("MODELGATE_S3_ACCESS_KEY"),
             )?,
             secret_from_env(
+                env,
                 "storage.secret_key_env",
                 s.secret_key_env
                     .as_deref()
@@ -664,7 +684,36 @@ fn storage_of(s: &RawStorage) -> Result<Option<S3Config>, ConfigError> {
     }))
 }
 
-fn coordination_of(c: &RawCoordination) -> Result<Option<CoordinationConfig>, ConfigError> {
+/// `s` with each `${NAME}` replaced by the environment variable NAME (a
+/// per-pod address in a shared config file, e.g. `http://${POD_IP}:5001`).
+fn expand_env(env: Env, field: &str, s: &str) -> Result<String, ConfigError> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after.find('}').ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{field} = {s:?}: an unclosed ${{ (write ${{NAME}})"
+            ))
+        })?;
+        let name = &after[..end];
+        let value = env(name).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{field} = {s:?}: the environment variable {name} is not set"
+            ))
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn coordination_of(
+    env: Env,
+    c: &RawCoordination,
+) -> Result<Option<CoordinationConfig>, ConfigError> {
     let Some(redis) = &c.redis else {
         if c.internal_listen.is_some() || c.internal_advertise.is_some() {
             return Err(ConfigError::Invalid(
@@ -688,7 +737,7 @@ fn coordination_of(c: &RawCoordination) -> Result<Option<CoordinationConfig>, Co
     })?;
     let internal_listen = addr("coordination.internal_listen", listen)?;
     let advertise = match &c.internal_advertise {
-        Some(a) => a.clone(),
+        Some(a) => expand_env(env, "coordination.internal_advertise", a)?,
         None if !internal_listen.ip().is_unspecified() => format!("http://{internal_listen}"),
         None => {
             return Err(ConfigError::Invalid(format!(
@@ -705,6 +754,7 @@ fn coordination_of(c: &RawCoordination) -> Result<Option<CoordinationConfig>, Co
             ))
         })?;
     let internal_token = secret_from_env(
+        env,
         "coordination.internal_token_env",
         c.internal_token_env
             .as_deref()
@@ -779,6 +829,99 @@ default = true
         assert!(e.to_string().contains("same url"), "{e}");
         let c = Config::parse(GOOD).unwrap();
         assert!(!c.allow_anonymous_push, "read-only by default");
+    }
+
+    #[test]
+    fn shared_storage_and_coordination() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n",
+        )
+        .unwrap();
+        let s3 = format!(
+            "[storage]\nbackend = \"s3\"\nendpoint = \"http://127.0.0.1:8333\"\nbucket = \"mg\"\ncredentials_file = \"{}\"\nprefix = \"/fleet-a/\"\nlocal_cache_bytes = \"1GiB\"\n",
+            creds.display()
+        );
+        let c = Config::parse(&format!("{GOOD}{s3}")).unwrap();
+        let st = c.storage.as_ref().unwrap();
+        assert_eq!(
+            (st.bucket.as_str(), st.region.as_str(), st.prefix.as_str()),
+            ("mg", "us-east-1", "fleet-a/")
+        );
+        assert!(st.path_style);
+        assert_eq!(st.access_key, Secret("AK".into()));
+        assert_eq!(
+            c.max_bytes,
+            1 << 30,
+            "local_cache_bytes bounds the local cache"
+        );
+        // Secrets never print.
+        assert!(!format!("{c:?}").contains("SK"));
+        assert!(c.coordination.is_none());
+        // Coordination: the token comes from the environment (PATH stands in).
+        let co = "[coordination]\nredis = \"redis://127.0.0.1:6379\"\ninternal_listen = \"127.0.0.1:5001\"\ninternal_token_env = \"PATH\"\n";
+        let c = Config::parse(&format!("{GOOD}{s3}{co}")).unwrap();
+        let k = c.coordination.unwrap();
+        assert_eq!(k.internal_advertise.as_str(), "http://127.0.0.1:5001/");
+        assert_eq!(k.lease_ttl, Duration::from_secs(15));
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(
+            expand_env(&process_env, "f", "a${PATH}b").unwrap(),
+            format!("a{path}b")
+        );
+        assert!(expand_env(&process_env, "f", "${MODELGATE_TEST_UNSET_VAR}")
+            .unwrap_err()
+            .to_string()
+            .contains("MODELGATE_TEST_UNSET_VAR is not set"));
+        assert!(expand_env(&process_env, "f", "${PATH").is_err());
+        let e = Config::parse(&format!("{GOOD}{co}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[coordination] needs [storage]"), "{e}");
+        for (bad, says) in [
+            ("[storage]\nbackend = \"gcs\"\n", "use \"local\" (the default) or \"s3\""),
+            ("[storage]\nbackend = \"s3\"\n", "storage.endpoint is required"),
+            ("[storage]\nendpoint = \"http://x\"\n", "set backend = \"s3\""),
+            ("[storage]\nbackend = \"s3\"\nendpoint = \"ftp://x\"\nbucket = \"b\"\n", "is not an http(s) URL"),
+            ("[storage]\nbackend = \"s3\"\nendpoint = \"http://x\"\nbucket = \"B_b\"\n", "bucket names are lowercase"),
+            ("[storage]\nbackend = \"s3\"\nendpoint = \"http://x\"\nbucket = \"b\"\naccess_key_env = \"MODELGATE_TEST_UNSET_KEY\"\n", "MODELGATE_TEST_UNSET_KEY is not set"),
+            ("[coordination]\ninternal_listen = \"127.0.0.1:5001\"\n", "redis is not"),
+            ("[coordination]\nredis = \"http://x\"\ninternal_listen = \"127.0.0.1:5001\"\n", "is not a URL like \"redis://"),
+            ("[coordination]\nredis = \"redis://x\"\n", "internal_listen is required"),
+            ("[coordination]\nredis = \"redis://x\"\ninternal_listen = \"0.0.0.0:5001\"\n", "internal_advertise is required"),
+        ] {
+            let e = Config::parse(&format!("{GOOD}{bad}")).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    /// The Kubernetes example's config is one modelgate accepts.
+    #[test]
+    fn the_kubernetes_example_config_parses() {
+        let yaml = include_str!("../deploy/kubernetes/modelgate.yaml");
+        let toml: String = yaml
+            .lines()
+            .skip_while(|l| !l.contains("modelgate.toml: |"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        let env = |name: &str| -> Option<String> {
+            match name {
+                "POD_IP" => Some("10.1.2.3".into()),
+                "MODELGATE_S3_ACCESS_KEY" | "MODELGATE_S3_SECRET_KEY" => Some("k".into()),
+                "MODELGATE_INTERNAL_TOKEN" => Some("0123456789abcdef0123".into()),
+                _ => None,
+            }
+        };
+        let c = Config::parse_with_env(&toml, &env).unwrap();
+        assert_eq!(
+            c.coordination.unwrap().internal_advertise.as_str(),
+            "http://10.1.2.3:5001/"
+        );
+        assert_eq!(c.storage.unwrap().bucket, "modelgate");
     }
 
     #[test]
