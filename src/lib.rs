@@ -4,7 +4,8 @@
 //! Dependencies point one way, as the data flows (docs/ARCHITECTURE.md):
 //! [`server`] (HTTP only) → [`gate`] (policy decisions, signatures,
 //! evidence) → [`registry`] (content from the cache or the upstream) →
-//! [`cache`], [`upstream`], [`oci`]. [`policy`] and [`trust`] are pure;
+//! [`shared`] (several replicas: bucket, leases) → [`cache`], [`upstream`],
+//! [`oci`]. [`policy`] and [`trust`] are pure;
 //! [`error`] is the one place errors become what a client sees.
 
 #![forbid(unsafe_code)]
