@@ -142,13 +142,24 @@ fn valid_repository(name: &str) -> bool {
 
 /// Serve the admin API until the process ends.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
+    serve_plain(listener, move |req| handle(app.clone(), req)).await
+}
+
+/// Serve a small internal API (admin, fleet) on `listener` until the
+/// process ends: each request answered by `handle`, no limits beyond the
+/// listener's (these listeners are not the clients').
+pub async fn serve_plain<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<RespBody>, Infallible>> + Send + 'static,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let app = app.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(app.clone(), req));
+            let svc = service_fn(handle);
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

@@ -17,8 +17,6 @@ use crate::oci::Digest;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, RANGE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -133,19 +131,9 @@ fn handle(app: &App, req: Request<Incoming>) -> Response<RespBody> {
 
 /// Serve the internal endpoint until the process ends.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
-    loop {
-        let Ok((s, _)) = listener.accept().await else {
-            continue;
-        };
+    super::admin::serve_plain(listener, move |req| {
         let app = app.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(&app, req)) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
-        });
-    }
+        async move { Ok::<_, Infallible>(handle(&app, req)) }
+    })
+    .await
 }

@@ -10,17 +10,12 @@
 
 use super::sigv4::{self, Credentials, Signing};
 use crate::config::S3Config;
-use crate::upstream::client::{tls_client_config, BoxError, ReqBody};
+use crate::upstream::client::{https_client, BoxError, HttpsClient, ReqBody};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
-
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
 
 /// Largest XML or record body read whole.
 const MAX_SMALL: usize = 4 << 20;
@@ -111,20 +106,7 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn new(cfg: &S3Config) -> Result<Bucket, String> {
-        let tls = tls_client_config(cfg.ca_cert.as_deref())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        http.set_nodelay(true);
-        let conn = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(32)
-            .build(conn);
+        let client = https_client(cfg.ca_cert.as_deref(), Duration::from_secs(5), 32)?;
         Ok(Bucket {
             cfg: cfg.clone(),
             client,
@@ -423,6 +405,29 @@ impl Bucket {
         }
     }
 
+    /// `key` as callers name it (without the configured prefix).
+    fn unprefixed(&self, key: &str) -> String {
+        key.strip_prefix(&self.cfg.prefix)
+            .unwrap_or(key)
+            .to_string()
+    }
+
+    /// A bucket-level GET with `query`, its XML answer parsed.
+    async fn query_xml<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, BucketError> {
+        let resp = self
+            .send(Method::GET, "", query, vec![], Bytes::new())
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.refused(what, resp).await);
+        }
+        let body = self.read(resp).await?;
+        parse_xml(&body).map_err(|e| self.unavailable(e))
+    }
+
     /// Every object under `prefix` (after the configured prefix).
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, BucketError> {
         let full = format!("{}{prefix}", self.cfg.prefix);
@@ -433,21 +438,10 @@ impl Bucket {
             if let Some(t) = &token {
                 q.push(("continuation-token", t.as_str()));
             }
-            let resp = self.send(Method::GET, "", &q, vec![], Bytes::new()).await?;
-            if !resp.status().is_success() {
-                return Err(self.refused(&format!("list {prefix}"), resp).await);
-            }
-            let body = self.read(resp).await?;
-            let r: ListResult = parse_xml(&body).map_err(|e| self.unavailable(e))?;
-            out.extend(r.contents.into_iter().map(|c| {
-                Listed {
-                    key: c
-                        .key
-                        .strip_prefix(&self.cfg.prefix)
-                        .unwrap_or(&c.key)
-                        .to_string(),
-                    size: c.size,
-                }
+            let r: ListResult = self.query_xml(&format!("list {prefix}"), &q).await?;
+            out.extend(r.contents.into_iter().map(|c| Listed {
+                key: self.unprefixed(&c.key),
+                size: c.size,
             }));
             match (r.is_truncated, r.next_continuation_token) {
                 (true, Some(t)) => token = Some(t),
@@ -461,20 +455,11 @@ impl Bucket {
     pub async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, BucketError> {
         let full = format!("{}{prefix}", self.cfg.prefix);
         let q = [("uploads", ""), ("prefix", full.as_str())];
-        let resp = self.send(Method::GET, "", &q, vec![], Bytes::new()).await?;
-        if !resp.status().is_success() {
-            return Err(self.refused("list uploads", resp).await);
-        }
-        let body = self.read(resp).await?;
-        let r: UploadsResult = parse_xml(&body).map_err(|e| self.unavailable(e))?;
+        let r: UploadsResult = self.query_xml("list uploads", &q).await?;
         Ok(r.upload
             .into_iter()
             .map(|u| PendingUpload {
-                key: u
-                    .key
-                    .strip_prefix(&self.cfg.prefix)
-                    .unwrap_or(&u.key)
-                    .to_string(),
+                key: self.unprefixed(&u.key),
                 upload_id: u.upload_id,
                 initiated: u.initiated,
             })

@@ -31,7 +31,31 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream.
 pub type ReqBody = BoxBody<Bytes, BoxError>;
 pub type UpstreamResponse = Response<Incoming>;
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
+
+/// An HTTP(S) client on the one TLS stack (rustls, ring): TLS with the
+/// webpki roots plus `ca_cert`, pooled connections, no Nagle.
+pub fn https_client(
+    ca_cert: Option<&std::path::Path>,
+    connect_timeout: Duration,
+    max_idle_per_host: usize,
+) -> Result<HttpsClient, String> {
+    let tls = tls_client_config(ca_cert)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let conn = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(max_idle_per_host)
+        .build(conn))
+}
 
 const MAX_REDIRECTS: usize = 5;
 const MAX_TOKEN_BODY: usize = 1024 * 1024;
@@ -113,21 +137,8 @@ impl Upstream {
             upstream: cfg.name.clone(),
             message,
         };
-        let tls = tls_client_config(cfg.ca_cert.as_deref()).map_err(setup)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        let conn = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(conn);
+        let client =
+            https_client(cfg.ca_cert.as_deref(), cfg.connect_timeout, 64).map_err(setup)?;
         let base = cfg.url.clone();
         let base_path = base.path().trim_end_matches('/').to_string();
         Ok(Upstream {

