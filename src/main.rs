@@ -382,11 +382,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn keep_freed_buffers() {
     const MMAP_THRESHOLD: libc::c_int = 4 << 20;
     const TRIM_THRESHOLD: libc::c_int = 8 << 20;
+    // Each arena keeps up to TRIM_THRESHOLD: fewer arenas bound the total.
+    const ARENAS: libc::c_int = 4;
     // SAFETY: mallopt only sets allocator parameters; it is called before
     // any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
     }
 }
 

@@ -157,7 +157,11 @@ impl Resumer {
     /// bucket, the lease holder, else (taking the lease) the upstream.
     /// Waits while a dead holder's lease runs out.
     pub async fn reopen(&self, from: u64, dead: Option<&str>) -> Result<Opened, RegistryError> {
-        let deadline = Instant::now() + self.lease_ttl + Duration::from_secs(10);
+        // A holder that keeps its lease but does not serve the blob (it
+        // serves it uncached, or cannot be reached from here) is waited for
+        // one lease time; then this replica downloads on its own.
+        let deadline = Instant::now() + self.lease_ttl + Duration::from_secs(2);
+        let mut dead = dead.map(str::to_string);
         loop {
             if let Some(o) = self.open_bucket(from).await {
                 return Ok(o);
@@ -167,33 +171,39 @@ impl Resumer {
                 None => Lease::Unavailable,
             };
             match lease {
-                Lease::Held(addr) if Some(addr.as_str()) != dead => {
+                Lease::Held(addr) if Some(&addr) != dead.as_ref() => {
                     if let Some(o) = self.open_peer(&addr, from).await {
                         return Ok(o);
                     }
+                    dead = Some(addr);
                 }
-                Lease::Held(_) => {}
-                Lease::Won(guard) => {
-                    let o = self.open_upstream(from).await?;
-                    self.shared.count_source("resumed");
-                    let shared = self.shared.clone();
-                    let (key, rx) = (blob_key(&self.d), self.progress.clone());
-                    tokio::spawn(async move {
-                        upload::upload_flight(shared, key, rx).await;
-                        drop(guard);
-                    });
-                    return Ok(o);
+                Lease::Held(_) if Instant::now() < deadline => {}
+                Lease::Won(guard) => return self.upstream_with_copy(from, Some(guard)).await,
+                Lease::Held(_) | Lease::Unavailable => {
+                    return self.upstream_with_copy(from, None).await
                 }
-                Lease::Unavailable => return self.open_upstream(from).await,
-            }
-            if Instant::now() > deadline {
-                return Err(RegistryError::Shared(format!(
-                    "no replica could continue the download of {} (the lease holder stopped and no other source has it); retry",
-                    self.d
-                )));
             }
             tokio::time::sleep(RETRY_EVERY).await;
         }
+    }
+
+    /// The upstream from `from`, and a copy of this replica's download into
+    /// the bucket (the lease, if held, released when the copy is done).
+    async fn upstream_with_copy(
+        &self,
+        from: u64,
+        guard: Option<crate::shared::LeaseGuard>,
+    ) -> Result<Opened, RegistryError> {
+        let o = self.open_upstream(from).await?;
+        self.shared
+            .count_source(if from > 0 { "resumed" } else { "upstream" });
+        let shared = self.shared.clone();
+        let (key, rx) = (blob_key(&self.d), self.progress.clone());
+        tokio::spawn(async move {
+            upload::upload_flight(shared, key, rx).await;
+            drop(guard);
+        });
+        Ok(o)
     }
 }
 
@@ -331,23 +341,8 @@ impl Registry {
                 Some(o) => (o, Some(addr)),
                 None => (r.reopen(0, Some(&addr)).await?, None),
             },
-            Lease::Won(guard) => {
-                let o = r.open_upstream(0).await?;
-                shared.count_source("upstream");
-                let (s, key, rx) = (shared.clone(), blob_key(d), r.progress.clone());
-                tokio::spawn(async move {
-                    upload::upload_flight(s, key, rx).await;
-                    drop(guard);
-                });
-                (o, None)
-            }
-            Lease::Unavailable => {
-                let o = r.open_upstream(0).await?;
-                shared.count_source("upstream");
-                let (s, key, rx) = (shared.clone(), blob_key(d), r.progress.clone());
-                tokio::spawn(upload::upload_flight(s, key, rx));
-                (o, None)
-            }
+            Lease::Won(guard) => (r.upstream_with_copy(0, Some(guard)).await?, None),
+            Lease::Unavailable => (r.upstream_with_copy(0, None).await?, None),
         };
         Ok(resuming(first, r, source))
     }

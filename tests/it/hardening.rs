@@ -595,3 +595,89 @@ async fn check_names_an_exempt_signature_artifact() {
     );
     assert!(!out.contains("policy default"), "{out}");
 }
+
+/// Issue #13 item 2: slow clients hold no more than their share. Clients
+/// that trickle their headers (slowloris) are cut off at `header_timeout`;
+/// a client that stops reading a large blob (its TCP window full) neither
+/// stalls the download it started nor other clients of the same blob; and
+/// beyond `max_connections` a new client waits and is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_hold_no_more_than_their_share() {
+    use tokio::io::AsyncWriteExt;
+    let up = Mock::start().await;
+    let (_, _, layers) = up.state.add_image("team/x", "v1", &[data(24 << 20, 3)]);
+    let g = Gate::start_server(&up.url(), "header_timeout = \"1s\"\nmax_connections = 16").await;
+    // Slowloris: ten connections send a header byte every 300 ms.
+    let started = std::time::Instant::now();
+    let mut lorises = Vec::new();
+    for _ in 0..10 {
+        let mut s = connect_from("127.0.0.1", g.addr).await;
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        lorises.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if s.write_all(b"X").await.is_err() {
+                    return true; // closed by the server
+                }
+            }
+            false
+        }));
+    }
+    // Meanwhile another client is served.
+    assert_eq!(
+        get_from("127.0.0.2", &g, "/v2/team/x/manifests/v1").await,
+        Some(StatusCode::OK)
+    );
+    for l in lorises {
+        assert!(
+            l.await.unwrap(),
+            "a slowloris connection outlived header_timeout"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // A client that stops reading a cold 24 MiB blob after its first bytes.
+    let path = format!("/v2/team/x/blobs/{}", layers[0]);
+    let mut stalled = connect_from("127.0.0.3", g.addr).await;
+    stalled
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another client gets all of it, well before the stalled one reads on.
+    let fast = tokio::time::timeout(Duration::from_secs(20), get(&g.url(&path))).await;
+    let fast = fast.expect("the other client was held up by the stalled one");
+    assert_eq!(Digest::of(fast.bytes()), layers[0]);
+    // The download the stalled client started was verified and cached.
+    let cached = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        cached_blobs(&g).contains(&layers[0].hex().to_string())
+    });
+    assert!(cached, "the stalled leader's download did not finish");
+    drop(stalled);
+    // Beyond max_connections (16) a client waits for a slot, then is served.
+    let mut held = Vec::new();
+    for i in 0..16 {
+        held.push(connect_from(&format!("127.0.1.{}", i + 1), g.addr).await);
+    }
+    let waiting = tokio::spawn({
+        let url = g.url("/v2/team/x/manifests/v1");
+        async move { get(&url).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served beyond max_connections");
+    drop(held);
+    let status = tokio::time::timeout(Duration::from_secs(15), waiting).await;
+    assert_eq!(
+        status
+            .expect("the waiting client was never served")
+            .unwrap(),
+        StatusCode::OK
+    );
+    g.stop().await;
+}
