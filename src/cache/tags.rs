@@ -73,6 +73,22 @@ impl TagStore {
         let _ = fs::remove_file(self.path(repo, tag));
     }
 
+    /// Remember `tag → digest` as last known elsewhere (another replica's
+    /// record), unconfirmed: the upstream is asked again when it can be.
+    pub fn remember_unconfirmed(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+        media_type: &str,
+    ) -> io::Result<()> {
+        self.confirm(repo, tag, digest, media_type)?;
+        if let Some(mut e) = self.mem.get_mut(&(repo.to_string(), tag.to_string())) {
+            e.confirmed = None;
+        }
+        Ok(())
+    }
+
     /// Record that the upstream says `tag → digest` now.
     pub fn confirm(
         &self,

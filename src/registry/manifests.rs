@@ -99,7 +99,13 @@ impl Registry {
             .and_then(|e| self.cached_manifest(&e.digest).map(|m| (e, m)));
         let Some((entry, m)) = cached else {
             self.metrics.cache("manifest", CacheResult::Miss);
-            return self.fetch_manifest(r, &reference, accept).await;
+            return match self.fetch_manifest(r, &reference, accept).await {
+                Err(e) if e.is_unreachable() => match self.fleet_last_known(r, tag).await {
+                    Some(m) => Ok(self.serve_stale(r, tag, m, &e)),
+                    None => Err(e),
+                },
+                other => other,
+            };
         };
         if entry.confirmed.is_some_and(|t| t.elapsed() < self.tag_ttl) {
             self.metrics.cache("manifest", CacheResult::Hit);
@@ -168,6 +174,33 @@ impl Registry {
             }
             _ => Err(failure(&r.upstream, resp, object).await),
         }
+    }
+
+    /// With several replicas, the fleet's last known answer for `tag` (what
+    /// another replica was told by the upstream), for when this replica has
+    /// none and the upstream cannot be asked.
+    async fn fleet_last_known(&self, r: &Route, tag: &str) -> Option<Manifest> {
+        let shared = self.shared.as_ref()?;
+        let rec = shared.last_known(&r.canonical, tag).await.ok()??;
+        let bytes = shared
+            .manifest(&rec.digest, MAX_MANIFEST_BYTES)
+            .await
+            .ok()??;
+        if let Err(e) = self
+            .store
+            .put_bytes(&rec.digest, &bytes, Some(&rec.media_type))
+        {
+            tracing::warn!(error = %e, "cannot cache manifest {}", rec.digest);
+        }
+        // The tag named it in this repository: the repository holds it.
+        let _ = self
+            .tags
+            .remember_unconfirmed(&r.canonical, tag, &rec.digest, &rec.media_type);
+        Some(Manifest {
+            bytes,
+            digest: rec.digest,
+            media_type: rec.media_type,
+        })
     }
 
     fn serve_stale(&self, r: &Route, tag: &str, m: Manifest, why: &RegistryError) -> Manifest {

@@ -293,6 +293,21 @@ impl Shared {
         Err(BucketError::Precondition)
     }
 
+    /// A manifest by digest from the bucket, verified against it; None
+    /// when absent (or holding other bytes, which is logged).
+    pub async fn manifest(&self, d: &Digest, max: usize) -> Result<Option<Bytes>, BucketError> {
+        let r = self.bucket.get_small(&manifest_key(d)).await;
+        self.note(&r);
+        let Some((bytes, _)) = r? else {
+            return Ok(None);
+        };
+        if bytes.len() > max || Digest::of(&bytes) != *d {
+            tracing::error!(digest = %d, "the shared bucket holds other bytes under manifest {d}; ignored");
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+
     /// Keep a verified manifest in the bucket (content-addressed: an
     /// existing object is the same bytes).
     pub async fn put_manifest(&self, d: &Digest, bytes: Bytes) {

@@ -557,3 +557,40 @@ async fn with_the_bucket_down_cached_digests_are_served_and_tags_fail_closed() {
     let g = get(&f.replicas[1].url("/v2/m/manifests/v2")).await;
     assert_eq!(g.status, StatusCode::OK, "{}", text(&g));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_upstream_down_replicas_answer_from_the_fleets_records() {
+    let Some(f) = Fleet::start(2, None).await else {
+        return;
+    };
+    let (md, _, layers) = f.up.state.add_image("m", "v1", &[data(2 << 20, 6)]);
+    let g = get(&f.replicas[0].url("/v2/m/manifests/v1")).await;
+    assert_eq!(g.status, StatusCode::OK, "{}", text(&g));
+    let g = get(&f.replicas[0].url(&format!("/v2/m/blobs/{}", layers[0]))).await;
+    assert_eq!(Digest::of(g.bytes()), layers[0]);
+    let b = bucket(&f.weed);
+    assert!(stored(&b, "tags/last-known/local/m/v1.json")
+        .await
+        .is_some());
+    assert!(stored(&b, &format!("blobs/sha256/{}", layers[0].hex()))
+        .await
+        .is_some());
+    f.up.state.down.store(true, Ordering::SeqCst);
+    // Replica 1 never saw the tag: it answers with the fleet's last known
+    // digest, and the blob from the bucket.
+    let g = get(&f.replicas[1].url("/v2/m/manifests/v1")).await;
+    assert_eq!(g.status, StatusCode::OK, "{}", text(&g));
+    assert_eq!(
+        g.header("docker-content-digest"),
+        Some(md.to_string().as_str())
+    );
+    let g = get(&f.replicas[1].url(&format!("/v2/m/blobs/{}", layers[0]))).await;
+    assert_eq!(Digest::of(g.bytes()), layers[0]);
+    assert!(f.replicas[1]
+        .metrics()
+        .await
+        .contains("modelgate_stale_served_total{upstream=\"local\"} 1"));
+    // A tag nobody saw is still an error that says why.
+    let g = get(&f.replicas[1].url("/v2/m/manifests/v2")).await;
+    assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE, "{}", text(&g));
+}
