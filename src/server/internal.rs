@@ -48,7 +48,7 @@ fn authorized(app: &App, req: &Request<Incoming>) -> bool {
 }
 
 /// `bytes=N-` → N (0 without a Range header); None for another form.
-fn range_start(req: &Request<Incoming>) -> Option<u64> {
+fn range_start<B>(req: &Request<B>) -> Option<u64> {
     match req.headers().get(RANGE) {
         None => Some(0),
         Some(v) => v
@@ -136,4 +136,26 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
         async move { Ok::<_, Infallible>(handle(&app, req)) }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(range: Option<&str>) -> Request<()> {
+        let mut r = Request::get("/internal/blobs/x");
+        if let Some(v) = range {
+            r = r.header(RANGE, v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_open_ended_ranges_are_read() {
+        assert_eq!(range_start(&req(None)), Some(0));
+        assert_eq!(range_start(&req(Some("bytes=42-"))), Some(42));
+        assert_eq!(range_start(&req(Some("bytes=0-9"))), None);
+        assert_eq!(range_start(&req(Some("bytes=-5"))), None);
+        assert_eq!(range_start(&req(Some("items=1-"))), None);
+    }
 }

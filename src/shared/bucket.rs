@@ -518,6 +518,42 @@ mod tests {
         assert_eq!(u.upload[0].upload_id, "u-2");
     }
 
+    fn bucket(endpoint: &str, path_style: bool, prefix: &str) -> Bucket {
+        Bucket::new(&S3Config {
+            endpoint: endpoint.parse().unwrap(),
+            bucket: "mg".into(),
+            region: "us-east-1".into(),
+            path_style,
+            access_key: crate::config::Secret("AK".into()),
+            secret_key: crate::config::Secret("SK".into()),
+            ca_cert: None,
+            prefix: prefix.into(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn addresses_path_style_and_virtual_hosted() {
+        let b = bucket("http://127.0.0.1:8333", true, "");
+        assert_eq!(
+            b.locate("blobs/sha256/ab"),
+            ("127.0.0.1:8333".into(), "/mg/blobs/sha256/ab".into())
+        );
+        let b = bucket("https://s3.eu-west-1.amazonaws.com", false, "fleet-a/");
+        assert_eq!(
+            b.locate("tags/x.json"),
+            (
+                "mg.s3.eu-west-1.amazonaws.com".into(),
+                "/fleet-a/tags/x.json".into()
+            )
+        );
+        assert_eq!(b.unprefixed("fleet-a/tags/x.json"), "tags/x.json");
+        // An endpoint under a path keeps it.
+        let b = bucket("http://gw.local/s3/", true, "");
+        assert_eq!(b.locate("k"), ("gw.local".into(), "/s3/mg/k".into()));
+        assert!(!b.endpoint().contains("SK"));
+    }
+
     #[test]
     fn lost_races_are_preconditions() {
         assert!(Bucket::lost(
@@ -537,5 +573,38 @@ mod tests {
             StatusCode::PRECONDITION_FAILED,
             &Cond::Always
         ));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LISTING: &str = r#"<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>t</NextContinuationToken><Contents><Key>blobs/sha256/ab</Key><Size>12</Size></Contents></ListBucketResult>"#;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config())]
+
+        /// Whatever a bucket answers, reading it never panics.
+        #[test]
+        fn bucket_answers_never_panic(b in crate::proptests::mutated(LISTING.as_bytes().to_vec())) {
+            let _ = parse_xml::<ListResult>(&b);
+            let _ = parse_xml::<UploadsResult>(&b);
+            let _ = parse_xml::<InitiateResult>(&b);
+            let text = String::from_utf8_lossy(&b);
+            let _ = between(&text, "<Code>", "</Code>");
+        }
+
+        /// Keys and query values of any text are encoded to the unreserved
+        /// set (what S3 signs), and decode back.
+        #[test]
+        fn encoding_keeps_only_unreserved_bytes(s in ".{0,40}") {
+            let e = super::super::sigv4::canonical_query(&[("k", s.as_str())]);
+            let v = e.strip_prefix("k=").unwrap_or_default();
+            prop_assert!(v.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._~%".contains(&c)), "{e}");
+            let back = percent_encoding::percent_decode_str(v).decode_utf8().map(|c| c.into_owned());
+            prop_assert_eq!(back.ok(), Some(s));
+        }
     }
 }
