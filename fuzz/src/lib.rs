@@ -2,7 +2,9 @@
 //! the AFL binaries (`src/bin/*.rs`) and replayable on a corpus without
 //! AFL (`cargo run --bin replay -- TARGET FILE...`).
 
-use modelgate::oci::{json::parse_strict, media::ManifestSummary, Digest, ImageRef, Reference, RepoName};
+use modelgate::oci::{
+    json::parse_strict, media::ManifestSummary, Digest, ImageRef, Reference, RepoName,
+};
 use modelgate::policy::Policy;
 use modelgate::trust::notation::{self, Level, Target, TrustStore};
 use modelgate::trust::sigstore::{self, TrustedRoot};
@@ -30,7 +32,10 @@ pub fn names(data: &[u8]) {
 pub fn documents(data: &[u8]) {
     let _ = ManifestSummary::parse(data);
     if let Ok(doc) = parse_strict(data) {
-        for ct in ["application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"] {
+        for ct in [
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+        ] {
             if let Ok(kind) = modelgate::oci::kind::detect(&doc, ct) {
                 let f = modelgate::policy::facts::extract(&kind, &doc, &doc, &Default::default());
                 let _ = f.summary();
@@ -53,17 +58,25 @@ fn fixtures() -> &'static Path {
 fn keyless_root() -> &'static TrustedRoot {
     static ROOT: OnceLock<TrustedRoot> = OnceLock::new();
     ROOT.get_or_init(|| {
-        TrustedRoot::parse(&std::fs::read(fixtures().join("keyless/bundle-valid-uri/trusted_root.json")).unwrap()).unwrap()
+        TrustedRoot::parse(
+            &std::fs::read(fixtures().join("keyless/bundle-valid-uri/trusted_root.json")).unwrap(),
+        )
+        .unwrap()
     })
 }
 
 /// Sigstore bundles (keyless image signatures and any artifact), trusted
 /// roots, cosign simple-signing payloads and keyed bundles.
 pub fn sigstore(data: &[u8]) {
-    let image: Digest = "sha256:cfe33466e0d4f11ab4dc610563837fc323285cc3737ac14a0f98ff0545cf49a9".parse().unwrap();
+    let image: Digest = "sha256:cfe33466e0d4f11ab4dc610563837fc323285cc3737ac14a0f98ff0545cf49a9"
+        .parse()
+        .unwrap();
     let _ = sigstore::verify_keyless(data, keyless_root(), &image);
     let _ = TrustedRoot::parse(data);
-    let artifact = sigstore::bundle::Artifact { sha256: [7; 32], bytes: Some(b"a") };
+    let artifact = sigstore::bundle::Artifact {
+        sha256: [7; 32],
+        bytes: Some(b"a"),
+    };
     let _ = sigstore::bundle::verify_sigstore_bundle(
         data,
         keyless_root(),
@@ -79,7 +92,11 @@ pub fn sigstore(data: &[u8]) {
 fn notation_store() -> &'static TrustStore {
     static STORE: OnceLock<TrustStore> = OnceLock::new();
     STORE.get_or_init(|| {
-        notation::load_trust_store("fuzz", &[fixtures().join("notation/jws-es256-valid/truststore")]).unwrap()
+        notation::load_trust_store(
+            "fuzz",
+            &[fixtures().join("notation/jws-es256-valid/truststore")],
+        )
+        .unwrap()
     })
 }
 
@@ -116,9 +133,34 @@ pub fn run(target: &str, data: &[u8]) -> bool {
         "sigstore" => sigstore(data),
         "notation" => notation(data),
         "der" => der(data),
+        "shared" => shared(data),
         _ => return false,
     }
     true
 }
 
-pub const TARGETS: [&str; 6] = ["names", "documents", "policy", "sigstore", "notation", "der"];
+pub const TARGETS: [&str; 7] = [
+    "names",
+    "documents",
+    "policy",
+    "sigstore",
+    "notation",
+    "der",
+    "shared",
+];
+
+/// What a shared bucket answers (S3 XML listings, uploads, errors) and the
+/// SigV4 encoding of keys and query values built from names.
+pub fn shared(data: &[u8]) {
+    use modelgate::shared::bucket::{parse_xml, InitiateResult, ListResult, UploadsResult};
+    use modelgate::shared::sigv4::{canonical_query, encode_path};
+    let _ = parse_xml::<ListResult>(data);
+    let _ = parse_xml::<UploadsResult>(data);
+    let _ = parse_xml::<InitiateResult>(data);
+    let s = text(data);
+    let p = encode_path(&s);
+    assert!(p
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"-._~%/".contains(&c)));
+    let _ = canonical_query(&[("prefix", &s), ("uploads", "")]);
+}

@@ -58,44 +58,49 @@ pub struct PendingUpload {
     pub initiated: String,
 }
 
+/// The answer to CreateMultipartUpload.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct InitiateResult {
-    upload_id: String,
+pub struct InitiateResult {
+    pub upload_id: String,
 }
 
+/// The answer to ListObjectsV2.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct ListResult {
+pub struct ListResult {
     #[serde(default)]
-    contents: Vec<ListEntry>,
+    pub contents: Vec<ListEntry>,
     #[serde(default)]
-    is_truncated: bool,
-    next_continuation_token: Option<String>,
+    pub is_truncated: bool,
+    pub next_continuation_token: Option<String>,
 }
 
+/// One object of a listing.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct ListEntry {
-    key: String,
+pub struct ListEntry {
+    pub key: String,
     #[serde(default)]
-    size: u64,
+    pub size: u64,
 }
 
+/// The answer to ListMultipartUploads.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct UploadsResult {
+pub struct UploadsResult {
     #[serde(default)]
-    upload: Vec<UploadEntry>,
+    pub upload: Vec<UploadEntry>,
 }
 
+/// One unfinished upload.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct UploadEntry {
-    key: String,
-    upload_id: String,
+pub struct UploadEntry {
+    pub key: String,
+    pub upload_id: String,
     #[serde(default)]
-    initiated: String,
+    pub initiated: String,
 }
 
 /// The bucket, as configured.
@@ -475,7 +480,8 @@ fn etag_of(resp: &Response<Incoming>) -> String {
         .to_string()
 }
 
-fn parse_xml<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+/// An S3 XML answer read into `T` (one of the `*Result` types).
+pub fn parse_xml<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let text = std::str::from_utf8(body).map_err(|_| "an answer that is not UTF-8".to_string())?;
     quick_xml::de::from_str(text).map_err(|e| format!("an answer modelgate cannot read: {e}"))
 }

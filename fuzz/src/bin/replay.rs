@@ -5,6 +5,10 @@ fn main() {
     let target = args.next().unwrap_or_default();
     for f in args {
         let data = std::fs::read(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
-        assert!(modelgate_fuzz::run(&target, &data), "unknown target {target:?}: use one of {:?}", modelgate_fuzz::TARGETS);
+        assert!(
+            modelgate_fuzz::run(&target, &data),
+            "unknown target {target:?}: use one of {:?}",
+            modelgate_fuzz::TARGETS
+        );
     }
 }
