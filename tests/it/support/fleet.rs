@@ -66,11 +66,12 @@ impl Seaweed {
             ports,
             child: None,
         };
-        w.run().await;
+        w.run(true).await;
         w
     }
 
-    async fn run(&mut self) {
+    /// The `weed mini` command on the current ports.
+    fn command(&self) -> Command {
         let p = &self.ports;
         let flags = [
             ("s3.port", p[0]),
@@ -102,30 +103,37 @@ impl Seaweed {
             .env("AWS_ACCESS_KEY_ID", S3_KEY)
             .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
             .env("S3_BUCKET", BUCKET);
-        let log = self.dir.join(format!("weed-{}.log", p[0]));
+        cmd
+    }
+
+    /// Start `weed mini`; `fresh`: nobody knows its ports yet, so a port
+    /// taken since it was chosen is replaced by another (a restart keeps
+    /// them, and waits for its previous run to let go of them).
+    async fn run(&mut self, fresh: bool) {
         let mut last = String::new();
-        // The ports were free a moment ago; weed checks them again and may
-        // find one taken (or still held by its previous run): retry.
         for _ in 0..20 {
-            let child = spawn_logged(&mut cmd, &log).unwrap();
-            self.child = Some(child);
+            let log = self.dir.join(format!("weed-{}.log", self.ports[0]));
+            self.child = Some(spawn_logged(&mut self.command(), &log).unwrap());
             if self.bucket_ready().await {
                 return;
             }
             last = std::fs::read_to_string(&log).unwrap_or_default();
             stop(&mut self.child);
+            if fresh {
+                self.ports = free_ports(14);
+                self.s3_port = self.ports[0];
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        panic!(
-            "weed mini did not start: {}",
-            last.chars()
-                .rev()
-                .take(2000)
-                .collect::<String>()
-                .chars()
-                .rev()
-                .collect::<String>()
-        );
+        let tail: String = last
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        panic!("weed mini did not start: {tail}");
     }
 
     /// Whether the bucket exists (HEAD /bucket answers 200 or 403, not 404).
@@ -167,7 +175,7 @@ impl Seaweed {
     /// Start again on the same data and ports.
     pub async fn restart(&mut self) {
         self.kill9();
-        self.run().await;
+        self.run(false).await;
     }
 }
 
