@@ -114,7 +114,7 @@ impl Seaweed {
         for _ in 0..20 {
             let log = self.dir.join(format!("weed-{}.log", self.ports[0]));
             self.child = Some(spawn_logged(&mut self.command(), &log).unwrap());
-            if self.bucket_ready().await {
+            if self.bucket_ready().await && self.serving().await {
                 return;
             }
             last = std::fs::read_to_string(&log).unwrap_or_default();
@@ -134,6 +134,36 @@ impl Seaweed {
             .rev()
             .collect();
         panic!("weed mini did not start: {tail}");
+    }
+
+    /// Whether objects can be written and read back (after a restart the
+    /// S3 front answers before its volume server is back: 500s).
+    async fn serving(&self) -> bool {
+        let b = modelgate::shared::Bucket::new(&modelgate::config::S3Config {
+            endpoint: self.endpoint().parse().unwrap(),
+            bucket: BUCKET.into(),
+            region: "us-east-1".into(),
+            path_style: true,
+            access_key: modelgate::config::Secret(S3_KEY.into()),
+            secret_key: modelgate::config::Secret(S3_SECRET.into()),
+            ca_cert: None,
+            prefix: String::new(),
+        })
+        .unwrap();
+        for _ in 0..100 {
+            let put = b
+                .put(
+                    "probe/ready",
+                    bytes::Bytes::from_static(b"ok"),
+                    modelgate::shared::Cond::Always,
+                )
+                .await;
+            if put.is_ok() && matches!(b.get_small("probe/ready").await, Ok(Some(_))) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        false
     }
 
     /// Whether the bucket exists (HEAD /bucket answers 200 or 403, not 404).
