@@ -194,6 +194,13 @@ impl Resumer {
         from: u64,
         guard: Option<crate::shared::LeaseGuard>,
     ) -> Result<Opened, RegistryError> {
+        // The lease may have come free because the blob was just stored:
+        // look once more before downloading it again.
+        if guard.is_some() {
+            if let Some(o) = self.open_bucket(from).await {
+                return Ok(o);
+            }
+        }
         let o = self.open_upstream(from).await?;
         self.shared
             .count_source(if from > 0 { "resumed" } else { "upstream" });
