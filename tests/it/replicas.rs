@@ -89,6 +89,11 @@ impl Fleet {
     }
 }
 
+/// The status of a GET of `path` from replica `r`.
+async fn status(r: &Replica, path: &str) -> StatusCode {
+    get(&r.url(path)).await.status
+}
+
 fn text(g: &Got) -> String {
     g.body
         .as_ref()
@@ -250,10 +255,7 @@ async fn an_immutable_tag_moved_upstream_is_refused_by_every_replica() {
         .add_manifest("m", Some("v2"), manifest_of(&d1, 100), OCI);
     tokio::time::sleep(Duration::from_millis(1100)).await; // past tag_ttl
     for r in &f.replicas {
-        assert_eq!(
-            get(&r.url("/v2/m/manifests/v2")).await.status,
-            StatusCode::FORBIDDEN
-        );
+        assert_eq!(status(r, "/v2/m/manifests/v2").await, StatusCode::FORBIDDEN);
     }
 }
 
@@ -443,7 +445,7 @@ async fn a_restarted_bucket_keeps_objects_and_tag_records() {
         f.up.state
             .add_manifest("m", Some("v1"), manifest_of(&d, c.len()), OCI);
     assert_eq!(
-        get(&f.replicas[0].url("/v2/m/manifests/v1")).await.status,
+        status(&f.replicas[0], "/v2/m/manifests/v1").await,
         StatusCode::OK
     );
     assert_eq!(
@@ -469,7 +471,7 @@ async fn a_restarted_bucket_keeps_objects_and_tag_records() {
         .add_manifest("m", Some("v1"), manifest_of(&d, c.len() + 1), OCI);
     let late = f.add_replica(Some(IMMUTABLE)).await;
     assert_eq!(
-        get(&late.url("/v2/m/manifests/v1")).await.status,
+        status(late, "/v2/m/manifests/v1").await,
         StatusCode::FORBIDDEN
     );
 }
@@ -517,13 +519,11 @@ async fn with_the_bucket_down_cached_digests_are_served_and_tags_fail_closed() {
     f.up.state
         .add_manifest("m", Some("v1"), manifest_of(&d, c.len()), OCI);
     assert_eq!(
-        get(&f.replicas[0].url("/v2/m/manifests/v1")).await.status,
+        status(&f.replicas[0], "/v2/m/manifests/v1").await,
         StatusCode::OK
     );
     assert_eq!(
-        get(&f.replicas[0].url(&format!("/v2/m/blobs/{d}")))
-            .await
-            .status,
+        status(&f.replicas[0], &format!("/v2/m/blobs/{d}")).await,
         StatusCode::OK
     );
     f.weed.kill9();
