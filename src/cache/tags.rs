@@ -82,11 +82,7 @@ impl TagStore {
         digest: &Digest,
         media_type: &str,
     ) -> io::Result<()> {
-        self.confirm(repo, tag, digest, media_type)?;
-        if let Some(mut e) = self.mem.get_mut(&(repo.to_string(), tag.to_string())) {
-            e.confirmed = None;
-        }
-        Ok(())
+        self.record(repo, tag, digest, media_type, None)
     }
 
     /// Record that the upstream says `tag → digest` now.
@@ -96,6 +92,19 @@ impl TagStore {
         tag: &str,
         digest: &Digest,
         media_type: &str,
+    ) -> io::Result<()> {
+        self.record(repo, tag, digest, media_type, Some(Instant::now()))
+    }
+
+    /// Keep `tag → digest` in memory and on disk (the disk only when it
+    /// changed), confirmed at `confirmed`.
+    fn record(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+        media_type: &str,
+        confirmed: Option<Instant>,
     ) -> io::Result<()> {
         let key = (repo.to_string(), tag.to_string());
         let unchanged = self
@@ -108,7 +117,7 @@ impl TagStore {
             TagEntry {
                 digest: digest.clone(),
                 media_type: media_type.to_string(),
-                confirmed: Some(Instant::now()),
+                confirmed,
             },
         );
         if unchanged {

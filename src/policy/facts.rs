@@ -97,6 +97,14 @@ pub struct ModelFacts {
 }
 
 impl ModelFacts {
+    /// Set each fact from the first of its JSON pointers into `c` that
+    /// holds a value (facts already set keep theirs).
+    fn set_from(&mut self, c: &Value, facts: &[(&'static str, &str)]) {
+        for (fact, pointer) in facts {
+            self.set(fact, c.pointer(pointer));
+        }
+    }
+
     fn set(&mut self, fact: &'static str, v: Option<&Value>) {
         if self.values.contains_key(fact) {
             return;
@@ -318,11 +326,16 @@ pub fn extract(
 
 /// Docker Model Runner: `/config/*`, `/descriptor/created`, the GGUF license.
 fn docker_model_facts(f: &mut ModelFacts, c: &Value) {
-    f.set("format", c.pointer("/config/format"));
-    f.set("param_size", c.pointer("/config/parameters"));
-    f.set("quantization", c.pointer("/config/quantization"));
-    f.set("architecture", c.pointer("/config/architecture"));
-    f.set("created", c.pointer("/descriptor/created"));
+    f.set_from(
+        c,
+        &[
+            ("format", "/config/format"),
+            ("param_size", "/config/parameters"),
+            ("quantization", "/config/quantization"),
+            ("architecture", "/config/architecture"),
+            ("created", "/descriptor/created"),
+        ],
+    );
     let gguf_license = c["config"]["gguf"]["general.license"].as_str();
     f.push(
         "licenses",
@@ -339,25 +352,32 @@ fn modelpack_facts(f: &mut ModelFacts, c: &Value) {
     f.set("version", d.get("version"));
     f.set("created", d.get("createdAt").or(d.get("created_at")));
     f.push("licenses", d.get("licenses"), "descriptor.licenses");
-    f.set("format", c.pointer("/config/format"));
-    f.set(
-        "param_size",
-        c.pointer("/config/paramSize")
-            .or(c.pointer("/config/param_size")),
+    f.set_from(
+        c,
+        &[
+            ("format", "/config/format"),
+            ("param_size", "/config/paramSize"),
+            ("param_size", "/config/param_size"),
+            ("quantization", "/config/quantization"),
+            ("precision", "/config/precision"),
+            ("architecture", "/config/architecture"),
+        ],
     );
-    f.set("quantization", c.pointer("/config/quantization"));
-    f.set("precision", c.pointer("/config/precision"));
-    f.set("architecture", c.pointer("/config/architecture"));
     f.push("datasets", d.get("datasetsURL"), "descriptor.datasetsURL");
 }
 
 /// KitOps: the Kitfile (package, model, its parts, datasets, code).
 fn kitops_facts(f: &mut ModelFacts, c: &Value) {
-    f.set("version", c.pointer("/package/version"));
-    f.set("version", c.pointer("/model/version"));
-    f.set("format", c.pointer("/model/format"));
-    f.set("param_size", c.pointer("/model/parameters/paramSize"));
-    f.set("architecture", c.pointer("/model/framework"));
+    f.set_from(
+        c,
+        &[
+            ("version", "/package/version"),
+            ("version", "/model/version"),
+            ("format", "/model/format"),
+            ("param_size", "/model/parameters/paramSize"),
+            ("architecture", "/model/framework"),
+        ],
+    );
     f.push("licenses", c.pointer("/package/license"), "package");
     f.push("licenses", c.pointer("/model/license"), "model");
     for (at, v) in pointer(c, "/model/parts/*/license") {

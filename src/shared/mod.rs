@@ -228,9 +228,11 @@ impl Shared {
         d: &Digest,
         media_type: &str,
     ) -> Result<Digest, BucketError> {
-        if let Some(first) = self.first_seen(repo, tag).await? {
+        if let Some(first) = self.cached_first_seen(repo, tag) {
             return Ok(first);
         }
+        // Straight to the conditional write: a record that exists already
+        // answers with 412, and only then is it read.
         let key = first_seen_key(repo, tag);
         let rec = record(d, media_type);
         let put = self.bucket.put(&key, rec, Cond::IfAbsent).await;
