@@ -68,11 +68,12 @@ pub async fn read_at(file: Arc<File>, pos: u64, len: usize) -> io::Result<Bytes>
 }
 
 /// Stream bytes `start..end` of a committed file.
+/// (Counted as served when `metrics` is given: a client reads it.)
 pub fn stream_file(
     file: Arc<File>,
     start: u64,
     end: u64,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     futures_util::stream::unfold(start, move |pos| {
         let file = file.clone();
@@ -84,7 +85,9 @@ pub fn stream_file(
             let n = (end - pos).min(CHUNK as u64 * 4) as usize;
             match read_at(file, pos, n).await {
                 Ok(b) => {
-                    metrics.served("cache", n as u64);
+                    if let Some(m) = &metrics {
+                        m.served("cache", n as u64);
+                    }
                     Some((Ok(b), pos + n as u64))
                 }
                 Err(e) => Some((Err(e), end)),

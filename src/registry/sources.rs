@@ -86,7 +86,9 @@ impl Resumer {
         if from > 0 {
             req = req.header(RANGE, format!("bytes={from}-"));
         }
-        let req = req.body(Empty::<Bytes>::new()).ok()?;
+        let req = req
+            .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed())
+            .ok()?;
         let resp = tokio::time::timeout(Duration::from_secs(10), self.shared.peer.request(req))
             .await
             .ok()?

@@ -84,7 +84,7 @@ fn serve_file(
         }
     };
     let metrics = ctx.app.metrics().clone();
-    let mut r = Response::new(stream(reader::stream_file(file, start, end, metrics)));
+    let mut r = Response::new(stream(reader::stream_file(file, start, end, Some(metrics))));
     *r.status_mut() = status;
     blob_headers(r.headers_mut(), d, Some(end - start));
     if status == StatusCode::PARTIAL_CONTENT {

@@ -88,12 +88,8 @@ fn handle(app: &App, req: Request<Incoming>) -> Response<RespBody> {
             return answer(StatusCode::RANGE_NOT_SATISFIABLE, "past the end");
         }
         (
-            stream(stream_file(
-                Arc::new(file),
-                start,
-                size,
-                app.metrics().clone(),
-            )),
+            // Another replica's download, not a client's: not counted as served.
+            stream(stream_file(Arc::new(file), start, size, None)),
             Some(size),
         )
     } else if let Some(rx) = reg.flights().get(&d) {

@@ -40,6 +40,8 @@ pub struct Leases {
     me: String,
     ttl: Duration,
     up: AtomicBool,
+    /// `modelgate_coordination_up`, kept with `up`.
+    gauge: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 /// A lease held: renewed in the background until dropped, then released.
@@ -60,7 +62,12 @@ fn key(d: &Digest) -> String {
 }
 
 impl Leases {
-    pub fn new(url: &url::Url, me: &url::Url, ttl: Duration) -> Result<Arc<Leases>, String> {
+    pub fn new(
+        url: &url::Url,
+        me: &url::Url,
+        ttl: Duration,
+        gauge: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
+    ) -> Result<Arc<Leases>, String> {
         let client =
             redis::Client::open(url.as_str()).map_err(|e| format!("coordination.redis: {e}"))?;
         Ok(Arc::new(Leases {
@@ -69,6 +76,7 @@ impl Leases {
             me: me.as_str().trim_end_matches('/').to_string(),
             ttl,
             up: AtomicBool::new(true),
+            gauge,
         }))
     }
 
@@ -140,6 +148,7 @@ impl Leases {
     }
 
     fn mark(&self, up: bool) {
+        self.gauge.set(up as i64);
         if self.up.swap(up, Ordering::Relaxed) != up {
             match up {
                 true => {

@@ -53,11 +53,9 @@ pub struct Shared {
 }
 
 /// The client for other replicas' internal endpoints (plain HTTP inside
-/// the fleet's network, authenticated by the shared token).
-pub type PeerClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Empty<Bytes>,
->;
+/// the fleet's network, authenticated by the shared token): the same
+/// builder as the upstreams'.
+pub type PeerClient = crate::upstream::client::HttpsClient;
 
 /// Key of blob `d`.
 pub fn blob_key(d: &Digest) -> String {
@@ -95,16 +93,17 @@ impl Shared {
         };
         let bucket = Arc::new(Bucket::new(s3).map_err(|e| format!("storage: {e}"))?);
         let leases = match &config.coordination {
-            Some(c) => Some(Leases::new(&c.redis, &c.internal_advertise, c.lease_ttl)?),
+            Some(c) => Some(Leases::new(
+                &c.redis,
+                &c.internal_advertise,
+                c.lease_ttl,
+                metrics.coordination_up.clone(),
+            )?),
             None => None,
         };
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
-        http.set_nodelay(true);
         let peer =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_idle_timeout(std::time::Duration::from_secs(30))
-                .build(http);
+            crate::upstream::client::https_client(None, std::time::Duration::from_secs(2), 32)
+                .map_err(|e| format!("coordination: {e}"))?;
         metrics.shared_storage_up.set(1);
         metrics.coordination_up.set(leases.is_some() as i64);
         Ok(Some(Arc::new(Shared {
@@ -143,7 +142,6 @@ impl Shared {
                 self.note(&r);
                 if let Some(l) = &self.leases {
                     l.ping().await;
-                    self.redis_up();
                 }
             }
         });
@@ -156,11 +154,7 @@ impl Shared {
 
     /// Whether Redis answered its last command (true without coordination).
     pub fn redis_up(&self) -> bool {
-        let up = self.leases.as_ref().is_none_or(|l| l.is_up());
-        if self.leases.is_some() {
-            self.metrics.coordination_up.set(up as i64);
-        }
-        up
+        self.leases.as_ref().is_none_or(|l| l.is_up())
     }
 
     pub fn count_source(&self, source: &'static str) {
