@@ -7,7 +7,7 @@
 use super::core::Gate;
 use super::exempt::is_signature_manifest;
 use super::signatures::RuleSigners;
-use crate::oci::kind::detect;
+use crate::oci::kind::{detect, Kind};
 use crate::oci::media::OCI_MANIFEST;
 use crate::oci::{json, Digest, Manifest, Reference};
 use crate::policy::eval::ModelEvidence;
@@ -82,18 +82,16 @@ impl Gate {
         Ok((string_map(&v["config"]["Labels"]), v))
     }
 
-    /// What `rule` needs to know about one manifest `doc` (served as
-    /// `content_type`): its labels and, when the rule looks at models, its
-    /// kind and facts.
+    /// What `rule` needs to know about one manifest `doc` of `kind`: its
+    /// labels and, when the rule looks at models, its kind and facts.
     async fn image_evidence(
         &self,
         r: &Route,
         doc: &Value,
-        content_type: &str,
+        kind: Kind,
         platform: Option<String>,
         rule: &Rule,
     ) -> Result<ImageEvidence, String> {
-        let kind = detect(doc, content_type)?;
         let wants_model = rule.kinds.is_some() || rule.needs_model();
         let (labels, config) = if !rule.labels.is_empty() || rule.needs_model() {
             self.config_of(r, doc).await?
@@ -141,11 +139,13 @@ impl Gate {
                 continue; // an attestation manifest: no image to label
             }
             let found = match json::parse_strict(&child.bytes) {
-                Ok(doc) => {
-                    let platform = Some(platform_of(c));
-                    self.image_evidence(r, &doc, &child.media_type, platform, rule)
-                        .await
-                }
+                Ok(doc) => match detect(&doc, &child.media_type) {
+                    Ok(kind) => {
+                        let platform = Some(platform_of(c));
+                        self.image_evidence(r, &doc, kind, platform, rule).await
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(format!("is {e}")),
             };
             match found {
@@ -187,16 +187,15 @@ impl Gate {
             }
         } else if !doc.is_null() {
             // A type confusion is denied under every rule, wanted or not.
-            if let Err(e) = detect(&doc, &m.media_type) {
-                ev.errors.push(e);
-            } else if wants_images {
-                match self
-                    .image_evidence(r, &doc, &m.media_type, None, rule)
-                    .await
-                {
-                    Ok(img) => ev.images.push(img),
-                    Err(e) => ev.errors.push(e),
+            match detect(&doc, &m.media_type) {
+                Err(e) => ev.errors.push(e),
+                Ok(kind) if wants_images => {
+                    match self.image_evidence(r, &doc, kind, None, rule).await {
+                        Ok(img) => ev.images.push(img),
+                        Err(e) => ev.errors.push(e),
+                    }
                 }
+                Ok(_) => {}
             }
         }
         if signatures == Signatures::Deferred {

@@ -75,7 +75,9 @@ impl Gate {
     ) -> Result<PushVerdict, GateError> {
         let loaded = self.policy.current();
         let exempt = push_exemption(tags, m);
-        if exempt.is_none() && !tags.is_empty() && loaded.policy.rule_for(&r.canonical).is_some() {
+        let rule = loaded.policy.rule_for(&r.canonical);
+        let releases = rule.is_some_and(|rule| tags.iter().any(|t| lifecycle_tag(rule, t)));
+        if exempt.is_none() && releases {
             // Regressions and channels are judged against the fleet's ledger.
             self.ledger.refresh(&r.canonical).await.map_err(|e| {
                 GateError::Registry(crate::registry::RegistryError::Shared(format!(
@@ -88,7 +90,7 @@ impl Gate {
             Some(x) => TagsDecided {
                 decision: PolicyDecision {
                     decision: Decision::Allow,
-                    rule: loaded.policy.rule_for(&r.canonical).map(|r| r.name.clone()),
+                    rule: rule.map(|r| r.name.clone()),
                     reasons: vec![x.reason().to_string()],
                 },
                 models: vec![],
@@ -111,10 +113,7 @@ impl Gate {
             reference: &reference,
             digest: Some(&m.digest),
             decision: &decision,
-            reasons: match exempt {
-                Some(x) => vec![x.reason().to_string()],
-                None => decision.reasons.clone(),
-            },
+            reasons: decision.reasons.clone(),
             models,
             previous_digest: ledger.first().and_then(|e| e.previous_digest.clone()),
         };
