@@ -1565,20 +1565,21 @@ async fn release_lifecycle_with_the_shipped_policy_and_skopeo() {
     ]);
     assert!(ok, "{history}");
     eprintln!("{history}");
-    for needle in [
-        "v1.0.0",
-        "v1.1.0",
-        "release",
-        "channel → v1.1.0",
-        "channel → v1.0.0",
-        "v1.1.0 passed the canary on 5% of traffic",
-        "v1.1.0 doubles p99 latency on GPU nodes",
-        "accuracy.test=0.92",
-        "accuracy.test=0.93",
-        "prod → v1.0.0",
-    ] {
-        assert!(history.contains(needle), "{needle}: {history}");
-    }
+    assert_has_all(
+        &history,
+        &[
+            "v1.0.0",
+            "v1.1.0",
+            "release",
+            "channel → v1.1.0",
+            "channel → v1.0.0",
+            "v1.1.0 passed the canary on 5% of traffic",
+            "v1.1.0 doubles p99 latency on GPU nodes",
+            "accuracy.test=0.92",
+            "accuracy.test=0.93",
+            "prod → v1.0.0",
+        ],
+    );
     assert!(
         history.contains("refused") && history.contains("accuracy.test 0.9 is 0.03 below v1.1.0"),
         "the refused candidate is history too: {history}"
@@ -1586,15 +1587,16 @@ async fn release_lifecycle_with_the_shipped_policy_and_skopeo() {
     // And the release page shows the same story.
     let r = get(&format!("http://{}/ui/", g.admin)).await;
     let html = String::from_utf8_lossy(r.bytes()).to_string();
-    for needle in [
-        "<tr class=\"channel\"><td><b>prod</b></td><td>v1.0.0",
-        "v1.1.0 doubles p99 latency on GPU nodes",
-        "<tr class=\"refused\"><td>v1.2.0 (refused)</td>",
-        "<path class=\"refused\"",
-        "channel prod may move only to a release",
-    ] {
-        assert!(html.contains(needle), "{needle}: {html}");
-    }
+    assert_has_all(
+        &html,
+        &[
+            "<tr class=\"channel\"><td><b>prod</b></td><td>v1.0.0",
+            "v1.1.0 doubles p99 latency on GPU nodes",
+            "<tr class=\"refused\"><td>v1.2.0 (refused)</td>",
+            "<path class=\"refused\"",
+            "channel prod may move only to a release",
+        ],
+    );
     // Releases name their signer (the shipped rule requires the release key).
     assert!(html.contains("<td>release</td>"), "{html}");
     g.stop().await;

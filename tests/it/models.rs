@@ -184,15 +184,16 @@ async fn check_and_lint_show_kinds_and_facts() {
         cfg.as_os_str(),
     ]);
     assert_eq!(code, Some(0), "{out}");
-    for needle in [
-        "kinds admitted: docker-model, modelpack, kitops",
-        "model licenses: each one of [Apache-2.0, MIT, CC-BY-4.0]",
-        "model param_size: <= 70000000000 (optional)",
-        "config of kitops /datasets/*/license: one of [CC-BY-4.0, Apache-2.0]",
-        "layers: no media types [application/vnd.cncf.model.code.*",
-    ] {
-        assert!(out.contains(needle), "{needle}: {out}");
-    }
+    assert_has_all(
+        &out,
+        &[
+            "kinds admitted: docker-model, modelpack, kitops",
+            "model licenses: each one of [Apache-2.0, MIT, CC-BY-4.0]",
+            "model param_size: <= 70000000000 (optional)",
+            "config of kitops /datasets/*/license: one of [CC-BY-4.0, Apache-2.0]",
+            "layers: no media types [application/vnd.cncf.model.code.*",
+        ],
+    );
 }
 
 /// A weight layer whose descriptor declares 1 KiB but whose blob is 16 KiB:

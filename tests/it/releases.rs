@@ -152,19 +152,20 @@ async fn releases_may_not_regress_and_channels_move_only_to_releases() {
         Some("default-src 'none'; style-src 'unsafe-inline'; img-src data:")
     );
     let html = String::from_utf8_lossy(r.bytes()).to_string();
-    for needle in [
-        "<section class=\"repo\" id=\"repo-local-models-clf\">",
-        "<tr class=\"channel\"><td><b>prod</b></td><td>v1.0.0",
-        "rollback: v1.1.0 drifts on ds-2026-02",
-        "v1.1.0 passed the canary",
-        "<tr class=\"refused\"><td>v1.2.0 (refused)</td>",
-        "<svg class=\"plot\"",
-        "<path class=\"refused\"",
-        "accuracy.test 0.918 is 0.012 below v1.1.0 (0.93); max_drop 0.005",
-        "channel prod may move only to a release",
-    ] {
-        assert!(html.contains(needle), "{needle}: {html}");
-    }
+    assert_has_all(
+        &html,
+        &[
+            "<section class=\"repo\" id=\"repo-local-models-clf\">",
+            "<tr class=\"channel\"><td><b>prod</b></td><td>v1.0.0",
+            "rollback: v1.1.0 drifts on ds-2026-02",
+            "v1.1.0 passed the canary",
+            "<tr class=\"refused\"><td>v1.2.0 (refused)</td>",
+            "<svg class=\"plot\"",
+            "<path class=\"refused\"",
+            "accuracy.test 0.918 is 0.012 below v1.1.0 (0.93); max_drop 0.005",
+            "channel prod may move only to a release",
+        ],
+    );
     assert!(!html.contains("<script"), "no script on the page");
     g.stop().await;
 }
@@ -386,18 +387,19 @@ async fn promote_rollback_and_history_from_the_command_line() {
     let repo = format!("{}/models/clf", g.addr);
     let (code, out) = cli(&["history", &repo, "--config", &cfg]);
     assert_eq!(code, Some(0), "{out}");
-    for needle in [
-        "local/models/clf",
-        "release",
-        "canary passed — 5% of traffic",
-        "latency regression in v1.1.0",
-        "channel → v1.1.0",
-        "accuracy.test=0.93",
-        "anonymous@127.0.0.1",
-        "prod → v1.1.0",
-    ] {
-        assert!(out.contains(needle), "{needle}: {out}");
-    }
+    assert_has_all(
+        &out,
+        &[
+            "local/models/clf",
+            "release",
+            "canary passed — 5% of traffic",
+            "latency regression in v1.1.0",
+            "channel → v1.1.0",
+            "accuracy.test=0.93",
+            "anonymous@127.0.0.1",
+            "prod → v1.1.0",
+        ],
+    );
     let (code, out) = cli(&[
         "history",
         &format!("{repo}:prod"),

@@ -108,3 +108,11 @@ pub async fn send_body(
 pub async fn get(url: &str) -> Got {
     send(Method::GET, url, &[]).await
 }
+
+/// `text` contains every one of `needles` (the failure names the first
+/// missing one and shows the text).
+pub fn assert_has_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+}
