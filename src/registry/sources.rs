@@ -36,7 +36,7 @@ const MAX_RESUMES: usize = 4;
 
 /// What a source answered: its body from the byte asked for, and the
 /// blob's whole size when it said.
-pub struct Opened {
+struct Opened {
     body: BoxStream<'static, Result<Bytes, io::Error>>,
     size: Option<u64>,
 }
@@ -52,16 +52,16 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// Everything needed to open the blob anew at some byte.
-pub struct Resumer {
-    pub shared: Arc<Shared>,
-    pub up: Arc<Upstream>,
-    pub path: RepoName,
-    pub d: Digest,
+struct Resumer {
+    shared: Arc<Shared>,
+    up: Arc<Upstream>,
+    path: RepoName,
+    d: Digest,
     /// The download's progress (for an uploader if this replica takes over).
-    pub progress: watch::Receiver<FetchState>,
-    pub lease_ttl: Duration,
+    progress: watch::Receiver<FetchState>,
+    lease_ttl: Duration,
     /// How long one source may send nothing before the next is tried.
-    pub idle: Duration,
+    idle: Duration,
 }
 
 impl Resumer {
@@ -116,7 +116,7 @@ impl Resumer {
     /// The blob from the upstream at `from` (a `Range` request; an upstream
     /// that ignores it sends the whole blob, and the first `from` bytes are
     /// skipped).
-    pub async fn open_upstream(&self, from: u64) -> Result<Opened, RegistryError> {
+    async fn open_upstream(&self, from: u64) -> Result<Opened, RegistryError> {
         let mut h = HeaderMap::new();
         if from > 0 {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-")) {
@@ -158,7 +158,7 @@ impl Resumer {
     /// Open the blob at `from` from the first source that has it: the
     /// bucket, the lease holder, else (taking the lease) the upstream.
     /// Waits while a dead holder's lease runs out.
-    pub async fn reopen(&self, from: u64, dead: Option<&str>) -> Result<Opened, RegistryError> {
+    async fn reopen(&self, from: u64, dead: Option<&str>) -> Result<Opened, RegistryError> {
         // A holder that keeps its lease but does not serve the blob (it
         // serves it uncached, or cannot be reached from here) is waited for
         // one lease time; then this replica downloads on its own.
@@ -246,11 +246,7 @@ fn skip(
 
 /// A body that continues from the next source when one breaks off (or
 /// ends short of `size`), at most [`MAX_RESUMES`] times.
-pub fn resuming(
-    first: Opened,
-    r: Resumer,
-    mut source: Option<String>,
-) -> (SourceBody, Option<u64>) {
+fn resuming(first: Opened, r: Resumer, mut source: Option<String>) -> (SourceBody, Option<u64>) {
     let size = first.size;
     struct St {
         body: BoxStream<'static, Result<Bytes, io::Error>>,

@@ -97,11 +97,6 @@ impl Leases {
         self.run::<i64>(exists).await.map(|n| n > 0)
     }
 
-    /// This replica's internal address.
-    pub fn me(&self) -> &str {
-        &self.me
-    }
-
     async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
