@@ -15,7 +15,7 @@
 //! bucket could not take is kept in `pending.jsonl` and appended later,
 //! never dropped.
 
-use crate::shared::{BucketError, Shared};
+use crate::shared::{BucketError, Fetched, Shared};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -70,6 +70,8 @@ pub struct Ledger {
     lock: Mutex<()>,
     /// The ledger of record, with several replicas.
     shared: Option<Arc<Shared>>,
+    /// Repository → the ETag of the bucket's ledger the mirror holds.
+    mirrored: Mutex<BTreeMap<String, String>>,
 }
 
 /// The semantic version a tag names (`v1.2.0` or `1.2.0`), if any.
@@ -89,6 +91,7 @@ impl Ledger {
             root,
             lock: Mutex::new(()),
             shared,
+            mirrored: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -96,8 +99,8 @@ impl Ledger {
         self.root.join(repo).join("pending.jsonl")
     }
 
-    /// Replace the mirror of `repo` with `text` (the bucket's copy).
-    fn mirror(&self, repo: &str, text: &[u8]) -> io::Result<()> {
+    /// Replace the mirror of `repo` with `text`, the bucket's copy at `etag`.
+    fn mirror(&self, repo: &str, text: &[u8], etag: String) -> io::Result<()> {
         let path = self.path(repo);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
@@ -105,7 +108,12 @@ impl Ledger {
         let tmp = path.with_extension("jsonl.tmp");
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         fs::write(&tmp, text)?;
-        fs::rename(tmp, path)
+        fs::rename(tmp, path)?;
+        self.mirrored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(repo.to_string(), etag);
+        Ok(())
     }
 
     /// Record `e`: in the bucket first with several replicas (kept pending
@@ -117,7 +125,7 @@ impl Ledger {
         let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
         line.push(b'\n');
         match shared.append_ledger(&e.repository, &line).await {
-            Ok(text) => self.mirror(&e.repository, &text),
+            Ok((text, etag)) => self.mirror(&e.repository, &text, etag),
             Err(err) => {
                 tracing::error!(repository = %e.repository, "the shared ledger cannot take an entry now ({err}); it is kept in pending.jsonl and appended when the bucket is back");
                 self.append_to(&self.pending_path(&e.repository), &line)?;
@@ -137,8 +145,14 @@ impl Ledger {
             shared.append_ledger(repo, &lines).await?;
             let _ = fs::remove_file(&pending);
         }
-        if let Some((text, _)) = shared.ledger(repo).await? {
-            if let Err(e) = self.mirror(repo, &text) {
+        let held = self
+            .mirrored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(repo)
+            .cloned();
+        if let Fetched::Got(text, etag) = shared.ledger_unless(repo, held.as_deref()).await? {
+            if let Err(e) = self.mirror(repo, &text, etag) {
                 tracing::warn!(repository = %repo, "cannot mirror the shared ledger: {e}");
             }
         }

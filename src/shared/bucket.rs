@@ -43,6 +43,16 @@ pub enum Cond {
     IfMatch(String),
 }
 
+/// What a conditional read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// The object still has the ETag given.
+    Unchanged,
+    Absent,
+    /// Its bytes and ETag.
+    Got(Bytes, String),
+}
+
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -248,11 +258,34 @@ impl Bucket {
 
     /// A small object and its ETag; None when there is none.
     pub async fn get_small(&self, key: &str) -> Result<Option<(Bytes, String)>, BucketError> {
-        let Some(resp) = self.get(key, 0).await? else {
-            return Ok(None);
-        };
-        let etag = etag_of(&resp);
-        Ok(Some((self.read(resp).await?, etag)))
+        Ok(match self.get_small_unless(key, None).await? {
+            Fetched::Got(body, etag) => Some((body, etag)),
+            Fetched::Unchanged | Fetched::Absent => None,
+        })
+    }
+
+    /// A small object unless its ETag is still `etag` (`If-None-Match`:
+    /// nothing is sent for an object that did not change).
+    pub async fn get_small_unless(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+    ) -> Result<Fetched, BucketError> {
+        let headers = etag
+            .map(|e| vec![("if-none-match", e.to_string())])
+            .unwrap_or_default();
+        let resp = self
+            .send(Method::GET, key, &[], headers, Bytes::new())
+            .await?;
+        match resp.status() {
+            StatusCode::OK => {
+                let etag = etag_of(&resp);
+                Ok(Fetched::Got(self.read(resp).await?, etag))
+            }
+            StatusCode::NOT_MODIFIED => Ok(Fetched::Unchanged),
+            StatusCode::NOT_FOUND => Ok(Fetched::Absent),
+            _ => Err(self.refused(&format!("GET {key}"), resp).await),
+        }
     }
 
     /// The size of `key`; None when there is none.

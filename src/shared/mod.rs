@@ -20,7 +20,7 @@ pub mod lease;
 pub mod sigv4;
 pub mod upload;
 
-pub use bucket::{Bucket, BucketError, Cond};
+pub use bucket::{Bucket, BucketError, Cond, Fetched};
 pub use lease::{Lease, LeaseGuard, Leases};
 
 use crate::config::{Config, Secret};
@@ -331,9 +331,25 @@ impl Shared {
         r
     }
 
+    /// `repo`'s ledger unless it still has ETag `etag`.
+    pub async fn ledger_unless(
+        &self,
+        repo: &str,
+        etag: Option<&str>,
+    ) -> Result<Fetched, BucketError> {
+        let r = self.bucket.get_small_unless(&ledger_key(repo), etag).await;
+        self.note(&r);
+        r
+    }
+
     /// Append `lines` to `repo`'s ledger (compare-and-swap, so appends from
-    /// several replicas never overwrite each other); the ledger after.
-    pub async fn append_ledger(&self, repo: &str, lines: &[u8]) -> Result<Bytes, BucketError> {
+    /// several replicas never overwrite each other); the ledger after, and
+    /// its ETag.
+    pub async fn append_ledger(
+        &self,
+        repo: &str,
+        lines: &[u8],
+    ) -> Result<(Bytes, String), BucketError> {
         let key = ledger_key(repo);
         for _ in 0..16 {
             let (mut text, cond) = match self.ledger(repo).await? {
@@ -345,7 +361,7 @@ impl Shared {
             let put = self.bucket.put(&key, text.clone(), cond).await;
             self.note(&put);
             match put {
-                Ok(_) => return Ok(text),
+                Ok(etag) => return Ok((text, etag)),
                 Err(BucketError::Precondition) => continue,
                 Err(e) => return Err(e),
             }

@@ -425,6 +425,18 @@ async fn the_release_ledger_is_the_fleets() {
         })
         .collect();
     assert_eq!(events, ["release v1.0.0", "refused v1.1.0"], "{h}");
+    // A mirror that is up to date costs a 304, not the ledger again.
+    let b = bucket(&f.weed);
+    let key = "ledger/local/models/clf/ledger.jsonl";
+    let (_, etag) = b
+        .get_small(key)
+        .await
+        .unwrap()
+        .expect("the ledger is in the bucket");
+    assert_eq!(
+        b.get_small_unless(key, Some(&etag)).await.unwrap(),
+        modelgate::shared::Fetched::Unchanged
+    );
     let image = format!("127.0.0.1:{}/models/clf", f.replicas[1].port);
     let (code, out) = f.replicas[1].cli(&["history", &image]);
     assert_eq!(code, Some(0), "{out}");
